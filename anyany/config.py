@@ -1,0 +1,235 @@
+"""Configuration dataclasses and named presets.
+
+A preset is data: which components (hub id, local folder, or a random-init size spec),
+how many signal tokens, which bridge, which decoder defaults. ``AnyToAnyConfig`` round-trips
+through JSON and is what ``save_pretrained`` writes as ``anyany_config.json``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from decoders.base import DecoderConfig
+from decoders.tiny import tiny_sizes
+from encoders.imagebind import ImageBindConfig
+
+from .tokens import MODALITIES, SignalTokenConfig
+
+
+@dataclass
+class LoRASettings:
+    r: int = 32
+    alpha: int = 32
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class LLMConfig:
+    """The frozen causal LM. ``name_or_path=None`` builds a random LLaMA from ``random_init``."""
+
+    name_or_path: str | None = "lmsys/vicuna-7b-delta-v0"
+    tokenizer_name_or_path: str | None = None  # defaults to name_or_path; None+random_init: byte-level tokenizer
+    random_init: dict | None = None  # LlamaConfig kwargs (vocab_size comes from the tokenizer)
+    torch_dtype: str = "float32"
+    quantization: str = "none"  # "none" | "8bit" | "4bit" (bitsandbytes, GPU only)
+    lora: LoRASettings = field(default_factory=LoRASettings)
+    max_length: int = 512
+    seed: int = 0
+
+
+@dataclass
+class EncoderConfig:
+    """Frozen ImageBind. ``checkpoint=None`` builds random weights (tests, miniature world)."""
+
+    checkpoint: str | None = "imagebind_huge.pth"
+    architecture: dict = field(default_factory=lambda: ImageBindConfig.huge().to_dict())
+    torch_dtype: str = "float32"
+    seed: int = 0
+
+    @property
+    def imagebind(self) -> ImageBindConfig:
+        return ImageBindConfig.from_dict(self.architecture)
+
+
+@dataclass
+class OutputProjectionConfig:
+    """One output projection; ``num_output_tokens`` x ``output_dim`` is the decoder's conditioning shape."""
+
+    num_output_tokens: int = 77
+    output_dim: int = 768
+    d_model: int = 512
+    num_heads: int = 4
+    num_encoder_layers: int = 4
+    num_decoder_layers: int = 4
+    ff_dim: int = 2048
+    dropout: float = 0.0
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 128
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    repair_signal_groups: bool = True  # complete a started signal group instead of crashing
+
+
+@dataclass
+class LossConfig:
+    distance: str = "l2"  # reference: mean Euclidean distance per token; "mse" also available
+    weights: dict = field(default_factory=lambda: {"lm": 1.0, "image": 1.0, "video": 2.0, "audio": 1.0})
+
+
+@dataclass
+class AnyToAnyConfig:
+    name: str = "custom"
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    bridge: dict = field(default_factory=lambda: {"type": "linear"})
+    signals: SignalTokenConfig = field(default_factory=SignalTokenConfig)
+    output_projections: dict[str, OutputProjectionConfig] = field(default_factory=dict)
+    decoders: dict[str, DecoderConfig] = field(default_factory=dict)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    stage1_instruction: str = "Generate a caption for this."
+
+    # -- serialisation ----------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "decoders":
+                v = {m: c.to_dict() for m, c in v.items()}
+            elif f.name == "output_projections":
+                v = {m: asdict(c) for m, c in v.items()}
+            elif f.name == "signals":
+                v = v.to_dict()
+            elif hasattr(v, "__dataclass_fields__"):
+                v = asdict(v)
+            d[f.name] = copy.deepcopy(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AnyToAnyConfig":
+        d = copy.deepcopy(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}; known: {sorted(known)}")
+        llm = d.get("llm", {})
+        if "lora" in llm:
+            llm["lora"] = LoRASettings(**llm["lora"])
+        return cls(
+            name=d.get("name", "custom"),
+            llm=LLMConfig(**llm),
+            encoder=EncoderConfig(**d.get("encoder", {})),
+            bridge=d.get("bridge", {"type": "linear"}),
+            signals=SignalTokenConfig(**d.get("signals", {})),
+            output_projections={m: OutputProjectionConfig(**c) for m, c in d.get("output_projections", {}).items()},
+            decoders={m: DecoderConfig.from_dict(c) for m, c in d.get("decoders", {}).items()},
+            generation=GenerationConfig(**d.get("generation", {})),
+            loss=LossConfig(**d.get("loss", {})),
+            stage1_instruction=d.get("stage1_instruction", cls.stage1_instruction),
+        )
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path) -> "AnyToAnyConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @property
+    def output_modalities(self) -> list[str]:
+        return [m for m in MODALITIES if m in self.output_projections]
+
+
+# ---------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------
+
+PRESETS: dict[str, Callable[[], AnyToAnyConfig]] = {}
+
+
+def register_preset(name: str):
+    def deco(fn):
+        PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def get_preset(name: str) -> AnyToAnyConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")
+    cfg = PRESETS[name]()
+    cfg.name = name
+    return cfg
+
+
+@register_preset("nextgpt-7b")
+def nextgpt_7b() -> AnyToAnyConfig:
+    """The paper's system: Vicuna-7B v0, ImageBind-huge, SD-1.5, Zeroscope v2 576w, AudioLDM-l-full."""
+    return AnyToAnyConfig(
+        llm=LLMConfig(name_or_path="lmsys/vicuna-7b-delta-v0", torch_dtype="float16"),
+        encoder=EncoderConfig(checkpoint="imagebind_huge.pth", torch_dtype="float16"),
+        bridge={"type": "linear", "input_dim": 1024, "llm_dim": 4096},
+        signals=SignalTokenConfig(image=4, video=24, audio=8),
+        output_projections={
+            "image": OutputProjectionConfig(num_output_tokens=77, output_dim=768),
+            "video": OutputProjectionConfig(num_output_tokens=77, output_dim=1024),
+            "audio": OutputProjectionConfig(num_output_tokens=1, output_dim=512),
+        },
+        decoders={
+            "image": DecoderConfig.stable_diffusion_v1_5(),
+            "video": DecoderConfig.zeroscope_v2_576w(),
+            "audio": DecoderConfig.audioldm_l_full(),
+        },
+    )
+
+
+TINY_LLM = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 512,
+    # A random LM with the usual 0.02 init has near-uniform logits that no prefix can move;
+    # a wider init gives the tiny frozen LLM enough range for the stages to learn against.
+    "initializer_range": 0.2,
+}
+
+
+def tiny_output_projection(num_tokens: int, dim: int) -> OutputProjectionConfig:
+    return OutputProjectionConfig(
+        num_output_tokens=num_tokens, output_dim=dim, d_model=32, num_heads=2,
+        num_encoder_layers=1, num_decoder_layers=1, ff_dim=64,
+    )
+
+
+def tiny_conditioning_shape(kind: str) -> tuple[int, int]:
+    sizes = tiny_sizes(kind)
+    return (1, sizes["projection_dim"]) if kind == "audioldm" else (sizes["max_length"], sizes["text_hidden"])
+
+
+@register_preset("tiny")
+def tiny() -> AnyToAnyConfig:
+    """Random-init components of a few thousand parameters: builds in seconds on a CPU (tests)."""
+    decoders = {m: DecoderConfig.tiny(kind, seed=0) for m, kind in
+                (("image", "stable_diffusion"), ("video", "text_to_video_sd"), ("audio", "audioldm"))}
+    imagebind = ImageBindConfig.tiny()
+    return AnyToAnyConfig(
+        llm=LLMConfig(name_or_path=None, random_init=dict(TINY_LLM), lora=LoRASettings(r=4, alpha=8, dropout=0.0), max_length=512),
+        encoder=EncoderConfig(checkpoint=None, architecture=imagebind.to_dict()),
+        bridge={"type": "linear", "input_dim": imagebind.embed_dim, "llm_dim": TINY_LLM["hidden_size"]},
+        signals=SignalTokenConfig(image=4, video=6, audio=2),
+        output_projections={
+            m: tiny_output_projection(*tiny_conditioning_shape(d.kind)) for m, d in decoders.items()
+        },
+        decoders=decoders,
+        generation=GenerationConfig(max_new_tokens=32),
+    )

@@ -1,0 +1,108 @@
+"""Token-by-token decoding with a KV cache that keeps each signal token's hidden state.
+
+Feeding a token through the cached model yields that token's last-layer state at its own
+position, exactly what teacher-forced training uses, so signal states come straight from
+the generation pass: no second forward over the whole sequence.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .tokens import STOP_STRING
+
+
+@dataclass
+class SignalGroup:
+    modality: str
+    states: torch.Tensor  # [N, H]: last hidden state + input embedding of each signal token
+    position: int  # index of the group's first token among the generated tokens
+    repaired: bool = False
+
+
+@dataclass
+class LLMOutput:
+    token_ids: list[int]
+    raw_text: str  # with signal tokens, as the conversation history keeps it
+    text: str  # what a person reads: signal tokens and the stop marker removed
+    groups: list[SignalGroup] = field(default_factory=list)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def generate_with_signals(
+    model,
+    inputs_embeds: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+    logits_processor=None,
+    repair_signal_groups: bool = True,
+    progress: bool = False,
+) -> LLMOutput:
+    """Decode one sequence (batch 1). ``logits_processor``: callables ``(generated_ids[1,t], scores[1,V]) -> scores``."""
+    from transformers import DynamicCache
+
+    base = model.llm.get_base_model()
+    embed = model.llm.get_input_embeddings()
+    tokenizer = model.tokenizer
+    signal_of = model.token_ids.signal_modality()
+    groups_ids = model.token_ids.signals
+    eos = tokenizer.eos_token_id
+
+    cache = DynamicCache(config=base.config)
+    hidden = base.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    generated: list[int] = []
+    forced: list[int] = []  # remaining ids of a signal group being completed
+    current: dict | None = None
+    groups: list[SignalGroup] = []
+    bar = tqdm(total=max_new_tokens, desc="LLM", unit="tok", disable=not progress, leave=False)
+    while len(generated) < max_new_tokens or forced:
+        if forced:
+            token = forced.pop(0)
+        else:
+            scores = base.lm_head(hidden).float()
+            for proc in logits_processor or ():
+                scores = proc(torch.tensor([generated], dtype=torch.long, device=scores.device), scores)
+            token = _pick(scores[0], temperature, top_p, generator)
+            if token in signal_of and current is None:
+                modality, index = signal_of[token]
+                group = list(groups_ids[modality])
+                if index != 0 and not repair_signal_groups:
+                    raise ValueError(f"LLM emitted {tokenizer.convert_ids_to_tokens(token)} outside a group")
+                token, forced = group[0], group[1:]
+                current = {"modality": modality, "position": len(generated), "states": [], "repaired": index != 0}
+        if token == eos:
+            break
+        generated.append(token)
+        bar.update(1)
+        if current is None and tokenizer.decode(generated[-4:]).rstrip().endswith(STOP_STRING):
+            break
+        token_embed = embed(torch.tensor([[token]], device=inputs_embeds.device))
+        hidden = base.model(inputs_embeds=token_embed, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        if current is not None:
+            current["states"].append(hidden[0] + token_embed[0, 0])
+            if not forced:
+                groups.append(SignalGroup(current["modality"], torch.stack(current["states"]), current["position"], current["repaired"]))
+                current = None
+    bar.close()
+    raw = tokenizer.decode(generated, skip_special_tokens=False)
+    raw = raw.split(STOP_STRING)[0].rstrip() if STOP_STRING in raw else raw.rstrip()
+    visible = [t for t in generated if t not in signal_of]
+    text = tokenizer.decode(visible, skip_special_tokens=True)
+    text = text.split(STOP_STRING)[0].strip()
+    return LLMOutput(token_ids=generated, raw_text=raw, text=text, groups=groups)

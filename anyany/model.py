@@ -1,0 +1,324 @@
+"""AnyToAnyModel: ImageBind -> bridge -> LLM (+LoRA, trainable new token rows) -> output projections.
+
+Decoders are not part of the model: they are frozen, large, and only needed to *render*
+conditioning (see :mod:`anyany.pipeline`) or to compute alignment targets (see :mod:`training`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoders.imagebind import ImageBindEncoder
+from projections import OutputProjection, build_bridge, generation_distance, load_bridge
+
+from .config import AnyToAnyConfig, LLMConfig
+from .tokens import (
+    IGNORE_INDEX,
+    PromptBuilder,
+    TokenIds,
+    byte_level_tokenizer,
+    collate_sequences,
+    extend_tokenizer,
+)
+
+CONFIG_NAME = "anyany_config.json"
+
+# What each NExT-GPT stage trains; everything else is frozen. The one place this is declared.
+STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
+    "stage1": ("input_projection",),
+    "stage2": ("output_projections", "new_token_rows"),
+    "stage3": ("lora", "input_projection", "output_projections", "new_token_rows"),
+}
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    conditioning: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def load_tokenizer_and_llm(cfg: LLMConfig, signals, device="cpu"):
+    """Tokenizer (extended with the added tokens) and the base causal LM, resized to it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if cfg.name_or_path is None and cfg.random_init is None:
+        raise ValueError("LLMConfig needs name_or_path (hub id or folder) or random_init (LlamaConfig sizes)")
+    tok_source = cfg.tokenizer_name_or_path or cfg.name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(tok_source) if tok_source else byte_level_tokenizer()
+    extend_tokenizer(tokenizer, signals)
+    torch.manual_seed(cfg.seed)
+    if cfg.name_or_path is not None:
+        kwargs = {"dtype": torch_dtype(cfg.torch_dtype)}
+        if cfg.quantization in ("4bit", "8bit"):
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=cfg.quantization == "4bit",
+                load_in_8bit=cfg.quantization == "8bit",
+                bnb_4bit_compute_dtype=torch_dtype(cfg.torch_dtype),
+                bnb_4bit_quant_type="nf4",
+            )
+            kwargs["device_map"] = {"": device}
+        llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
+    else:
+        llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **cfg.random_init))
+        llm.to(torch_dtype(cfg.torch_dtype))
+    if llm.get_input_embeddings().weight.shape[0] != len(tokenizer):
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    llm.requires_grad_(False)
+    return tokenizer, llm
+
+
+def wrap_lora(llm, cfg: LLMConfig, new_token_ids: list[int]):
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        trainable_token_indices={"embed_tokens": new_token_ids, "lm_head": new_token_ids},
+    )
+    return get_peft_model(llm, lora)
+
+
+def load_encoder(cfg, device="cpu") -> ImageBindEncoder:
+    from encoders.imagebind import ImageBindEncoder
+
+    if cfg.checkpoint:
+        encoder = ImageBindEncoder.from_checkpoint(cfg.checkpoint, cfg.imagebind)
+    else:
+        torch.manual_seed(cfg.seed)
+        encoder = ImageBindEncoder.from_config(cfg.imagebind)
+    return encoder.to(device=device, dtype=torch_dtype(cfg.torch_dtype)).requires_grad_(False).eval()
+
+
+class AnyToAnyModel(nn.Module):
+    def __init__(self, config: AnyToAnyConfig, tokenizer, llm, bridge, output_projections: dict, encoder=None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.llm = llm  # a peft model
+        self.bridge = bridge
+        self.output_projections = nn.ModuleDict(output_projections)
+        self.encoder = encoder
+        self.token_ids = TokenIds.from_tokenizer(tokenizer, config.signals)
+        self.prompts = PromptBuilder(tokenizer, self.token_ids, config.signals, bridge.num_tokens, config.llm.max_length)
+        self.set_stage(None)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_config(cls, config: AnyToAnyConfig, *, with_encoder: bool = True, device: str = "cpu") -> "AnyToAnyModel":
+        tokenizer, base = load_tokenizer_and_llm(config.llm, config.signals, device)
+        ids = TokenIds.from_tokenizer(tokenizer, config.signals)
+        llm = wrap_lora(base, config.llm, ids.all_new)
+        hidden = base.config.hidden_size
+        torch.manual_seed(config.llm.seed + 1)
+        bridge = build_bridge(cls._bridge_config(config, hidden))
+        projections = {
+            m: OutputProjection(llm_dim=hidden, **vars(p)) for m, p in config.output_projections.items()
+        }
+        encoder = load_encoder(config.encoder, device) if with_encoder else None
+        return cls(config, tokenizer, llm, bridge, projections, encoder).to(device)
+
+    @staticmethod
+    def _bridge_config(config: AnyToAnyConfig, llm_dim: int) -> dict:
+        bridge = dict(config.bridge)
+        bridge.setdefault("input_dim", config.encoder.imagebind.embed_dim)
+        bridge["llm_dim"] = llm_dim
+        return bridge
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, path) -> None:
+        """Write the trainable state (+ any random-init frozen part, so tiny folders are self-contained)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = AnyToAnyConfig.from_dict(self.config.to_dict())
+        if config.llm.name_or_path is None:
+            self.llm.get_base_model().save_pretrained(path / "base_llm", state_dict=self.base_llm_state_dict())
+            config.llm.name_or_path = "base_llm"
+        if config.encoder.checkpoint is None and self.encoder is not None:
+            (path / "encoder").mkdir(exist_ok=True)
+            self.encoder.save_checkpoint(path / "encoder" / "imagebind.pth")
+            config.encoder.checkpoint = "encoder/imagebind.pth"
+        config.llm.tokenizer_name_or_path = "tokenizer"
+        self.tokenizer.save_pretrained(path / "tokenizer")
+        self.llm.save_pretrained(path / "llm_adapter")
+        self.bridge.save_pretrained(path / "bridge")
+        for m, proj in self.output_projections.items():
+            proj.save_pretrained(path / "output_projections" / m)
+        config.save(path / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, path, *, with_encoder: bool = True, device: str = "cpu", config_overrides=None) -> "AnyToAnyModel":
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / CONFIG_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not an anyany checkpoint folder (no {CONFIG_NAME})")
+        config = AnyToAnyConfig.load(path / CONFIG_NAME)
+        if config_overrides:
+            config_overrides(config)
+        for attr in ("name_or_path", "tokenizer_name_or_path"):
+            value = getattr(config.llm, attr)
+            if value and (path / value).exists():
+                setattr(config.llm, attr, str(path / value))
+        if config.encoder.checkpoint and (path / config.encoder.checkpoint).exists():
+            config.encoder.checkpoint = str(path / config.encoder.checkpoint)
+        tokenizer, base = load_tokenizer_and_llm(config.llm, config.signals, device)
+        llm = PeftModel.from_pretrained(base, path / "llm_adapter", is_trainable=True)
+        bridge = load_bridge(path / "bridge")
+        projections = {m: OutputProjection.from_pretrained(path / "output_projections" / m) for m in config.output_projections}
+        encoder = load_encoder(config.encoder, device) if with_encoder else None
+        return cls(config, tokenizer, llm, bridge, projections, encoder).to(device)
+
+    def base_llm_state_dict(self) -> dict[str, torch.Tensor]:
+        """The frozen LLM's own weights under their transformers names (peft wrappers removed)."""
+        state = {}
+        for name, tensor in self.llm.get_base_model().state_dict().items():
+            if "lora_" in name or "trainable_tokens_delta" in name:
+                continue
+            state[name.replace(".token_adapter.base_layer.", ".").replace(".base_layer.", ".")] = tensor
+        return state
+
+    # ------------------------------------------------------------------ trainability
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        groups = {"input_projection": list(self.bridge.parameters()),
+                  "output_projections": list(self.output_projections.parameters()),
+                  "lora": [], "new_token_rows": []}
+        for name, p in self.llm.named_parameters():
+            if "lora_" in name:
+                groups["lora"].append(p)
+            elif "trainable_tokens_delta" in name:
+                groups["new_token_rows"].append(p)
+        return groups
+
+    def set_stage(self, stage: str | None) -> list[str]:
+        """Freeze everything, then unfreeze the groups ``STAGE_TRAINABLE[stage]`` names."""
+        if stage is not None and stage not in STAGE_TRAINABLE:
+            raise ValueError(f"unknown stage {stage!r}; use one of {sorted(STAGE_TRAINABLE)}")
+        self.requires_grad_(False)
+        active = STAGE_TRAINABLE.get(stage, ())
+        for name in active:
+            for p in self.parameter_groups()[name]:
+                p.requires_grad_(True)
+        self.stage = stage
+        return list(active)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ media
+    @property
+    def device(self) -> torch.device:
+        return self.bridge.device
+
+    @torch.no_grad()
+    def encode_media(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
+        """Preprocessed media -> the features the bridge consumes (pooled vector or tokens)."""
+        if self.encoder is None:
+            raise RuntimeError("this model was loaded without its encoder (with_encoder=False); pass cached features")
+        enc_dtype = next(self.encoder.parameters()).dtype
+        out = self.encoder.encode(modality, inputs.to(self.device, enc_dtype))
+        return out.pooled if self.bridge.feature_kind == "pooled" else out.tokens
+
+    def embed_inputs(self, input_ids, media_slots, media_features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings with every media placeholder run replaced by its bridge output."""
+        embed = self.llm.get_input_embeddings()
+        embeds = embed(input_ids)
+        if not media_slots:
+            return embeds
+        projected: dict[str, torch.Tensor] = {}
+        for modality, feats in media_features.items():
+            param = next(self.bridge.parameters())
+            projected[modality] = self.bridge(feats.to(param.device, param.dtype), modality)
+        mask = input_ids == self.token_ids.placeholder
+        pieces = []
+        for slot in sorted(media_slots, key=lambda s: (s.row, s.start)):
+            tokens = projected[slot.modality][slot.feature_index]
+            if tokens.shape[0] != slot.length:
+                raise ValueError(f"{slot.modality} bridge gave {tokens.shape[0]} tokens, the prompt reserved {slot.length}")
+            pieces.append(tokens)
+        values = torch.cat(pieces).to(embeds.dtype)
+        if int(mask.sum()) != values.shape[0]:
+            raise ValueError(f"{int(mask.sum())} placeholder positions but {values.shape[0]} media tokens")
+        return embeds.masked_scatter(mask.unsqueeze(-1), values)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        media_slots=(),
+        signal_slots=(),
+        media_features: dict | None = None,
+        gen_targets: dict | None = None,
+    ) -> ModelOutput:
+        """LM loss on ``labels`` + generation distance for each signal slot with a target.
+
+        Stage 1 batches carry media and caption labels; stage 2 batches carry signal slots
+        and decoder targets; stage 3 batches carry both.
+        """
+        device = self.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        embeds = self.embed_inputs(input_ids, list(media_slots), media_features or {})
+        base = self.llm.get_base_model()
+        hidden = base.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        losses: dict[str, torch.Tensor] = {}
+        if labels is not None:
+            shifted = labels[:, 1:].to(device)
+            keep = shifted != IGNORE_INDEX
+            if keep.any():
+                logits = base.lm_head(hidden[:, :-1][keep]).float()
+                losses["lm"] = F.cross_entropy(logits, shifted[keep])
+        conditioning = {}
+        if signal_slots:
+            by_modality: dict[str, list] = {}
+            for slot in signal_slots:
+                by_modality.setdefault(slot.modality, []).append(slot)
+            for modality, slots in by_modality.items():
+                states = self.signal_states(hidden, embeds, slots, modality)
+                cond = self.output_projections[modality](states.to(self.output_projections[modality].dtype))
+                conditioning[modality] = cond
+                if gen_targets and modality in gen_targets:
+                    target = gen_targets[modality][[s.target_index for s in slots]].to(cond.device)
+                    losses[f"gen_{modality}"] = generation_distance(cond, target.reshape(cond.shape), self.config.loss.distance)
+        if not losses:
+            raise ValueError("batch has neither labels nor generation targets: nothing to train on")
+        weights = self.config.loss.weights
+        total = sum(weights.get(k.removeprefix("gen_"), 1.0) * v for k, v in losses.items())
+        return ModelOutput(loss=total, losses=losses, conditioning=conditioning)
+
+    def signal_states(self, hidden, embeds, slots, modality: str) -> torch.Tensor:
+        """[n_groups, N, H]: last-layer state at each signal token + that token's input embedding."""
+        n = self.config.signals.count(modality)
+        rows = torch.tensor([s.row for s in slots], device=hidden.device)
+        cols = torch.tensor([s.start for s in slots], device=hidden.device)[:, None] + torch.arange(n, device=hidden.device)
+        rows = rows[:, None].expand_as(cols)
+        return hidden[rows, cols] + embeds[rows, cols]
+
+    # ------------------------------------------------------------------ helpers for callers
+    def collate(self, sequences) -> dict:
+        return collate_sequences(sequences, self.tokenizer.pad_token_id)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def describe(self) -> str:
+        return json.dumps({k: sum(p.numel() for p in v) for k, v in self.parameter_groups().items()})
+

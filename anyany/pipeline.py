@@ -1,0 +1,221 @@
+"""AnyToAnyPipeline: conversation with media in -> reply text plus generated image / video / audio.
+
+One readable ``__call__``: check_inputs -> encode_media -> prepare_inputs -> generate_text ->
+project_signals -> decode -> (optionally) save.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .generation import LLMOutput, generate_with_signals
+from .inputs import load_media
+from .media import unique_path, write_audio, write_image, write_video
+from .tokens import ChatTurn, collate_sequences
+
+
+@dataclass
+class Message:
+    """A chat message. ``media``: file paths (modality from the extension)."""
+
+    role: str  # "user" | "assistant"
+    text: str = ""
+    media: list = field(default_factory=list)
+
+
+@dataclass
+class GeneratedMedia:
+    modality: str
+    data: object  # PIL.Image | uint8 ndarray [F,H,W,3] | float32 ndarray [samples]
+    sample_rate: int | None = None
+    fps: int | None = None
+    conditioning: torch.Tensor | None = None
+
+
+@dataclass
+class AnyToAnyOutput:
+    text: str
+    raw_text: str
+    media: list[GeneratedMedia] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    def of(self, modality: str) -> list[GeneratedMedia]:
+        return [m for m in self.media if m.modality == modality]
+
+    @property
+    def images(self):
+        return [m.data for m in self.of("image")]
+
+    @property
+    def videos(self):
+        return [m.data for m in self.of("video")]
+
+    @property
+    def audios(self):
+        return [m.data for m in self.of("audio")]
+
+    def save(self, folder, stem: str = "anyany") -> list[Path]:
+        """PNG / MP4 / WAV into ``folder`` with predictable names; never overwrites."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = []
+        for i, m in enumerate(self.media):
+            name = f"{stem}-{i}-{m.modality}"
+            if m.modality == "image":
+                written.append(write_image(m.data, unique_path(folder, name, ".png")))
+            elif m.modality == "video":
+                written.append(write_video(m.data, unique_path(folder, name, ".mp4"), fps=m.fps or 8))
+            else:
+                written.append(write_audio(m.data, m.sample_rate, unique_path(folder, name, ".wav")))
+        text_path = unique_path(folder, f"{stem}-reply", ".txt")
+        text_path.write_text(self.text + "\n")
+        self.files = [Path(p) for p in written] + [text_path]
+        return self.files
+
+
+class AnyToAnyPipeline:
+    def __init__(self, model, decoders: dict | None = None, progress: bool = True):
+        self.model = model.eval()
+        self._decoders = dict(decoders or {})
+        self.progress = progress
+
+    @classmethod
+    def from_pretrained(cls, path_or_preset: str, *, device: str = "cpu", progress: bool = True, config_overrides=None):
+        """A checkpoint folder written by ``save_pretrained``, or a preset name (random trainable parts)."""
+        from .config import get_preset
+        from .model import AnyToAnyModel
+
+        if Path(path_or_preset).is_dir():
+            model = AnyToAnyModel.from_pretrained(path_or_preset, device=device, config_overrides=config_overrides)
+        else:
+            config = get_preset(path_or_preset)
+            if config_overrides:
+                config_overrides(config)
+            model = AnyToAnyModel.from_config(config, device=device)
+        return cls(model, progress=progress)
+
+    # ------------------------------------------------------------------ decoders (lazy)
+    def decoder(self, modality: str):
+        """Decoders are loaded on first use and kept (the reference reloaded them every call)."""
+        if modality not in self._decoders:
+            from decoders import build_decoder
+
+            cfg = self.model.config.decoders.get(modality)
+            if cfg is None:
+                raise ValueError(f"no decoder configured for {modality}; configured: {sorted(self.model.config.decoders)}")
+            self._decoders[modality] = build_decoder(cfg)
+        return self._decoders[modality]
+
+    # ------------------------------------------------------------------ steps
+    def check_inputs(self, prompt, messages, media) -> list[Message]:
+        if messages is None:
+            messages = []
+        else:
+            messages = list(messages)
+        if prompt is not None or media:
+            messages.append(Message("user", prompt or "", list(media or [])))
+        if not messages or messages[-1].role != "user":
+            raise ValueError("the conversation must end with a user message")
+        if not messages[-1].text.strip() and not messages[-1].media:
+            raise ValueError("the last user message is empty: give text or media")
+        for m in messages:
+            if m.role not in ("user", "assistant"):
+                raise ValueError(f"message role must be 'user' or 'assistant', got {m.role!r}")
+        return messages
+
+    def encode_media(self, messages: list[Message]) -> tuple[list[ChatTurn], dict[str, torch.Tensor]]:
+        """Read + preprocess + encode every input medium once; turns refer to features by index."""
+        features: dict[str, list[torch.Tensor]] = {}
+        turns = []
+        for m in messages:
+            if m.role == "assistant":
+                turns.append(ChatTurn("gpt", m.text))
+                continue
+            refs = []
+            for item in m.media:
+                modality, tensor = load_media(item)
+                encoded = self.model.encode_media(modality, tensor.unsqueeze(0))[0]
+                features.setdefault(modality, []).append(encoded)
+                refs.append((modality, len(features[modality]) - 1))
+            turns.append(ChatTurn("human", m.text, refs))
+        return turns, {k: torch.stack(v) for k, v in features.items()}
+
+    def prepare_inputs(self, turns, features) -> torch.Tensor:
+        segments = self.model.prompts.conversation_segments(turns)
+        sequence = self.model.prompts.encode_segments(segments)
+        batch = collate_sequences([sequence], self.model.tokenizer.pad_token_id)
+        return self.model.embed_inputs(batch["input_ids"].to(self.model.device), batch["media_slots"], features)
+
+    def generate_text(self, inputs_embeds, *, generator, logits_processor, **gen) -> LLMOutput:
+        return generate_with_signals(
+            self.model, inputs_embeds, generator=generator, logits_processor=logits_processor,
+            progress=self.progress, **gen,
+        )
+
+    def project_signals(self, llm_output: LLMOutput) -> list[tuple[str, torch.Tensor]]:
+        out = []
+        for group in llm_output.groups:
+            proj = self.model.output_projections[group.modality]
+            out.append((group.modality, proj(group.states.unsqueeze(0).to(proj.dtype))))
+        return out
+
+    def decode(self, conditioning, *, seed: int, decoder_kwargs: dict) -> list[GeneratedMedia]:
+        results = []
+        for k, (modality, cond) in enumerate(conditioning):
+            decoder = self.decoder(modality)
+            kwargs = {key: v for key, v in decoder_kwargs.get(modality, {}).items() if v is not None}
+            data = decoder.generate(cond, seed=seed + k, progress=self.progress, **kwargs)[0]
+            fps = kwargs.get("fps", getattr(decoder.config, "fps", None)) if modality == "video" else None
+            results.append(GeneratedMedia(modality, data, decoder.sample_rate, fps, cond.detach()))
+        return results
+
+    # ------------------------------------------------------------------ the call
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        *,
+        media=(),
+        messages: list[Message] | None = None,
+        seed: int = 0,
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        decoder_kwargs: dict | None = None,
+        logits_processor=None,
+        output_dir=None,
+    ) -> AnyToAnyOutput:
+        """Reply to ``prompt`` (+ ``media`` paths), after an optional ``messages`` history.
+
+        ``decoder_kwargs``: per modality overrides, e.g. ``{"video": {"num_frames": 8}}``;
+        ``num_inference_steps`` / ``guidance_scale`` apply to every decoder.
+        """
+        gen_cfg = self.model.config.generation
+        messages = self.check_inputs(prompt, messages, media)
+        turns, features = self.encode_media(messages)
+        inputs_embeds = self.prepare_inputs(turns, features)
+        generator = torch.Generator().manual_seed(seed)
+        llm_output = self.generate_text(
+            inputs_embeds,
+            generator=generator,
+            logits_processor=logits_processor,
+            max_new_tokens=max_new_tokens or gen_cfg.max_new_tokens,
+            temperature=gen_cfg.temperature if temperature is None else temperature,
+            top_p=gen_cfg.top_p if top_p is None else top_p,
+            repair_signal_groups=gen_cfg.repair_signal_groups,
+        )
+        conditioning = self.project_signals(llm_output)
+        per_decoder = {m: {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+                       for m, _ in conditioning}
+        for m, extra in (decoder_kwargs or {}).items():
+            per_decoder.setdefault(m, {}).update(extra)
+        media_out = self.decode(conditioning, seed=seed, decoder_kwargs=per_decoder)
+        result = AnyToAnyOutput(text=llm_output.text, raw_text=llm_output.raw_text, media=media_out)
+        if output_dir is not None:
+            result.save(output_dir)
+        return result
+

@@ -1,0 +1,287 @@
+"""Signal tokens, media placeholders and the Vicuna-v0 conversation template.
+
+Everything about *which strings become which token ids* lives here; the model only
+sees ids, masks and slots produced by :class:`PromptBuilder`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+MODALITIES = ("image", "video", "audio")
+
+# The reference wraps every medium (image, video and audio alike) in <Img> ... </Img>.
+MEDIA_START = "<Img>"
+MEDIA_END = "</Img>"
+# One placeholder id per LLM token a medium occupies; replaced by bridge outputs (LLaVA-style merge).
+MEDIA_PLACEHOLDER = "<media>"
+
+SIGNAL_PREFIX = {"image": "IMG", "video": "VID", "audio": "AUD"}
+
+# Vicuna v0 template as used by NExT-GPT.
+HUMAN = "### Human: "
+ASSISTANT = "\n### Assistant: "
+TURN_END = "\n###"
+STOP_STRING = "###"
+
+
+@dataclass(frozen=True)
+class SignalTokenConfig:
+    """Number of signal tokens per output modality (NExT-GPT: 4 image, 24 video, 8 audio)."""
+
+    image: int = 4
+    video: int = 24
+    audio: int = 8
+
+    def count(self, modality: str) -> int:
+        return getattr(self, modality)
+
+    def to_dict(self) -> dict:
+        return {"image": self.image, "video": self.video, "audio": self.audio}
+
+
+def signal_tokens(modality: str, count: int) -> list[str]:
+    return [f"[{SIGNAL_PREFIX[modality]}{i}]" for i in range(count)]
+
+
+def new_token_strings(signals: SignalTokenConfig) -> list[str]:
+    """Tokens added to the LLM vocabulary, in the reference's order (then our placeholder)."""
+    tokens = [MEDIA_START, MEDIA_END]
+    for modality in MODALITIES:
+        tokens += signal_tokens(modality, signals.count(modality))
+    return tokens + [MEDIA_PLACEHOLDER]
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Resolved ids of the added tokens for one tokenizer."""
+
+    media_start: int
+    media_end: int
+    placeholder: int
+    signals: dict[str, tuple[int, ...]]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, signals: SignalTokenConfig) -> "TokenIds":
+        def tid(s: str) -> int:
+            i = tokenizer.convert_tokens_to_ids(s)
+            if i is None or i == tokenizer.unk_token_id:
+                raise ValueError(f"tokenizer has no token {s!r}; call extend_tokenizer first")
+            return i
+
+        return cls(
+            media_start=tid(MEDIA_START),
+            media_end=tid(MEDIA_END),
+            placeholder=tid(MEDIA_PLACEHOLDER),
+            signals={m: tuple(tid(t) for t in signal_tokens(m, signals.count(m))) for m in MODALITIES},
+        )
+
+    @property
+    def all_new(self) -> list[int]:
+        ids = [self.media_start, self.media_end]
+        for m in MODALITIES:
+            ids += list(self.signals[m])
+        return ids + [self.placeholder]
+
+    def signal_modality(self) -> dict[int, tuple[str, int]]:
+        """token id -> (modality, index within its group)."""
+        return {t: (m, i) for m, ids in self.signals.items() for i, t in enumerate(ids)}
+
+
+def extend_tokenizer(tokenizer, signals: SignalTokenConfig) -> int:
+    """Add placeholders and signal tokens (idempotent). Returns how many were added."""
+    missing = [t for t in new_token_strings(signals) if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return len(missing)
+
+
+def signal_text(modality: str, signals: SignalTokenConfig) -> str:
+    return "".join(signal_tokens(modality, signals.count(modality)))
+
+
+# ---------------------------------------------------------------------------------------
+# Building sequences
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class MediaSlot:
+    """Where one medium's bridge outputs go: sequence ``row``, first position ``start``, ``length``."""
+
+    row: int
+    start: int
+    length: int
+    modality: str
+    feature_index: int  # index into the batch's per-modality feature list
+
+
+@dataclass
+class SignalSlot:
+    """A signal-token group in a (teacher-forced) sequence and its generation target index."""
+
+    row: int
+    start: int
+    modality: str
+    target_index: int  # index into the batch's per-modality target list
+
+
+@dataclass
+class Segment:
+    """A piece of a sequence: text, or a medium that expands to placeholder ids."""
+
+    text: str | None = None
+    media: tuple[str, int] | None = None  # (modality, feature_index)
+    trained: bool = False  # contributes to the LM loss
+    signal: tuple[str, int] | None = None  # (modality, target_index): text is this group's tokens
+
+
+@dataclass
+class EncodedSequence:
+    input_ids: list[int] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    media: list[tuple[int, int, str, int]] = field(default_factory=list)  # start, length, modality, feature_index
+    signals: list[tuple[int, str, int]] = field(default_factory=list)  # start, modality, target_index
+
+
+class PromptBuilder:
+    """Turns conversations into token ids, labels, media slots and signal slots.
+
+    ``media_tokens(modality)`` says how many LLM tokens a medium of that modality takes
+    (1 for NExT-GPT's linear bridge; more for token bridges).
+    """
+
+    def __init__(self, tokenizer, ids: TokenIds, signals: SignalTokenConfig, media_tokens, max_length: int | None = None):
+        self.tokenizer = tokenizer
+        self.ids = ids
+        self.signals = signals
+        self.media_tokens = media_tokens
+        self.max_length = max_length
+
+    def _text_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def encode_segments(self, segments: Sequence[Segment], add_bos: bool = True) -> EncodedSequence:
+        seq = EncodedSequence()
+        if add_bos and self.tokenizer.bos_token_id is not None:
+            seq.input_ids.append(self.tokenizer.bos_token_id)
+            seq.labels.append(IGNORE_INDEX)
+        for seg in segments:
+            if seg.media is not None:
+                modality, index = seg.media
+                n = self.media_tokens(modality)
+                ids = [self.ids.media_start] + [self.ids.placeholder] * n + [self.ids.media_end]
+                seq.media.append((len(seq.input_ids) + 1, n, modality, index))
+                seq.input_ids += ids
+                seq.labels += [IGNORE_INDEX] * len(ids)
+                continue
+            ids = self._text_ids(seg.text or "")
+            if seg.signal is not None:
+                modality, target_index = seg.signal
+                expected = list(self.ids.signals[modality])
+                if ids != expected:
+                    raise ValueError(f"signal text for {modality} did not tokenize to its group: {ids} != {expected}")
+                seq.signals.append((len(seq.input_ids), modality, target_index))
+            seq.input_ids += ids
+            seq.labels += ids if seg.trained else [IGNORE_INDEX] * len(ids)
+        if self.max_length is not None and len(seq.input_ids) > self.max_length:
+            per = {m: self.media_tokens(m) for m in {s[2] for s in seq.media}}
+            detail = ", ".join(f"{m}: {n} tokens each" for m, n in sorted(per.items())) or "no media"
+            raise ValueError(
+                f"sequence of {len(seq.input_ids)} tokens exceeds max_length={self.max_length} "
+                f"({len(seq.media)} media; {detail}); shorten the conversation or use fewer media"
+            )
+        return seq
+
+    # -- the three stage formats + inference prompts ---------------------------------
+
+    def conversation_segments(self, turns, generation_prompt: bool = False) -> list[Segment]:
+        """Vicuna-v0: ``### Human: <media> text\\n### Assistant: reply [SIG..]\\n###``.
+
+        ``turns``: objects with ``role`` ("human"|"gpt"), ``text``, ``media_in`` (list of
+        (modality, feature_index)) and ``media_out`` (list of (modality, target_index)).
+        Loss is on assistant turns (their text, signal tokens and the closing ``\\n###``).
+        """
+        segments: list[Segment] = []
+        for k, turn in enumerate(turns):
+            if turn.role == "human":
+                segments.append(Segment(text=HUMAN if k == 0 else " Human: "))
+                for modality, index in turn.media_in:
+                    segments.append(Segment(media=(modality, index)))
+                    segments.append(Segment(text=" "))
+                segments.append(Segment(text=turn.text.strip()))
+                segments.append(Segment(text=ASSISTANT.rstrip(" ")))
+                segments.append(Segment(text=" "))
+            else:
+                text = turn.text.strip()
+                segments.append(Segment(text=text, trained=True))
+                for modality, target_index in turn.media_out:
+                    segments.append(Segment(text=signal_text(modality, self.signals), trained=True, signal=(modality, target_index)))
+                segments.append(Segment(text=TURN_END, trained=True))
+        return segments
+
+    def caption_segments(self, modality: str, feature_index: int, caption: str, instruction: str) -> list[Segment]:
+        """Stage 1: ``### Human: <Img>[emb]</Img> instruction\\n### Assistant: caption\\n###``."""
+        return self.conversation_segments(
+            [ChatTurn("human", instruction, [(modality, feature_index)]), ChatTurn("gpt", caption)]
+        )
+
+    def signal_segments(self, caption: str, modality: str, target_index: int) -> list[Segment]:
+        """Stage 2 (reference): the caption, then the signal group; loss on the signal tokens."""
+        return [
+            Segment(text=caption.strip() + " "),
+            Segment(text=signal_text(modality, self.signals), trained=True, signal=(modality, target_index)),
+        ]
+
+
+@dataclass
+class ChatTurn:
+    """One turn as the prompt builder sees it: media are (modality, index) pairs."""
+
+    role: str
+    text: str
+    media_in: list = field(default_factory=list)
+    media_out: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.role not in ("human", "gpt"):
+            raise ValueError(f"turn role must be 'human' or 'gpt', got {self.role!r}")
+
+
+def collate_sequences(sequences: Sequence[EncodedSequence], pad_id: int) -> dict:
+    """Right-pad into tensors; return media and signal slots with their rows."""
+    length = max(len(s.input_ids) for s in sequences)
+    b = len(sequences)
+    input_ids = torch.full((b, length), pad_id, dtype=torch.long)
+    labels = torch.full((b, length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((b, length), dtype=torch.long)
+    media, signals = [], []
+    for row, s in enumerate(sequences):
+        n = len(s.input_ids)
+        input_ids[row, :n] = torch.tensor(s.input_ids)
+        labels[row, :n] = torch.tensor(s.labels)
+        attention_mask[row, :n] = 1
+        media += [MediaSlot(row, start, length_, m, i) for start, length_, m, i in s.media]
+        signals += [SignalSlot(row, start, m, i) for start, m, i in s.signals]
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "media_slots": media, "signal_slots": signals}
+
+
+def byte_level_tokenizer():
+    """A 256-symbol byte-level BPE tokenizer built in code (random-init LLMs; no hub needed)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    specials = ["<unk>", "<s>", "</s>"]
+    vocab = {t: i for i, t in enumerate(specials + alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )

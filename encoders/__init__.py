@@ -1,0 +1,49 @@
+"""ImageBind encoder (vision + audio), its preprocessing, kaldi fbank and resampling.
+
+Pure torch/numpy/PIL; never imports ``anyany``.
+"""
+
+from .fbank import kaldi_fbank, kaldi_mel_banks
+from .imagebind import (
+    MODALITIES,
+    ImageBindConfig,
+    ImageBindEncoder,
+    ImageBindOutput,
+    expected_state_shapes,
+)
+from .preprocessing import (
+    AUDIO_MEAN,
+    AUDIO_SAMPLE_RATE,
+    AUDIO_STD,
+    CLIP_MEAN,
+    CLIP_STD,
+    ImageBindProcessor,
+    clip_timepoints,
+    preprocess_audio,
+    preprocess_image,
+    preprocess_video,
+    waveform_to_melspec,
+)
+from .resample import resample
+
+__all__ = [
+    "AUDIO_MEAN",
+    "AUDIO_SAMPLE_RATE",
+    "AUDIO_STD",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "MODALITIES",
+    "ImageBindConfig",
+    "ImageBindEncoder",
+    "ImageBindOutput",
+    "ImageBindProcessor",
+    "clip_timepoints",
+    "expected_state_shapes",
+    "kaldi_fbank",
+    "kaldi_mel_banks",
+    "preprocess_audio",
+    "preprocess_image",
+    "preprocess_video",
+    "resample",
+    "waveform_to_melspec",
+]

@@ -1,0 +1,301 @@
+"""ImageBind input preprocessing from *decoded* media (no file I/O here).
+
+Reproduces ``imagebind/data.py`` without torchvision / torchaudio / pytorchvideo:
+
+* image: resize shorter side to 224 (PIL bicubic, as torchvision does for PIL images),
+  centre crop 224, scale to [0,1], normalise with the CLIP mean/std.
+* video: ``clips_per_video`` clips of ``clip_duration`` s spread uniformly over the video
+  (pytorchvideo ``ConstantClipsPerVideoSampler``), ``frames_per_clip`` frames per clip
+  picked uniformly (``UniformTemporalSubsample``), short side scaled to 224 (bilinear, no
+  antialias, like ``ShortSideScale``), normalised, then 3 spatial crops per clip
+  (left/centre/right, or top/centre/bottom for portrait). Output
+  ``[clips*crops, 3, frames_per_clip, 224, 224]``, clips outer, crops inner.
+* audio: resample to 16 kHz, 3 clips of 2 s spread uniformly, per clip subtract the
+  mean, kaldi fbank (128 bins, 25/10 ms, hanning, htk_compat), pad/crop to 204 frames,
+  normalise ``(x - (-4.268)) / 9.138``. Output ``[clips, 1, 128, 204]``.
+
+Deviations from the reference, on purpose: inputs shorter than one clip are handled
+(video frames repeat, audio is zero-padded in the fbank domain like the reference pads
+short clips), and multi-channel audio is reduced by ``channel="first"`` (the
+reference's behaviour: torchaudio's fbank reads channel 0) or ``"mean"`` (mono mix).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from typing import Any, List, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .fbank import kaldi_fbank
+from .resample import resample
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "AUDIO_MEAN",
+    "AUDIO_STD",
+    "AUDIO_SAMPLE_RATE",
+    "clip_timepoints",
+    "preprocess_image",
+    "preprocess_video",
+    "preprocess_audio",
+    "waveform_to_melspec",
+    "ImageBindProcessor",
+]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+AUDIO_MEAN = -4.268
+AUDIO_STD = 9.138
+AUDIO_SAMPLE_RATE = 16000
+
+
+def _normalize_chw(x: torch.Tensor) -> torch.Tensor:
+    """x [..., 3, H, W] or [3, T, H, W] handled by caller; here channels at dim 0."""
+    mean = torch.tensor(CLIP_MEAN, dtype=x.dtype).view(3, *([1] * (x.ndim - 1)))
+    std = torch.tensor(CLIP_STD, dtype=x.dtype).view(3, *([1] * (x.ndim - 1)))
+    return (x - mean) / std
+
+
+def clip_timepoints(duration: float, clip_duration: float, clips_per_video: int) -> List[Tuple[float, float]]:
+    """``ConstantClipsPerVideoSampler``: starts at i * max(duration - clip, 0) / max(n - 1, 1)."""
+    if clips_per_video < 1:
+        raise ValueError(f"clips_per_video must be >= 1, got {clips_per_video}")
+    span = Fraction(max(duration - clip_duration, 0.0))
+    step = span / max(clips_per_video - 1, 1)
+    return [(float(step * i), float(step * i + Fraction(clip_duration))) for i in range(clips_per_video)]
+
+
+# --------------------------------------------------------------------------- image
+def preprocess_image(image: Image.Image, size: int = 224) -> torch.Tensor:
+    """PIL image of any mode -> normalised float tensor [3, size, size]."""
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"preprocess_image expects a PIL.Image, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image has no pixels ({image.width}x{image.height})")
+    if image.mode != "RGB":
+        image = image.convert("RGB")  # as the reference: alpha is dropped, not composited
+    w, h = image.size
+    # torchvision Resize(int): short side -> size, long side truncated
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) != (w, h):
+        image = image.resize((new_w, new_h), Image.BICUBIC)
+    top = int(round((new_h - size) / 2.0))
+    left = int(round((new_w - size) / 2.0))
+    image = image.crop((left, top, left + size, top + size))
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    return _normalize_chw(x)
+
+
+# --------------------------------------------------------------------------- video
+def _short_side_scale(x: torch.Tensor, size: int, antialias: bool) -> torch.Tensor:
+    """x [T, C, H, W] float -> short side ``size`` (pytorchvideo rounding: floor)."""
+    h, w = x.shape[-2:]
+    if w < h:
+        new_h, new_w = int(math.floor(h / w * size)), size
+    else:
+        new_h, new_w = size, int(math.floor(w / h * size))
+    if (new_h, new_w) == (h, w):
+        return x
+    return F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def _uniform_crop(x: torch.Tensor, size: int, idx: int) -> torch.Tensor:
+    """x [..., H, W]: idx 0/1/2 = left/centre/right (landscape) or top/centre/bottom (portrait)."""
+    h, w = x.shape[-2:]
+    y0 = int(math.ceil((h - size) / 2))
+    x0 = int(math.ceil((w - size) / 2))
+    if h > w:
+        y0 = {0: 0, 1: y0, 2: h - size}[idx]
+    else:
+        x0 = {0: 0, 1: x0, 2: w - size}[idx]
+    return x[..., y0 : y0 + size, x0 : x0 + size]
+
+
+def preprocess_video(
+    frames: np.ndarray,
+    fps: float,
+    clip_duration: float = 2,
+    clips_per_video: int = 5,
+    frames_per_clip: int = 2,
+    crops: int = 3,
+    size: int = 224,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Decoded frames uint8 [F,H,W,3] (or float in [0,1]) -> [clips*crops, 3, frames_per_clip, size, size]."""
+    arr = np.asarray(frames)
+    if arr.ndim == 3:  # a single frame
+        arr = arr[None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"video frames must be an array [F,H,W,3], got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
+        raise ValueError(f"video has no frames/pixels (shape {arr.shape})")
+    if not (fps and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"video fps must be a positive number, got {fps!r}")
+    if crops not in (1, 3):
+        raise ValueError(f"crops must be 1 or 3, got {crops}")
+    if frames_per_clip < 1:
+        raise ValueError(f"frames_per_clip must be >= 1, got {frames_per_clip}")
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    elif arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    n = arr.shape[0]
+    duration = n / float(fps)
+    picked: List[List[int]] = []
+    for start, end in clip_timepoints(duration, clip_duration, clips_per_video):
+        first = min(int(math.ceil(start * fps - 1e-9)), n - 1)
+        last = min(max(int(math.ceil(end * fps - 1e-9)) - 1, first), n - 1)
+        idx = torch.linspace(first, last, frames_per_clip).clamp(first, last).long().tolist()
+        picked.append(idx)
+    unique = sorted({i for clip in picked for i in clip})
+    sel = arr[unique]
+    if sel.dtype == np.uint8:
+        x = torch.from_numpy(np.ascontiguousarray(sel)).float() / 255.0
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(sel, dtype=np.float32))
+        if not torch.isfinite(x).all():
+            raise ValueError("video frames contain NaN or infinite values")
+    x = x.permute(0, 3, 1, 2)  # T C H W
+    x = _short_side_scale(x, size, antialias)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    pos = {fi: k for k, fi in enumerate(unique)}
+    out = []
+    crop_ids = [0, 1, 2] if crops == 3 else [1]
+    for idx in picked:
+        clip = x[[pos[i] for i in idx]].permute(1, 0, 2, 3)  # C T H W
+        for c in crop_ids:
+            out.append(_uniform_crop(clip, size, c))
+    return torch.stack(out).contiguous()
+
+
+# --------------------------------------------------------------------------- audio
+def waveform_to_melspec(
+    waveform: torch.Tensor, sample_rate: int, num_mel_bins: int = 128, target_length: int = 204
+) -> torch.Tensor:
+    """Mono clip [T] -> [1, num_mel_bins, target_length] (``waveform2melspec``; unnormalised)."""
+    waveform = waveform - waveform.mean()
+    fb = kaldi_fbank(waveform, sample_rate=sample_rate, num_mel_bins=num_mel_bins).T  # [M, frames]
+    p = target_length - fb.shape[1]
+    if p > 0:
+        fb = F.pad(fb, (0, p), value=0.0)
+    elif p < 0:
+        fb = fb[:, :target_length]
+    return fb.unsqueeze(0)
+
+
+def preprocess_audio(
+    waveform: Union[np.ndarray, torch.Tensor],
+    sample_rate: int,
+    clip_duration: float = 2,
+    clips_per_video: int = 3,
+    num_mel_bins: int = 128,
+    target_length: int = 204,
+    channel: str = "first",
+    mean: float = AUDIO_MEAN,
+    std: float = AUDIO_STD,
+) -> torch.Tensor:
+    """Waveform float [T] or [C,T] at ``sample_rate`` -> [clips_per_video, 1, num_mel_bins, target_length].
+
+    ``channel``: "first" (the reference: torchaudio's fbank reads channel 0) or "mean" (mono mix).
+    """
+    x = torch.as_tensor(np.asarray(waveform) if not isinstance(waveform, torch.Tensor) else waveform)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim != 2:
+        raise ValueError(f"audio waveform must be [T] or [C,T], got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"audio waveform is empty (shape {tuple(x.shape)}): zero-length audio")
+    if x.shape[0] > 64 and x.shape[1] <= 64:
+        raise ValueError(f"audio waveform shape {tuple(x.shape)} looks like [T,C]; pass [C,T]")
+    if not x.is_floating_point():
+        raise ValueError(f"audio waveform must be float (got {x.dtype}); scale integer PCM to [-1, 1] first")
+    x = x.to(torch.float32)
+    if not torch.isfinite(x).all():
+        raise ValueError("audio waveform contains NaN or infinite values")
+    if not sample_rate or int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if channel == "first":
+        mono = x[0]
+    elif channel == "mean":
+        mono = x.mean(dim=0)
+    else:
+        raise ValueError(f"channel must be 'first' or 'mean', got {channel!r}")
+    sr = AUDIO_SAMPLE_RATE
+    if int(sample_rate) != sr:
+        mono = resample(mono, int(sample_rate), sr)
+    duration = mono.shape[0] / sr
+    clips = []
+    for start, end in clip_timepoints(duration, clip_duration, clips_per_video):
+        seg = mono[int(start * sr) : int(end * sr)]
+        if seg.numel() == 0:  # rounding at the very end: take the tail
+            seg = mono[-int(clip_duration * sr):]
+        mel = waveform_to_melspec(seg, sr, num_mel_bins, target_length)
+        clips.append((mel - mean) / std)
+    return torch.stack(clips)
+
+
+# --------------------------------------------------------------------------- processor
+class ImageBindProcessor:
+    """Dispatches decoded media to the right transform using an ImageBindConfig's geometry.
+
+    ``processor("image", pil_image)``, ``processor("video", (frames, fps))``,
+    ``processor("audio", (waveform, sample_rate))``. Returns one example (no batch dim).
+    """
+
+    def __init__(self, config: Any = None, **overrides: Any) -> None:
+        self.image_size = getattr(config, "image_size", 224)
+        self.video_frames = getattr(config, "video_frames", 2)
+        self.num_mel_bins = getattr(config, "audio_num_mel_bins", 128)
+        self.target_length = getattr(config, "audio_target_length", 204)
+        self.video_kwargs = {"clip_duration": 2, "clips_per_video": 5, "crops": 3}
+        self.audio_kwargs = {"clip_duration": 2, "clips_per_video": 3, "channel": "first"}
+        for k, v in overrides.items():
+            if k in self.video_kwargs and k not in self.audio_kwargs:
+                self.video_kwargs[k] = v
+            elif k in self.audio_kwargs and k not in self.video_kwargs:
+                self.audio_kwargs[k] = v
+            elif k.startswith("video_") and k[6:] in self.video_kwargs:
+                self.video_kwargs[k[6:]] = v
+            elif k.startswith("audio_") and k[6:] in self.audio_kwargs:
+                self.audio_kwargs[k[6:]] = v
+            else:
+                raise ValueError(f"unknown ImageBindProcessor option {k!r}")
+
+    def image(self, image: Image.Image) -> torch.Tensor:
+        return preprocess_image(image, size=self.image_size)
+
+    def video(self, frames: np.ndarray, fps: float) -> torch.Tensor:
+        return preprocess_video(frames, fps, frames_per_clip=self.video_frames, size=self.image_size, **self.video_kwargs)
+
+    def audio(self, waveform: Union[np.ndarray, torch.Tensor], sample_rate: int) -> torch.Tensor:
+        return preprocess_audio(
+            waveform, sample_rate, num_mel_bins=self.num_mel_bins, target_length=self.target_length, **self.audio_kwargs
+        )
+
+    def __call__(self, modality: str, decoded: Any) -> torch.Tensor:
+        if modality == "image":
+            return self.image(decoded)
+        if modality == "video":
+            frames, fps = _pair(decoded, "video", "(frames, fps)")
+            return self.video(frames, fps)
+        if modality == "audio":
+            wav, sr = _pair(decoded, "audio", "(waveform, sample_rate)")
+            return self.audio(wav, sr)
+        raise ValueError(f"unknown modality {modality!r}; expected 'image', 'video' or 'audio'")
+
+
+def _pair(decoded: Any, modality: str, what: str) -> Tuple[Any, Any]:
+    if not isinstance(decoded, (tuple, list)) or len(decoded) != 2:
+        raise ValueError(f"{modality} input must be a {what} pair, got {type(decoded).__name__}")
+    return decoded[0], decoded[1]

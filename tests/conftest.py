@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny components are built once per session from configs, seeded."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from anyany.config import get_preset
+
+    return get_preset("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_config):
+    from anyany.model import AnyToAnyModel
+
+    torch.manual_seed(0)
+    return AnyToAnyModel.from_config(tiny_config)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    """The tiny model written with save_pretrained (real peft / safetensors / ImageBind layouts)."""
+    folder = tmp_path_factory.mktemp("tiny_ckpt")
+    tiny_model.save_pretrained(folder)
+    return folder

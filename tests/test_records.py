@@ -1,0 +1,362 @@
+"""Tests for training/records.py: the reference data formats -> typed records, and their errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from training.records import (
+    CaptionPair,
+    Conversation,
+    DataFormatError,
+    MediaRef,
+    OutputRequest,
+    TextCaption,
+    Turn,
+    dump_json,
+    read_caption_pairs,
+    read_conversations,
+    read_text_captions,
+)
+
+
+def write(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        path.write_text(json.dumps(rows, indent=1))
+    return path
+
+
+def touch(root: Path, *names: str) -> None:
+    for n in names:
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        (root / n).write_bytes(b"")
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    root = tmp_path / "media"
+    touch(root, "001312382.jpg", "001319946.jpg", "00169473.mp4", "106158.wav", "dog.png", "cat.jpg",
+          "rain.wav", "a.png", "b.png")
+    return root
+
+
+def raises(fn, *args, **kw) -> DataFormatError:
+    with pytest.raises(DataFormatError) as info:
+        fn(*args, **kw)
+    return info.value
+
+
+# ------------------------------------------------------------------------------ caption pairs
+
+
+def test_cc3m_rows(tmp_path, media):
+    p = write(tmp_path / "cc3m.json", [
+        {"caption": "cricket player was named", "id": "001312382", "image_name": "001312382.jpg"},
+        {"caption": " players wait ", "id": "001319946", "image_name": "001319946.jpg"},
+    ])
+    recs, rep = read_caption_pairs(p, media)
+    assert recs == [
+        CaptionPair("image", media / "001312382.jpg", "cricket player was named", "001312382.jpg"),
+        CaptionPair("image", media / "001319946.jpg", "players wait", "001319946.jpg"),
+    ]
+    assert (rep.read, rep.kept, rep.n_skipped) == (2, 2, 0)
+    assert rep.summary() == "kept 2 of 2 rows; skipped 0"
+
+
+def test_webvid_jsonl_and_audiocaps(tmp_path, media):
+    p = write(tmp_path / "webvid.jsonl", [{"caption": "a dog runs", "id": 12949985, "video_name": "00169473.mp4"}])
+    recs, _ = read_caption_pairs(p, media)
+    assert recs == [CaptionPair("video", media / "00169473.mp4", "a dog runs", "00169473.mp4")]
+
+    p = write(tmp_path / "audiocap.json", [{"audio_id": 106158, "audio_name": "106158.wav", "caption": "rain"}])
+    recs, _ = read_caption_pairs(p, media)
+    assert recs == [CaptionPair("audio", media / "106158.wav", "rain", "106158.wav")]
+
+
+def test_forced_modality_and_default_root(tmp_path):
+    touch(tmp_path, "clip.wav")
+    p = write(tmp_path / "x.json", [{"image_name": "clip.wav", "caption": "c"}])
+    recs, _ = read_caption_pairs(p, modality="audio")  # media root defaults to the file's folder
+    assert recs == [CaptionPair("audio", tmp_path / "clip.wav", "c", "clip.wav")]
+    with pytest.raises(ValueError, match="unknown modality"):
+        read_caption_pairs(p, modality="3d")
+
+
+def test_caption_errors_are_precise(tmp_path, media):
+    rows = [{"caption": "ok", "image_name": "001312382.jpg"}] * 17 + [{"caption": "  ", "image_name": "dog.png"}]
+    e = raises(read_caption_pairs, write(tmp_path / "cc3m.json", rows), media)
+    assert str(e) == 'cc3m.json row 17: field "caption" is empty (a non-empty string is required)'
+    assert (e.row, e.field, e.reason, e.file.name) == (17, "caption", "empty caption", "cc3m.json")
+
+    e = raises(read_caption_pairs, write(tmp_path / "c.json", [{"caption": 3, "image_name": "dog.png"}]), media)
+    assert str(e) == 'c.json row 0: field "caption" is a number (a non-empty string is required)'
+
+    e = raises(read_caption_pairs, write(tmp_path / "c.json", [{"caption": "x", "image_name": "nope.jpg"}]), media)
+    assert str(e).startswith('c.json row 0: field "image_name" names a missing file ')
+    assert os.path.abspath(media / "nope.jpg") in str(e)
+    assert "check_files=False" in str(e)
+    recs, _ = read_caption_pairs(tmp_path / "c.json", media, check_files=False)
+    assert recs[0].media == media / "nope.jpg"
+
+    e = raises(read_caption_pairs, write(tmp_path / "c.json", [{"caption": "x", "id": 3}]), media)
+    assert str(e).startswith('c.json row 0: field "image_name" is missing (one of "image_name" (CC3M), '
+                             '"video_name" (WebVid), "audio_name" (AudioCaps) is required')
+
+    e = raises(read_caption_pairs,
+               write(tmp_path / "c.json", [{"caption": "x", "image_name": "a.png", "audio_name": "rain.wav"}]), media)
+    assert 'c.json row 0: row has several media name fields ("image_name", "audio_name")' in str(e)
+
+    e = raises(read_caption_pairs, write(tmp_path / "c.json", ["just a string"]), media)
+    assert str(e) == "c.json row 0: row is a string (each row must be a JSON object)"
+
+
+def test_file_level_errors(tmp_path, media):
+    p = tmp_path / "bad.json"
+    p.write_text('[\n  {"caption": "x",\n   "image_name" "a.png"}\n]')
+    e = raises(read_caption_pairs, p, media, on_error="skip")  # a broken .json can't be skipped
+    assert str(e).startswith("bad.json: invalid JSON at line 3 column 17: Expecting ':' delimiter")
+    assert e.row is None
+
+    e = raises(read_caption_pairs, write(tmp_path / "obj.json", {"caption": "x"}), media)
+    assert str(e).startswith("obj.json: top-level JSON is an object (a JSON array of row objects")
+
+    e = raises(read_caption_pairs, tmp_path / "absent.json", media)
+    assert "file not found" in str(e)
+
+    p = tmp_path / "lines.jsonl"
+    p.write_text('{"caption": "a", "image_name": "a.png"}\n\n{"caption": "b", image_name: 1}\n')
+    e = raises(read_caption_pairs, p, media)
+    assert str(e).startswith("lines.jsonl row 1: invalid JSON at line 3 column 18:")
+    recs, rep = read_caption_pairs(p, media, on_error="skip")
+    assert [r.key for r in recs] == ["a.png"]
+    assert rep.summary() == "kept 1 of 2 rows; skipped 1 (1 invalid JSON)"
+
+
+def test_skip_mode_counts_by_reason(tmp_path, media):
+    p = write(tmp_path / "cc3m.json", [
+        {"caption": "a", "image_name": "a.png"},
+        {"caption": "", "image_name": "b.png"},
+        {"caption": "c", "image_name": "missing.png"},
+        {"caption": "d", "image_name": "b.png"},
+        {"caption": "e", "image_name": "gone.png"},
+        {"caption": "f", "image_name": "a.png"},  # duplicate key: kept, counted
+    ])
+    recs, rep = read_caption_pairs(p, media, on_error="skip")
+    assert [r.caption for r in recs] == ["a", "d", "f"]
+    assert (rep.read, rep.kept, rep.n_skipped, rep.duplicate_keys) == (6, 3, 3, 1)
+    assert dict(rep.skipped) == {"empty caption": 1, "missing file": 2}
+    assert rep.summary() == "kept 3 of 6 rows; skipped 3 (2 missing file, 1 empty caption); 1 duplicate keys"
+    assert [e.row for e in rep.errors] == [1, 2, 4]
+    assert str(rep).startswith("cc3m.json: kept 3 of 6")
+    with pytest.raises(ValueError, match="on_error"):
+        read_caption_pairs(p, media, on_error="ignore")
+
+
+# ------------------------------------------------------------------------------- text captions
+
+
+def test_text_captions(tmp_path):
+    p = write(tmp_path / "webvid.json", [{"caption": "a dog runs", "id": 1, "video_name": "00007033.mp4"}])
+    recs, _ = read_text_captions(p, None)  # no media files needed
+    assert recs == [TextCaption("video", "a dog runs", "00007033.mp4")]
+    assert recs[0].cache_name == "00007033.mp4.npy"
+
+    p = write(tmp_path / "plain.json", [{"caption": "a red square", "name": "sq_0"}])
+    recs, _ = read_text_captions(p, "image")
+    assert recs == [TextCaption("image", "a red square", "sq_0")]
+
+    e = raises(read_text_captions, p, None)
+    assert str(e) == 'plain.json row 0: field "name" gives no modality (pass modality= for plain caption lists)'
+    e = raises(read_text_captions, write(tmp_path / "p.json", [{"caption": "x"}]), "image")
+    assert 'field "image_name" is missing' in str(e) and 'or "name"' in str(e)
+    recs, rep = read_text_captions(write(tmp_path / "p.json", [{"caption": "", "name": "n"}, {"caption": "y", "name": "m"}]),
+                                   "audio", on_error="skip")
+    assert recs == [TextCaption("audio", "y", "m")]
+    assert rep.summary() == "kept 1 of 2 rows; skipped 1 (1 empty caption)"
+
+
+# -------------------------------------------------------------------------------- conversations
+
+
+def test_llava_and_alpaca(tmp_path, media):
+    p = write(tmp_path / "llava.json", [
+        {"image_name": "cat.jpg", "conversation": [
+            {"from": "human", "value": "<image>\nWhat is this?"},
+            {"from": "gpt", "value": "A cat."},
+            {"from": "human", "value": "Its colour?"},
+            {"from": "gpt", "value": "Grey."}]},
+        {"id": "000000033471", "image": "dog.png", "conversations": [
+            {"from": "human", "value": "Describe it.\n<image>"}, {"from": "gpt", "value": "A dog."}]},
+        {"conversation": [{"from": "human", "value": "Give three tips."}, {"from": "gpt", "value": "1. 2. 3."}]},
+    ])
+    recs, rep = read_conversations(p, media)
+    assert rep.kept == 3
+    cat = MediaRef("image", media / "cat.jpg")
+    assert recs[0] == Conversation((
+        Turn("human", "What is this?", (cat,)), Turn("gpt", "A cat."),
+        Turn("human", "Its colour?"), Turn("gpt", "Grey.")), "llava.json#0", "llava")
+    assert recs[1] == Conversation((
+        Turn("human", "Describe it.", (MediaRef("image", media / "dog.png"),)), Turn("gpt", "A dog.")),
+        "000000033471", "llava")
+    assert recs[2] == Conversation((Turn("human", "Give three tips."), Turn("gpt", "1. 2. 3.")),
+                                   "llava.json#2", "alpaca")
+
+    e = raises(read_conversations, write(tmp_path / "l.json", [{"conversation": [
+        {"from": "human", "value": "<image> what?"}, {"from": "gpt", "value": "x"}]}]), media)
+    assert str(e) == ('l.json row 0: field "conversation[0].value" has an "<image>" marker but the row names '
+                      'no image (add "image_name" (or LLaVA\'s "image") or remove the marker)')
+    e = raises(read_conversations, write(tmp_path / "l.json", [{"image_name": "no.jpg", "conversation": [
+        {"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}]), media)
+    assert str(e).startswith('l.json row 0: field "image_name" names a missing file ')
+
+
+def test_t2x(tmp_path, media):
+    p = write(tmp_path / "image_instruction.json", [{"mm_name": "it_img_0.jpg", "conversation": [
+        {"from": "human", "value": "Show me a wolf in snow.", "input_modality": "text"},
+        {"from": "gpt", "value": "Here it is. <image>", "caption": "gray wolf in the snow",
+         "output_modality": "image"}]}])
+    recs, _ = read_conversations(p, media)
+    assert recs == [Conversation((
+        Turn("human", "Show me a wolf in snow."),
+        Turn("gpt", "Here it is.", (), (OutputRequest("image", "gray wolf in the snow"),))),
+        "it_img_0.jpg", "t2x")]
+    assert recs[0].turns[1].media_out[0].key == "it_img_0.jpg"
+
+    bad = {"mm_name": "v.mp4", "conversation": [
+        {"from": "human", "value": "q", "input_modality": "text"},
+        {"from": "gpt", "value": "a", "caption": "x", "output_modality": "3d"}]}
+    e = raises(read_conversations, write(tmp_path / "t.json", [bad]), media)
+    assert str(e) == ('t.json row 0: field "conversation[1].output_modality" has unknown modality "3d" '
+                      '(accepted: "image", "video" or "audio")')
+    assert e.reason == "unknown modality"
+    bad["conversation"][1].update(output_modality="video", caption="")
+    e = raises(read_conversations, write(tmp_path / "t.json", [bad]), media)
+    assert str(e) == 't.json row 0: field "conversation[1].caption" is empty (a non-empty string is required)'
+    bad["conversation"][1]["caption"] = "ok"
+    bad["conversation"][0]["input_modality"] = "image"
+    e = raises(read_conversations, write(tmp_path / "t.json", [bad]), media)
+    assert 'field "conversation[0].input_modality" is "image" (T->T+X rows take text input only' in str(e)
+
+
+MOSIT_ROW = {
+    "image_list": [{"image_name": "b.png", "caption": "An image of dark storm clouds"},
+                   {"image_name": "a.png", "caption": "A beach volleyball court"}],
+    "video_list": [],
+    "audio_list": [{"audio_name": "rain.wav", "caption": "The sound of thunder and pouring rain"}],
+    "conversation": [
+        {"from": "human", "value": "Did you hear the storm? <Audio>The sound of thunder and pouring rain</Audio>"},
+        {"from": "gpt", "value": "I did! <Image>An image of dark storm clouds</Image>"},
+        {"from": "human", "value": "Show me volleyball. <Image>photo I took</Image> like this one."},
+        {"from": "gpt", "value": "Sure. <Video>A video of beach volleyball</Video>"},
+    ],
+}
+
+
+def test_mosit_raw(tmp_path, media):
+    recs, _ = read_conversations(write(tmp_path / "mosit.json", [MOSIT_ROW]), media)
+    assert recs == [Conversation((
+        Turn("human", "Did you hear the storm?", (MediaRef("audio", media / "rain.wav"),)),
+        Turn("gpt", "I did!", (), (OutputRequest("image", "An image of dark storm clouds"),)),
+        # caption "photo I took" matches no entry -> the next unused image entry, in list order
+        Turn("human", "Show me volleyball. like this one.", (MediaRef("image", media / "a.png"),)),
+        # no video entry left -> generated from the tag's caption alone
+        Turn("gpt", "Sure.", (), (OutputRequest("video", "A video of beach volleyball"),)),
+    ), "mosit.json#0", "mosit")]
+    assert recs[0].turns[1].media_out[0].key == "b.png"
+    assert recs[0].turns[3].media_out[0].key is None
+
+
+def test_mosit_untagged_lists_and_errors(tmp_path, media):
+    row = {"image_list": [{"image_name": "cat.jpg", "caption": "a cat"}], "conversation": [
+        {"from": "human", "value": "What do you see?"}, {"from": "gpt", "value": "A cat."}]}
+    recs, _ = read_conversations(write(tmp_path / "m.json", [row]), media)
+    assert recs[0].turns[0].media_in == (MediaRef("image", media / "cat.jpg"),)
+
+    row = json.loads(json.dumps(MOSIT_ROW))
+    row["image_list"].append({"image_name": "dog.png", "caption": "a dog"})
+    e = raises(read_conversations, write(tmp_path / "m.json", [row]), media)
+    assert str(e) == ('m.json row 0: field "image_list[2]" is not referenced by any <Image> tag in the '
+                      'conversation (each list entry must match one tag, by caption or else by order)')
+
+    row = json.loads(json.dumps(MOSIT_ROW))
+    row["audio_list"] = []
+    e = raises(read_conversations, write(tmp_path / "m.json", [row]), media)
+    assert str(e).startswith('m.json row 0: field "conversation[0].value" has a <Audio> tag but "audio_list" '
+                             'has no entry left for it')
+    assert e.reason == "unmatched media"
+
+    row = json.loads(json.dumps(MOSIT_ROW))
+    row["audio_list"][0]["audio_name"] = "thunder.wav"
+    e = raises(read_conversations, write(tmp_path / "m.json", [row]), media)
+    assert str(e).startswith('m.json row 0: field "audio_list[0].audio_name" names a missing file ')
+    assert os.path.abspath(media / "thunder.wav") in str(e)
+
+
+def test_native(tmp_path, media):
+    p = write(tmp_path / "synth.json", [{"id": 7, "turns": [
+        {"role": "human", "text": "What is in this?", "media": [{"modality": "image", "path": "dog.png"}]},
+        {"role": "gpt", "text": "A dog. Here is its bark.", "generate": [{"modality": "audio", "caption": "a dog barks"}]},
+    ]}])
+    recs, _ = read_conversations(p, media)
+    assert recs == [Conversation((
+        Turn("human", "What is in this?", (MediaRef("image", media / "dog.png"),)),
+        Turn("gpt", "A dog. Here is its bark.", (), (OutputRequest("audio", "a dog barks"),))), "7", "anyany")]
+
+    e = raises(read_conversations, write(tmp_path / "s.json", [{"turns": [
+        {"role": "human", "text": "q", "generate": [{"modality": "audio", "caption": "x"}]},
+        {"role": "gpt", "text": "a"}]}]), media)
+    assert str(e) == 's.json row 0: field "turns[0].generate" is set on a "human" turn ("generate" belongs on "gpt" turns only)'
+    e = raises(read_conversations, write(tmp_path / "s.json", [{"turns": [
+        {"role": "human", "text": "q", "media": [{"modality": "smell", "path": "a.png"}]},
+        {"role": "gpt", "text": "a"}]}]), media)
+    assert str(e) == ('s.json row 0: field "turns[0].media[0].modality" has unknown modality "smell" '
+                      '(accepted: "image", "video" or "audio")')
+
+
+@pytest.mark.parametrize("turns, field, message", [
+    ([], "conversation", 'is an empty list (a conversation needs at least one human and one gpt turn)'),
+    ([{"from": "gpt", "value": "a"}, {"from": "human", "value": "q"}], "conversation[0].from",
+     'is "gpt" (the first turn must be "human")'),
+    ([{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}, {"from": "gpt", "value": "b"}],
+     "conversation[2].from", 'is "gpt" after a "gpt" turn (turns must alternate "human", "gpt", "human", ...)'),
+    ([{"from": "human", "value": "q"}], "conversation[0].from",
+     '"human" is the last turn (a conversation must end with a "gpt" turn)'),
+    ([{"from": "user", "value": "q"}, {"from": "gpt", "value": "a"}], "conversation[0].from",
+     'is "user" (accepted: "human", "gpt")'),
+    ([{"from": "human"}, {"from": "gpt", "value": "a"}], "conversation[0].value", "is missing (a string is required)"),
+    ([{"from": "human", "value": " "}, {"from": "gpt", "value": "a"}], "conversation[0].value",
+     "is empty and the turn has no media (each turn needs text or media)"),
+])
+def test_conversation_shape_errors(tmp_path, media, turns, field, message):
+    e = raises(read_conversations, write(tmp_path / "conv.json", [{"conversation": turns}]), media)
+    assert str(e) == f'conv.json row 0: field "{field}" {message}'
+    assert e.field == field and e.row == 0
+
+
+def test_conversation_skip_and_missing(tmp_path, media):
+    rows = [
+        {"conversation": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"conversation": []},
+        {"image_name": "gone.jpg", "conversation": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        {"turns": [{"role": "gpt", "text": "a"}]},
+        {"text": "no conversation at all"},
+    ]
+    recs, rep = read_conversations(write(tmp_path / "mix.json", rows), media, on_error="skip")
+    assert len(recs) == 1
+    assert rep.summary() == ("kept 1 of 5 rows; skipped 4 (1 bad turn order, 1 empty conversation, "
+                             "1 missing field, 1 missing file)")
+    assert str(rep.errors[-1]).startswith('mix.json row 4: field "conversation" is missing')
+
+
+def test_dump_json_round_trip(tmp_path, media):
+    rows = [{"caption": "x", "image_name": "a.png"}]
+    p = dump_json(rows, tmp_path / "out" / "r.jsonl")
+    assert read_caption_pairs(p, media)[0][0].key == "a.png"
+    p = dump_json([CaptionPair("image", media / "a.png", "x", "a.png")], tmp_path / "recs.json")
+    assert json.loads(p.read_text()) == [{"modality": "image", "media": str(media / "a.png"), "caption": "x", "key": "a.png"}]
