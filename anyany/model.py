@@ -27,6 +27,8 @@ from .tokens import (
 )
 
 CONFIG_NAME = "anyany_config.json"
+# Full-matrix replacements for frozen base weights (e.g. NExT-GPT's trained embed/lm_head rows).
+BASE_OVERRIDES_NAME = "base_overrides.safetensors"
 
 # What each NExT-GPT stage trains; everything else is frozen. The one place this is declared.
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
@@ -83,6 +85,22 @@ def load_tokenizer_and_llm(cfg: LLMConfig, signals, device="cpu"):
     return tokenizer, llm
 
 
+def apply_base_overrides(base_llm, path: Path) -> None:
+    """Load ``path`` (if present) over the base LLM's weights; every key must exist with its shape."""
+    if not path.is_file():
+        return
+    from safetensors.torch import load_file
+
+    overrides = load_file(str(path))
+    own = base_llm.state_dict()
+    bad = [f"{k} {tuple(v.shape)}" for k, v in overrides.items() if k not in own or own[k].shape != v.shape]
+    if bad:
+        raise ValueError(f"{path}: keys that do not fit the base LLM: {bad[:5]}")
+    with torch.no_grad():
+        for k, v in overrides.items():
+            own[k].copy_(v)
+
+
 def wrap_lora(llm, cfg: LLMConfig, new_token_ids: list[int]):
     from peft import LoraConfig, get_peft_model
 
@@ -137,9 +155,19 @@ class AnyToAnyModel(nn.Module):
 
     @staticmethod
     def _bridge_config(config: AnyToAnyConfig, llm_dim: int) -> dict:
+        """The bridge's own fields plus the widths it declares in its signature, filled from the encoder/LLM."""
+        import inspect
+
+        from projections import BRIDGE_REGISTRY
+
         bridge = dict(config.bridge)
-        bridge.setdefault("input_dim", config.encoder.imagebind.embed_dim)
-        bridge["llm_dim"] = llm_dim
+        cls = BRIDGE_REGISTRY.get(bridge.get("type", "linear"))
+        accepted = inspect.signature(cls.__init__).parameters if cls else {}
+        ib = config.encoder.imagebind
+        dims = {"input_dim": ib.embed_dim, "vision_dim": ib.vision_width, "audio_dim": ib.audio_width, "llm_dim": llm_dim}
+        for key, value in dims.items():
+            if key in accepted and (key == "llm_dim" or key not in bridge):
+                bridge[key] = value
         return bridge
 
     # ------------------------------------------------------------------ save / load
@@ -180,6 +208,7 @@ class AnyToAnyModel(nn.Module):
         if config.encoder.checkpoint and (path / config.encoder.checkpoint).exists():
             config.encoder.checkpoint = str(path / config.encoder.checkpoint)
         tokenizer, base = load_tokenizer_and_llm(config.llm, config.signals, device)
+        apply_base_overrides(base, path / BASE_OVERRIDES_NAME)
         llm = PeftModel.from_pretrained(base, path / "llm_adapter", is_trainable=True)
         bridge = load_bridge(path / "bridge")
         projections = {m: OutputProjection.from_pretrained(path / "output_projections" / m) for m in config.output_projections}

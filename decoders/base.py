@@ -1,0 +1,407 @@
+"""Decoder configuration, the common ``Decoder`` interface, and the registry.
+
+A ``Decoder`` wraps one frozen diffusers text-to-X pipeline. The core of anyany only ever talks
+to this interface (``modality``, ``conditioning_shape``, ``encode_text``, ``generate``), so it never
+branches on modality names.
+
+Unlike the NExT-GPT reference, which re-creates the diffusion pipeline from disk inside every
+generation call, a ``Decoder`` builds its pipeline once and keeps it.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+KINDS = ("stable_diffusion", "text_to_video_sd", "audioldm")
+OFFLOAD_MODES = ("none", "model", "sequential")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Per-kind generation defaults (the reference's values: guidance 7.5, 50 steps, SD 512x512,
+# Zeroscope 320x576 x 24 frames at 8 fps, AudioLDM 9 s).
+_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
+    "stable_diffusion": dict(height=512, width=512),
+    "text_to_video_sd": dict(height=320, width=576, num_frames=24, fps=8),
+    "audioldm": dict(audio_length_s=9.0),
+}
+_TINY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "stable_diffusion": dict(height=32, width=32),
+    "text_to_video_sd": dict(height=32, width=32, num_frames=4, fps=8),
+    "audioldm": dict(audio_length_s=1.0),
+}
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    try:
+        return _DTYPES[name.removeprefix("torch.")]
+    except KeyError:
+        raise ValueError(f"unsupported torch_dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
+
+
+@dataclass
+class DecoderConfig:
+    """Everything needed to build a decoder; JSON round-trips via ``to_dict`` / ``from_dict``.
+
+    ``name_or_path``: hub id or local folder (``save_pretrained`` layout). ``None`` builds random
+    tiny components with ``decoders.tiny.build_tiny_pipeline(kind, **random_init)`` (``random_init``
+    may hold ``seed`` and any tiny size knob).
+
+    Generation defaults left as ``None`` are filled per kind (image 512x512; video 320x576 x 24
+    frames at 8 fps; audio 9 s). Fields that do not apply to a kind stay ``None``.
+    """
+
+    kind: str
+    name_or_path: str | None = None
+    random_init: dict[str, Any] | None = None
+    torch_dtype: str = "float32"
+    device: str = "cpu"
+    offload: str = "none"
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    height: int | None = None
+    width: int | None = None
+    num_frames: int | None = None
+    audio_length_s: float | None = None
+    fps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown decoder kind {self.kind!r}; expected one of {KINDS}")
+        if self.offload not in OFFLOAD_MODES:
+            raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
+        resolve_dtype(self.torch_dtype)
+        for key, value in _KIND_DEFAULTS[self.kind].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DecoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown DecoderConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "DecoderConfig":
+        return cls.from_dict(json.loads(text))
+
+    # ---- presets -------------------------------------------------------------------------
+    @classmethod
+    def stable_diffusion_v1_5(cls, **kw: Any) -> "DecoderConfig":
+        return cls(kind="stable_diffusion", name_or_path="runwayml/stable-diffusion-v1-5", **kw)
+
+    @classmethod
+    def zeroscope_v2_576w(cls, **kw: Any) -> "DecoderConfig":
+        return cls(kind="text_to_video_sd", name_or_path="cerspense/zeroscope_v2_576w", **kw)
+
+    @classmethod
+    def audioldm_l_full(cls, **kw: Any) -> "DecoderConfig":
+        return cls(kind="audioldm", name_or_path="cvssp/audioldm-l-full", **kw)
+
+    @classmethod
+    def tiny(cls, kind: str, seed: int = 0, **kw: Any) -> "DecoderConfig":
+        """Random tiny components (no hub), 2 steps, 32x32 images, 4-frame 32x32 video, 1 s audio."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown decoder kind {kind!r}; expected one of {KINDS}")
+        random_init = {"seed": seed, **kw.pop("random_init", {})}
+        defaults = dict(num_inference_steps=2, guidance_scale=7.5, **_TINY_DEFAULTS[kind])
+        defaults.update(kw)
+        return cls(kind=kind, name_or_path=None, random_init=random_init, **defaults)
+
+
+class Decoder(abc.ABC):
+    """One frozen text-to-X diffusion pipeline behind a modality-agnostic interface.
+
+    Subclasses set ``kind``, ``modality``, ``pipeline_class_name`` and implement ``_encode``,
+    ``_pipeline_kwargs`` and ``_postprocess``.
+    """
+
+    kind: ClassVar[str]
+    modality: ClassVar[str]  # "image" | "video" | "audio"
+    pipeline_class_name: ClassVar[str]  # attribute of the ``diffusers`` package
+    output_description: ClassVar[str]
+
+    def __init__(self, pipeline: Any, config: DecoderConfig | None = None) -> None:
+        if config is None:
+            config = DecoderConfig(kind=self.kind)
+        if config.kind != self.kind:
+            raise ValueError(f"{type(self).__name__} needs a config of kind {self.kind!r}, got {config.kind!r}")
+        self.config = config
+        self.pipeline = pipeline
+        for module in pipeline.components.values():
+            if isinstance(module, torch.nn.Module):
+                module.requires_grad_(False).eval()
+        self._place_pipeline()
+        self._negative_cache: dict[int, torch.Tensor] = {}
+
+    # ---- construction --------------------------------------------------------------------
+    @classmethod
+    def pipeline_class(cls) -> type:
+        import diffusers
+
+        return getattr(diffusers, cls.pipeline_class_name)
+
+    @classmethod
+    def _from_pretrained_kwargs(cls) -> dict[str, Any]:
+        return {}
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, config: DecoderConfig | None = None, *, progress: bool = True
+    ) -> "Decoder":
+        """Load the pipeline once with ``<PipelineClass>.from_pretrained`` (hub id or local folder)."""
+        if config is None:
+            config = DecoderConfig(kind=cls.kind, name_or_path=name_or_path)
+        elif config.name_or_path != name_or_path:
+            config = dataclasses.replace(config, name_or_path=name_or_path)
+        pipe = cls.pipeline_class().from_pretrained(
+            name_or_path, dtype=resolve_dtype(config.torch_dtype), **cls._from_pretrained_kwargs()
+        )
+        pipe.set_progress_bar_config(disable=not progress)
+        return cls(pipe, config)
+
+    @classmethod
+    def from_random(cls, config: DecoderConfig) -> "Decoder":
+        """Random tiny components (``decoders.tiny``) sized by ``config.random_init``."""
+        from .tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline(config.kind, **dict(config.random_init or {}))
+        dtype = resolve_dtype(config.torch_dtype)
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
+        return cls(pipe, config)
+
+    def _place_pipeline(self) -> None:
+        cfg = self.config
+        if cfg.offload == "model":
+            self.pipeline.enable_model_cpu_offload(device=cfg.device)
+        elif cfg.offload == "sequential":
+            self.pipeline.enable_sequential_cpu_offload(device=cfg.device)
+        else:
+            self.pipeline.to(cfg.device)
+
+    # ---- properties ----------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """The device the pipeline computes on (with offloading: the accelerator)."""
+        return self.pipeline._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pipeline.text_encoder.dtype
+
+    @property
+    @abc.abstractmethod
+    def conditioning_shape(self) -> tuple[int, int]:
+        """(num_tokens, dim) of one caption's conditioning, e.g. (77, 768) for SD-1.5."""
+
+    @property
+    def sample_rate(self) -> int | None:
+        """Audio sampling rate of ``generate``'s outputs; ``None`` for image/video decoders."""
+        return None
+
+    @property
+    def output_size(self) -> dict[str, Any]:
+        """What ``generate`` returns with the config's defaults (keys depend on the modality)."""
+        return {"description": self.output_description}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(modality={self.modality!r}, conditioning_shape={self.conditioning_shape}, "
+            f"name_or_path={self.config.name_or_path!r})"
+        )
+
+    # ---- conditioning --------------------------------------------------------------------
+    @abc.abstractmethod
+    def _encode(self, captions: list[str], *, negative: bool = False) -> torch.Tensor:
+        """[B, num_tokens, dim] conditioning, computed exactly like the pipeline does for ``prompt=``
+        (``negative=True``: like it does for the unconditional ``""`` prompt)."""
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str] | str) -> torch.Tensor:
+        """The conditioning the pipeline computes for ``prompt=captions``: [B, num_tokens, dim],
+        on ``self.device`` in ``self.dtype``. These are the decoder-side alignment targets."""
+        if isinstance(captions, str):
+            captions = [captions]
+        if not captions:
+            raise ValueError("encode_text needs at least one caption")
+        return self._encode(list(captions))
+
+    @torch.no_grad()
+    def negative_embeddings(self, batch: int = 1) -> torch.Tensor:
+        """Unconditional (``""``) conditioning, [batch, num_tokens, dim]; computed once per batch
+        size and cached. (Encoded as a batch of ``batch`` empty prompts, exactly as the pipeline
+        does: a batch-1 result repeated differs from it in the last float bits.)"""
+        cached = self._negative_cache.get(batch)
+        if cached is None:
+            cached = self._negative_cache[batch] = self._encode([""] * batch, negative=True)
+        return cached
+
+    def _check_embeds(self, embeds: torch.Tensor, name: str, batch: int | None = None) -> torch.Tensor:
+        expected = self.conditioning_shape
+        if not isinstance(embeds, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(embeds).__name__}")
+        if embeds.dim() == 2 and expected[0] == 1:  # [B, D] accepted for one-token conditioning
+            embeds = embeds.unsqueeze(1)
+        if embeds.dim() != 3 or tuple(embeds.shape[1:]) != tuple(expected):
+            raise ValueError(
+                f"{type(self).__name__}: {name} must have shape [batch, {expected[0]}, {expected[1]}] "
+                f"(conditioning_shape={tuple(expected)}), got {tuple(embeds.shape)}"
+            )
+        if batch is not None and embeds.shape[0] != batch:
+            raise ValueError(f"{name} has batch {embeds.shape[0]}, expected {batch} (the prompt_embeds batch)")
+        return embeds.to(device=self.device, dtype=self.dtype)
+
+    # ---- generation ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _pipeline_kwargs(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Modality-specific pipeline arguments (size, length, output_type) with config defaults."""
+
+    @abc.abstractmethod
+    def _postprocess(self, output: Any) -> list:
+        """Pipeline output object -> list of per-sample outputs."""
+
+    def _format_embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> what the pipeline takes as ``prompt_embeds`` (identity except AudioLDM)."""
+        return embeds
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_embeds: torch.Tensor,
+        *,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        progress: bool = True,
+        **overrides: Any,
+    ) -> list:
+        """Run the pipeline on ``prompt_embeds`` [B, *conditioning_shape] (any dtype/device).
+
+        ``None`` arguments fall back to the config. With ``guidance_scale > 1`` and no negative
+        given, ``negative_embeddings`` (the ``""`` prompt) is used; with ``guidance_scale <= 1``
+        there is no classifier-free guidance and negatives are not used. ``seed`` makes a CPU
+        ``torch.Generator`` (same seed -> identical output on any device). ``overrides`` are
+        size/length knobs (``height``, ``width``, ``num_frames``, ``audio_length_s``) or extra
+        pipeline arguments (``eta``, ``latents`` ...). Returns one output per batch row.
+        """
+        if generator is not None and seed is not None:
+            raise ValueError("pass either generator or seed, not both")
+        embeds = self._check_embeds(prompt_embeds, "prompt_embeds")
+        batch = embeds.shape[0]
+        steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
+        guidance = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+
+        negative = None
+        if guidance > 1.0:
+            if negative_prompt_embeds is None:
+                negative = self.negative_embeddings(batch).to(device=self.device, dtype=self.dtype)
+            else:
+                negative = self._check_embeds(negative_prompt_embeds, "negative_prompt_embeds", batch)
+            negative = self._format_embeds(negative)
+
+        self.pipeline.set_progress_bar_config(disable=not progress)
+        kwargs = self._pipeline_kwargs(dict(overrides))
+        out = self.pipeline(
+            prompt_embeds=self._format_embeds(embeds),
+            negative_prompt_embeds=negative,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generator,
+            **kwargs,
+        )
+        return self._postprocess(out)
+
+    def generate_from_text(self, captions: list[str] | str, **kwargs: Any) -> list:
+        """Convenience: ``generate(encode_text(captions), **kwargs)``."""
+        return self.generate(self.encode_text(captions), **kwargs)
+
+
+class ClipConditionedDecoder(Decoder):
+    """Shared conditioning for SD-style pipelines: CLIP text-encoder last hidden state, padded to
+    ``tokenizer.model_max_length`` (77) — the same as the pipeline's ``encode_prompt``."""
+
+    @property
+    def conditioning_shape(self) -> tuple[int, int]:
+        return (
+            int(self.pipeline.tokenizer.model_max_length),
+            int(self.pipeline.text_encoder.config.hidden_size),
+        )
+
+    def _encode(self, captions: list[str], *, negative: bool = False) -> torch.Tensor:
+        pipe = self.pipeline
+        max_length = pipe.tokenizer.model_max_length  # the pipeline pads negatives to prompt length too
+        tokens = pipe.tokenizer(
+            captions, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+        )
+        mask = None
+        if getattr(pipe.text_encoder.config, "use_attention_mask", False):
+            mask = tokens.attention_mask.to(self.device)
+        hidden = pipe.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask)[0]
+        return hidden.to(dtype=self.dtype, device=self.device)
+
+    def _size_kwargs(self, overrides: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+        out = {}
+        for key in keys:
+            value = overrides.pop(key, None)
+            out[key] = getattr(self.config, key) if value is None else value
+        return out
+
+
+DECODER_REGISTRY: dict[str, type[Decoder]] = {}
+
+
+def register_decoder(cls: type[Decoder]) -> type[Decoder]:
+    """Class decorator: ``DECODER_REGISTRY[cls.kind] = cls``."""
+    DECODER_REGISTRY[cls.kind] = cls
+    return cls
+
+
+def build_decoder(config: DecoderConfig | dict[str, Any], *, progress: bool = True) -> Decoder:
+    """Build the decoder of ``config.kind``: load ``config.name_or_path`` (hub id or folder) or,
+    when it is ``None``, build random tiny components from ``config.random_init``."""
+    if isinstance(config, dict):
+        config = DecoderConfig.from_dict(config)
+    # make sure the built-in decoders are registered
+    from . import audio, image, video  # noqa: F401
+
+    try:
+        cls = DECODER_REGISTRY[config.kind]
+    except KeyError:
+        raise ValueError(f"no decoder registered for kind {config.kind!r}; known: {sorted(DECODER_REGISTRY)}") from None
+    if config.name_or_path is None:
+        decoder = cls.from_random(config)
+        decoder.pipeline.set_progress_bar_config(disable=not progress)
+        return decoder
+    return cls.from_pretrained(config.name_or_path, config, progress=progress)
+
+
+__all__ = [
+    "DECODER_REGISTRY",
+    "ClipConditionedDecoder",
+    "Decoder",
+    "DecoderConfig",
+    "KINDS",
+    "build_decoder",
+    "register_decoder",
+    "resolve_dtype",
+]
