@@ -196,6 +196,8 @@ class AnyToAnyModel(nn.Module):
         from peft import PeftModel
 
         path = Path(path)
+        if not (path / CONFIG_NAME).is_file() and (path / "final" / CONFIG_NAME).is_file():
+            path = path / "final"  # a training stage's output folder
         if not (path / CONFIG_NAME).is_file():
             raise FileNotFoundError(f"{path} is not an anyany checkpoint folder (no {CONFIG_NAME})")
         config = AnyToAnyConfig.load(path / CONFIG_NAME)

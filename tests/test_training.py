@@ -1,0 +1,204 @@
+"""Training through the CLI on real files: stages learn, resume is exact, caches change nothing."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from anyany.cli import main as cli
+from anyany.media import write_video
+from anyany.model import AnyToAnyModel
+
+COLOURS = {"red": (230, 30, 30), "blue": (30, 30, 230), "green": (30, 200, 30), "yellow": (230, 230, 30)}
+PITCH = {"low": 220.0, "middle": 440.0, "high": 880.0}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Real PNG / WAV / MP4 files and reference-format JSON."""
+    root = tmp_path_factory.mktemp("data")
+    images, audios, videos, convs = [], [], [], []
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        Image.new("RGB", (64 + 16 * i, 48 + 8 * i), rgb).save(root / f"{name}.png")
+        images.append({"caption": f"a {name} square", "id": str(i), "image_name": f"{name}.png"})
+    for i, (name, hz) in enumerate(PITCH.items()):
+        rate = (16000, 22050, 44100)[i]
+        t = np.arange(int(rate * 1.5)) / rate
+        sf.write(root / f"{name}.wav", 0.3 * np.sin(2 * np.pi * hz * t), rate)
+        audios.append({"audio_id": i, "audio_name": f"{name}.wav", "caption": f"a {name} tone"})
+    for i, name in enumerate(("left", "right")):
+        frames = np.zeros((8, 32, 48, 3), np.uint8)
+        for f in range(8):
+            x = 4 + 4 * f if name == "right" else 40 - 4 * f
+            frames[f, 12:20, x : x + 6] = 255
+        write_video(frames, root / f"{name}.mp4", fps=4)
+        videos.append({"caption": f"a dot moving {name}", "id": i, "video_name": f"{name}.mp4"})
+    for i, (name, hz) in enumerate(PITCH.items()):
+        colour = list(COLOURS)[i]
+        convs.append({"id": f"c{i}", "turns": [
+            {"role": "human", "text": "What colour is this? Then play a sound.", "media": [{"modality": "image", "path": f"{colour}.png"}]},
+            {"role": "gpt", "text": f"It is {colour}.", "generate": [{"modality": "audio", "caption": f"a {name} tone"}]},
+        ]})
+    for name, rows in (("cc3m", images), ("audiocap", audios), ("webvid", videos), ("mosit", convs)):
+        (root / f"{name}.json").write_text(json.dumps(rows))
+    return root
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "train_summary.json").read_text())
+
+
+def test_three_stages_via_cli_learn_and_chain(dataset, tmp_path):
+    d = dataset
+    common = ["--quiet", "--max-steps", "30"]
+    s1, s2, s3 = tmp_path / "s1", tmp_path / "s2", tmp_path / "s3"
+    assert cli(["train", "stage1", "--data", str(d / "cc3m.json"), "--data", str(d / "audiocap.json"),
+                "--data", str(d / "webvid.json"), "--eval-data", str(d / "cc3m.json"), "--out", str(s1), *common]) == 0
+    assert cli(["train", "stage2", "--data", str(d / "cc3m.json"), "--eval-data", str(d / "cc3m.json"),
+                "--init", str(s1), "--out", str(s2), *common]) == 0
+    assert cli(["train", "stage3", "--data", str(d / "mosit.json"), "--eval-data", str(d / "mosit.json"),
+                "--init", str(s2), "--out", str(s3), *common]) == 0
+    for out, factor in ((s1, 0.98), (s2, 0.5), (s3, 0.9)):
+        s = summary(out)
+        assert s["eval_loss"] < factor * s["initial_eval_loss"], (out.name, s)
+    # each stage's folder loads, and stage 3 carries stage 1's bridge forward only through training
+    m1, m3 = AnyToAnyModel.from_pretrained(s1), AnyToAnyModel.from_pretrained(s3)
+    assert not torch.equal(m1.bridge.proj.weight, m3.bridge.proj.weight)
+    m2 = AnyToAnyModel.from_pretrained(s2 / "final")
+    torch.testing.assert_close(m1.bridge.proj.weight, m2.bridge.proj.weight, rtol=0, atol=0)  # stage 2 froze it
+
+
+def _train_cmd(dataset, out, steps, extra=()):
+    return [sys.executable, "-m", "anyany.cli", "train", "stage3", "--data", str(dataset / "mosit.json"),
+            "--out", str(out), "--max-steps", str(steps), "--save-every", "2", "--batch-size", "2",
+            "--lr", "0.003", "--quiet", *extra]
+
+
+def _final_weights(out: Path) -> dict:
+    tensors = {}
+    for f in sorted((out / "final").rglob("*.safetensors")):
+        for k, v in load_file(str(f)).items():
+            tensors[f"{f.relative_to(out)}:{k}"] = v
+    return tensors
+
+
+def test_resume_after_kill_9_is_bit_exact(dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_train_cmd(dataset, straight, 12), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(dataset, killed, 12), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-0000004").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "killed too late to test resume"
+    subprocess.run(_train_cmd(dataset, killed, 12, ["--resume"]), check=True, env=env, capture_output=True)
+    a, b = _final_weights(straight), _final_weights(killed)
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_two_cpu_processes_train_the_same_shaped_checkpoint(dataset, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    args = ["train", "stage2", "--data", str(dataset / "cc3m.json"), "--max-steps", "4", "--batch-size", "2", "--quiet"]
+    assert cli([*args, "--out", str(one)]) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+                          "-m", "anyany.cli", *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    a, b = _final_weights(one), _final_weights(two)
+    assert a.keys() == b.keys()
+    assert all(a[k].shape == b[k].shape for k in a)
+    assert summary(two)["steps"] == 4
+
+
+def _batch(model, stage, dataset, media_cache=None, target_cache=None):
+    from training.cli import _read_records, build_dataset
+    from training.data import Collator, resolve_frozen
+
+    class Args:
+        media_root = None
+        modality = None
+        skip_bad_rows = False
+
+    data = {"stage1": "cc3m.json", "stage2": "cc3m.json", "stage3": "mosit.json"}[stage]
+    records = _read_records(stage, [dataset / data], Args)
+    ds = build_dataset(stage, records, model, media_cache, target_cache, "Describe this.")
+    batch = Collator(model.prompts, model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    from training.cli import LazyDecoders
+
+    return resolve_frozen(batch, model, LazyDecoders(model))
+
+
+def test_cache_gives_same_loss_and_skips_frozen_encoders(dataset, tmp_path, tiny_checkpoint):
+    media, targets = tmp_path / "media", tmp_path / "targets"
+    init = ["--init", str(tiny_checkpoint), "--quiet"]
+    assert cli(["cache-features", "media", "--data", str(dataset / "cc3m.json"), "--data", str(dataset / "mosit.json"), "--out", str(media), *init]) == 0
+    assert cli(["cache-features", "targets", "--data", str(dataset / "cc3m.json"), "--data", str(dataset / "mosit.json"), "--out", str(targets), *init]) == 0
+    model = AnyToAnyModel.from_pretrained(tiny_checkpoint).eval()
+    calls = []
+    for module in model.encoder.modules():  # every encoder submodule call counts
+        module.register_forward_pre_hook(lambda *a: calls.append(1))
+    import decoders.base as dbase
+
+    original = dbase.Decoder.encode_text
+    text_calls = []
+
+    def counting(self, captions):
+        text_calls.append(len(captions))
+        return original(self, captions)
+
+    dbase.Decoder.encode_text = counting
+    try:
+        for stage in ("stage1", "stage2", "stage3"):
+            calls.clear(), text_calls.clear()
+            with torch.no_grad():
+                plain = model(**_batch(model, stage, dataset))
+                uncached_calls = len(calls) + len(text_calls)
+                calls.clear(), text_calls.clear()
+                cached = model(**_batch(model, stage, dataset, media, targets))
+            assert uncached_calls > 0
+            assert calls == [] and text_calls == [], f"{stage}: frozen model ran although the cache has everything"
+            torch.testing.assert_close(cached.loss, plain.loss, rtol=2e-3, atol=2e-3)
+    finally:
+        dbase.Decoder.encode_text = original
+
+
+def _expect_error(capsys, argv, *needles):
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_malformed_data_errors_name_file_row_and_field(dataset, tmp_path, capsys):
+    def write(name, rows):
+        (tmp_path / name).write_text(json.dumps(rows))
+        return str(tmp_path / name)
+
+    base = ["train", "stage1", "--out", str(tmp_path / "o"), "--quiet", "--max-steps", "1", "--media-root", str(dataset)]
+    ok = {"caption": "a red square", "id": "0", "image_name": "red.png"}
+    _expect_error(capsys, [*base, "--data", write("missing.json", [ok, {**ok, "image_name": "nope.png"}])], "missing.json", "row 1", "nope.png")
+    _expect_error(capsys, [*base, "--data", write("nofield.json", [ok, {"id": "1", "image_name": "red.png"}])], "nofield.json", "row 1", '"caption"')
+    _expect_error(capsys, [*base, "--data", write("empty.json", [{**ok, "caption": "  "}])], "empty.json", "row 0", '"caption"', "empty")
+    (dataset / "fake.png").write_text("not an image at all")
+    _expect_error(capsys, [*base, "--data", write("fake.json", [ok, {**ok, "image_name": "fake.png"}])], "row 1", "fake.png")
+    # skip mode keeps going and says how many rows it dropped
+    assert cli([*base, "--data", write("mixed.json", [ok, {**ok, "caption": ""}, {**ok, "id": "2"}]), "--skip-bad-rows",
+                "--out", str(tmp_path / "skip")]) == 0
+    assert "kept 2 of 3 rows" in capsys.readouterr().out

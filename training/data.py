@@ -1,0 +1,178 @@
+"""Datasets and the collator for the three stages.
+
+Each example says which media it needs and which generation targets it has. A medium comes
+from the feature cache (``"features"``) or, without a cache, as a preprocessed tensor
+(``"raw"``) that :func:`resolve_frozen` encodes with the frozen encoder. Likewise a target is a
+cached decoder embedding or a caption that the frozen decoder text encoder embeds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import Dataset
+
+from anyany.inputs import load_media
+from anyany.media import MediaError
+from anyany.tokens import ChatTurn
+
+from .features import FeatureCache, caption_key, media_key
+from .records import CaptionPair, Conversation, TextCaption
+
+
+@dataclass
+class MediaSource:
+    """Features from ``cache`` when given, else preprocessed media for the encoder."""
+
+    cache: FeatureCache | None
+    feature_kind: str  # "pooled" | "tokens"
+
+    def load(self, modality: str, path, context: str = "") -> tuple[str, torch.Tensor]:
+        if self.cache is not None:
+            return "features", self.cache.get(media_key(path, self.feature_kind)).float()
+        try:
+            return "raw", load_media(path, modality)[1]
+        except MediaError as err:
+            raise MediaError(f"{context}: {err}" if context else str(err)) from err
+
+
+@dataclass
+class TargetSource:
+    """Decoder-embedding targets from ``cache`` when given, else the caption to embed in the step."""
+
+    cache: FeatureCache | None
+    target_sources: dict[str, str]  # modality -> decoder identity (part of the cache key)
+
+    def load(self, modality: str, caption: str):
+        if self.cache is not None:
+            return "target", self.cache.get(caption_key(caption, self.target_sources[modality])).float()
+        return "caption", caption
+
+
+@dataclass
+class Example:
+    turns: list[ChatTurn] | None = None  # media_in / media_out hold (modality, index into media / targets)
+    signal: tuple[str, str] | None = None  # stage 2: (caption, modality)
+    media: list[tuple[str, str, torch.Tensor]] = field(default_factory=list)  # (modality, kind, value)
+    targets: list[tuple[str, str, object]] = field(default_factory=list)  # (modality, kind, tensor | caption)
+
+
+class CaptionDataset(Dataset):
+    """Stage 1: ``### Human: <media> instruction ### Assistant: caption``."""
+
+    def __init__(self, pairs: list[CaptionPair], media: MediaSource, instruction: str):
+        self.pairs, self.media, self.instruction = pairs, media, instruction
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i) -> Example:
+        p = self.pairs[i]
+        kind, value = self.media.load(p.modality, p.media, context=f"row {i} ({p.key})")
+        turns = [ChatTurn("human", self.instruction, [(p.modality, 0)]), ChatTurn("gpt", p.caption)]
+        return Example(turns=turns, media=[(p.modality, kind, value)])
+
+
+class SignalDataset(Dataset):
+    """Stage 2: caption then the signal group; target = the decoder's embedding of the caption."""
+
+    def __init__(self, captions: list[TextCaption], targets: TargetSource):
+        self.captions, self.targets = captions, targets
+
+    def __len__(self):
+        return len(self.captions)
+
+    def __getitem__(self, i) -> Example:
+        c = self.captions[i]
+        kind, value = self.targets.load(c.modality, c.caption)
+        return Example(signal=(c.caption, c.modality), targets=[(c.modality, kind, value)])
+
+
+class ConversationDataset(Dataset):
+    """Stage 3: multi-turn conversations with media in and generation requests out."""
+
+    def __init__(self, conversations: list[Conversation], media: MediaSource, targets: TargetSource):
+        self.conversations, self.media, self.targets = conversations, media, targets
+
+    def __len__(self):
+        return len(self.conversations)
+
+    def __getitem__(self, i) -> Example:
+        ex = Example(turns=[])
+        for turn in self.conversations[i].turns:
+            refs_in, refs_out = [], []
+            for ref in turn.media_in:
+                kind, value = self.media.load(ref.modality, ref.path, context=f"row {i} ({self.conversations[i].key})")
+                refs_in.append((ref.modality, len(ex.media)))
+                ex.media.append((ref.modality, kind, value))
+            for req in turn.media_out:
+                kind, value = self.targets.load(req.modality, req.caption)
+                refs_out.append((req.modality, len(ex.targets)))
+                ex.targets.append((req.modality, kind, value))
+            ex.turns.append(ChatTurn(turn.role, turn.text, refs_in, refs_out))
+        return ex
+
+
+class Collator:
+    """Examples -> one model batch. Media/targets are renumbered per modality across the batch."""
+
+    def __init__(self, prompts, pad_id: int):
+        self.prompts, self.pad_id = prompts, pad_id
+
+    def __call__(self, examples: list[Example]) -> dict:
+        from anyany.tokens import collate_sequences
+
+        media: dict[str, list] = {}
+        targets: dict[str, list] = {}
+        sequences = []
+        for ex in examples:
+            media_index = [self._append(media, m, k, v) for m, k, v in ex.media]
+            target_index = [self._append(targets, m, k, v) for m, k, v in ex.targets]
+            if ex.signal is not None:
+                caption, modality = ex.signal
+                segments = self.prompts.signal_segments(caption, modality, target_index[0])
+            else:
+                turns = [
+                    ChatTurn(t.role, t.text, [(m, media_index[i]) for m, i in t.media_in],
+                             [(m, target_index[i]) for m, i in t.media_out])
+                    for t in ex.turns
+                ]
+                segments = self.prompts.conversation_segments(turns)
+            sequences.append(self.prompts.encode_segments(segments))
+        batch = collate_sequences(sequences, self.pad_id)
+        batch["media"] = {m: self._stack(v) for m, v in media.items()}
+        batch["targets"] = {m: self._stack(v) for m, v in targets.items()}
+        return batch
+
+    @staticmethod
+    def _append(store, modality, kind, value) -> int:
+        store.setdefault(modality, []).append((kind, value))
+        return len(store[modality]) - 1
+
+    @staticmethod
+    def _stack(items):
+        kinds = {k for k, _ in items}
+        if len(kinds) != 1:
+            raise ValueError(f"a batch mixes cached and uncached items ({sorted(kinds)}); cache all or none")
+        kind = kinds.pop()
+        values = [v for _, v in items]
+        return kind, (values if kind == "caption" else torch.stack(values))
+
+
+def resolve_frozen(batch: dict, model, decoders) -> dict:
+    """Model inputs for a collated batch. Frozen encoders run here only for uncached items."""
+    media_features = {}
+    for modality, (kind, value) in batch["media"].items():
+        media_features[modality] = value if kind == "features" else model.encode_media(modality, value)
+    gen_targets = {}
+    for modality, (kind, value) in batch["targets"].items():
+        gen_targets[modality] = value if kind == "target" else decoders(modality).encode_text(list(value))
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["labels"],
+        "media_slots": batch["media_slots"],
+        "signal_slots": batch["signal_slots"],
+        "media_features": media_features,
+        "gen_targets": gen_targets,
+    }

@@ -1,0 +1,136 @@
+"""Frozen-feature caches: ImageBind features of media and decoder text-encoder targets of captions.
+
+A cache is a folder of safetensors shards plus ``index.json``. Entries are keyed by a content
+hash (the media file's bytes; the decoder identity + caption text), so renamed or duplicated
+files share an entry and an edited file gets a new one. Training reads the cache when present
+and then never runs the frozen encoder or decoder text encoder inside a step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+INDEX = "index.json"
+SHARD_SIZE = 4096  # entries per shard
+
+
+def media_key(path, feature_kind: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"{feature_kind}-{digest.hexdigest()[:40]}"
+
+
+def caption_key(caption: str, target_source: str) -> str:
+    return "target-" + hashlib.sha256(f"{target_source}\n{caption}".encode()).hexdigest()[:40]
+
+
+class FeatureCache:
+    """Read/write access to one cache folder. ``meta`` records what produced it."""
+
+    def __init__(self, folder, meta: dict | None = None):
+        self.folder = Path(folder)
+        index_path = self.folder / INDEX
+        if index_path.is_file():
+            index = json.loads(index_path.read_text())
+            self.meta, self.entries = index["meta"], index["entries"]
+            if meta is not None:
+                self.check_meta(meta)
+        else:
+            self.meta, self.entries = dict(meta or {}), {}
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._loaded: set[str] = set()
+
+    @classmethod
+    def open(cls, folder, meta: dict | None = None) -> "FeatureCache | None":
+        """The cache at ``folder`` if it exists (checked against ``meta``), else None."""
+        return cls(folder, meta) if folder is not None and (Path(folder) / INDEX).is_file() else None
+
+    def check_meta(self, expected: dict) -> None:
+        diff = {k: (self.meta.get(k), v) for k, v in expected.items() if self.meta.get(k) != v}
+        if diff:
+            detail = "; ".join(f"{k}: cache has {a!r}, need {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"feature cache {self.folder} was made for something else ({detail}); rebuild it")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, key: str) -> torch.Tensor:
+        if key not in self.entries:
+            raise KeyError(f"{key} not in feature cache {self.folder}; rebuild it with `anyany cache-features`")
+        shard = self.entries[key]
+        if shard not in self._loaded:
+            self._tensors.update(load_file(str(self.folder / shard)))
+            self._loaded.add(shard)
+        return self._tensors[key]
+
+    def write(self, items: dict[str, torch.Tensor]) -> None:
+        """Add entries in new shards; the index is replaced atomically last."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        new = {k: v for k, v in items.items() if k not in self.entries}
+        keys = sorted(new)
+        first = len({*self.entries.values()})
+        for n, start in enumerate(range(0, len(keys), SHARD_SIZE)):
+            name = f"shard-{first + n:05d}.safetensors"
+            chunk = {k: new[k].detach().to("cpu").contiguous() for k in keys[start : start + SHARD_SIZE]}
+            tmp = self.folder / (name + ".tmp")
+            save_file(chunk, str(tmp))
+            os.replace(tmp, self.folder / name)
+            self.entries.update({k: name for k in chunk})
+        tmp = self.folder / (INDEX + ".tmp")
+        tmp.write_text(json.dumps({"meta": self.meta, "entries": self.entries}))
+        os.replace(tmp, self.folder / INDEX)
+
+
+def build_media_cache(
+    folder,
+    paths: Iterable[Path],
+    encode: Callable[[Path], torch.Tensor],
+    feature_kind: str,
+    meta: dict,
+    dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+) -> FeatureCache:
+    """Encode every distinct media file once and store its features (fp16 by default)."""
+    cache = FeatureCache(folder, {**meta, "feature_kind": feature_kind})
+    todo: dict[str, Path] = {}
+    for p in paths:
+        key = media_key(p, feature_kind)
+        if key not in cache and key not in todo:
+            todo[key] = Path(p)
+    out = {key: encode(path).to(dtype) for key, path in tqdm(todo.items(), desc="cache media", disable=not progress)}
+    cache.write(out)
+    return cache
+
+
+def build_target_cache(
+    folder,
+    captions: Iterable[str],
+    encode_text: Callable[[list[str]], torch.Tensor],
+    target_source: str,
+    meta: dict,
+    batch_size: int = 32,
+    dtype: torch.dtype = torch.float16,
+    progress: bool = True,
+) -> FeatureCache:
+    """Decoder text-encoder embeddings of each distinct caption (the stage-2/3 targets)."""
+    cache = FeatureCache(folder, {**meta, "kind": "decoder-targets"})  # the source is part of each key
+    todo = sorted({c for c in captions if caption_key(c, target_source) not in cache})
+    out = {}
+    for start in tqdm(range(0, len(todo), batch_size), desc="cache targets", disable=not progress):
+        batch = todo[start : start + batch_size]
+        for caption, emb in zip(batch, encode_text(batch)):
+            out[caption_key(caption, target_source)] = emb.to(dtype)
+    cache.write(out)
+    return cache
