@@ -40,6 +40,7 @@ class AnyToAnyOutput:
     raw_text: str
     media: list[GeneratedMedia] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)  # the LLM's generated ids
 
     def of(self, modality: str) -> list[GeneratedMedia]:
         return [m for m in self.media if m.modality == modality]
@@ -214,7 +215,8 @@ class AnyToAnyPipeline:
         for m, extra in (decoder_kwargs or {}).items():
             per_decoder.setdefault(m, {}).update(extra)
         media_out = self.decode(conditioning, seed=seed, decoder_kwargs=per_decoder)
-        result = AnyToAnyOutput(text=llm_output.text, raw_text=llm_output.raw_text, media=media_out)
+        result = AnyToAnyOutput(text=llm_output.text, raw_text=llm_output.raw_text, media=media_out,
+                                token_ids=llm_output.token_ids)
         if output_dir is not None:
             result.save(output_dir)
         return result

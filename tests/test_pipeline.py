@@ -1,0 +1,163 @@
+"""Generation: signal groups -> output projections -> decoders -> files; seeds; CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from anyany.pipeline import AnyToAnyPipeline, Message
+
+
+class PlannedTokens:
+    """Logits bias that makes the LLM emit ``plan`` (token ids), then EOS.
+
+    Only consulted for steps the decoder does not force (it completes signal groups itself).
+    """
+
+    def __init__(self, plan, eos):
+        self.plan, self.eos = list(plan), eos
+
+    def __call__(self, generated, scores):
+        target = self.plan.pop(0) if self.plan else self.eos
+        out = torch.full_like(scores, -1e9)
+        out[:, target] = 0.0
+        return out
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return AnyToAnyPipeline.from_pretrained("tiny", progress=False)
+
+
+def plan(pipe, *parts):
+    """Parts: text strings and modality names ("image" -> its first signal token)."""
+    m = pipe.model
+    ids = []
+    for part in parts:
+        if part in m.token_ids.signals:
+            ids.append(m.token_ids.signals[part][0])
+        else:
+            ids += m.tokenizer(part, add_special_tokens=False).input_ids
+    return [PlannedTokens(ids, m.tokenizer.eos_token_id)]
+
+
+def test_image_group_gives_image_of_configured_size(pipe):
+    out = pipe("draw a cat", logits_processor=plan(pipe, "Here ", "image"), seed=0)
+    assert [m.modality for m in out.media] == ["image"]
+    cfg = pipe.model.config.decoders["image"]
+    assert out.images[0].size == (cfg.width, cfg.height)
+    assert "[IMG" not in out.text and out.text.startswith("Here")
+    assert "[IMG0][IMG1][IMG2][IMG3]" in out.raw_text
+
+
+def test_video_and_audio_shapes(pipe):
+    out = pipe("make a video", logits_processor=plan(pipe, "video"), seed=0, decoder_kwargs={"video": {"num_frames": 3}})
+    cfg = pipe.model.config.decoders["video"]
+    assert out.videos[0].shape == (3, cfg.height, cfg.width, 3) and out.videos[0].dtype == np.uint8
+    out = pipe("play a sound", logits_processor=plan(pipe, "audio"), seed=0)
+    audio = out.of("audio")[0]
+    decoder = pipe.decoder("audio")
+    assert audio.sample_rate == decoder.sample_rate
+    assert audio.data.ndim == 1 and len(audio.data) == decoder.num_samples(pipe.model.config.decoders["audio"].audio_length_s)
+
+
+def test_two_groups_in_one_reply_and_text_only(pipe):
+    out = pipe("both", logits_processor=plan(pipe, "A picture ", "image", " and a sound ", "audio"), seed=0)
+    assert [m.modality for m in out.media] == ["image", "audio"]
+    out = pipe("just talk", logits_processor=plan(pipe, "hello there"), seed=0)
+    assert out.media == [] and out.text == "hello there"
+
+
+def test_partial_group_is_repaired_not_crashed(pipe):
+    m = pipe.model
+    late = m.token_ids.signals["image"][2]  # a group that starts in the middle
+    out = pipe("x", logits_processor=[PlannedTokens([late], m.tokenizer.eos_token_id)], seed=0)
+    assert len(out.images) == 1
+    assert "[IMG0][IMG1][IMG2][IMG3]" in out.raw_text
+
+
+def test_same_seed_same_bytes_different_seed_differs(pipe, tmp_path):
+    kw = dict(media=[], seed=7)
+    a = pipe("both", logits_processor=plan(pipe, "image", "audio"), output_dir=tmp_path / "a", **kw)
+    b = pipe("both", logits_processor=plan(pipe, "image", "audio"), output_dir=tmp_path / "b", **kw)
+    c = pipe("both", logits_processor=plan(pipe, "image", "audio"), output_dir=tmp_path / "c", media=[], seed=8)
+    for fa, fb, fc in zip(a.files[:2], b.files[:2], c.files[:2]):
+        assert fa.read_bytes() == fb.read_bytes()
+        assert fa.read_bytes() != fc.read_bytes()
+
+
+def test_decoder_receives_the_projected_signal_states(pipe, monkeypatch):
+    """Hook every decoder call and recompute the conditioning from a teacher-forced pass."""
+    received = []
+    for modality in ("image", "audio"):
+        decoder = pipe.decoder(modality)
+        original = decoder.generate
+
+        def spy(embeds, *a, _orig=original, _m=modality, **k):
+            received.append((_m, embeds.clone()))
+            return _orig(embeds, *a, **k)
+
+        monkeypatch.setattr(decoder, "generate", spy)
+    out = pipe("both", logits_processor=plan(pipe, "ok ", "image", "audio"), seed=0)
+    assert [m for m, _ in received] == ["image", "audio"]
+    # Teacher-forced forward over prompt + reply gives the same signal states.
+    model = pipe.model
+    turns, feats = pipe.encode_media(pipe.check_inputs("both", None, []))
+    prompt = model.prompts.encode_segments(model.prompts.conversation_segments(turns))
+    ids = torch.tensor([prompt.input_ids + out.token_ids])
+    with torch.no_grad():
+        embeds = model.embed_inputs(ids, [], {})
+        hidden = model.llm.get_base_model().model(inputs_embeds=embeds).last_hidden_state
+        for modality, cond in received:
+            group = model.token_ids.signals[modality]
+            start = len(prompt.input_ids) + out.token_ids.index(group[0])
+            states = hidden[0, start : start + len(group)] + embeds[0, start : start + len(group)]
+            expected = model.output_projections[modality](states[None])
+            torch.testing.assert_close(cond, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_media_inputs_and_history(pipe, tmp_path):
+    img = tmp_path / "in.png"
+    Image.new("RGB", (80, 60), (200, 10, 10)).save(img)
+    wav = tmp_path / "in.wav"
+    sf.write(wav, np.sin(np.linspace(0, 800, 8000)).astype("float32"), 8000)
+    history = [Message("user", "look", [str(img)]), Message("assistant", "a red thing")]
+    out = pipe("and this?", media=[str(wav)], messages=history, logits_processor=plan(pipe, "fine"), seed=0)
+    assert out.text == "fine"
+    turns, feats = pipe.encode_media(pipe.check_inputs("and this?", history, [str(wav)]))
+    assert sorted(feats) == ["audio", "image"]
+    with pytest.raises(ValueError, match="empty"):
+        pipe("", media=[])
+
+
+def test_outputs_never_overwrite(pipe, tmp_path):
+    a = pipe("x", logits_processor=plan(pipe, "image"), output_dir=tmp_path, seed=0)
+    b = pipe("x", logits_processor=plan(pipe, "image"), output_dir=tmp_path, seed=0)
+    assert a.files[0] != b.files[0] and a.files[0].exists() and b.files[0].exists()
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "anyany.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_generate_writes_files_and_rejects_bad_inputs(tmp_path):
+    img = tmp_path / "in.png"
+    Image.new("RGB", (40, 40), (0, 0, 200)).save(img)
+    run = run_cli("generate", "describe this", "--image", str(img), "--preset", "tiny", "--out", "out", "--quiet",
+                  "--max-new-tokens", "6", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "out" / "anyany-reply.txt").is_file()
+    missing = run_cli("generate", "x", "--image", "nope.png", "--quiet", cwd=tmp_path)
+    assert missing.returncode != 0
+    assert missing.stderr.strip().splitlines()[-1].startswith("anyany: error:") and "nope.png" in missing.stderr
+    wrong = run_cli("generate", "x", "--audio", str(img), "--quiet", cwd=tmp_path)
+    assert wrong.returncode != 0 and "in.png" in wrong.stderr.strip().splitlines()[-1]
+    help_ = run_cli("--help", cwd=tmp_path)
+    for command in ("generate", "chat", "train", "cache-features"):
+        assert command in help_.stdout
