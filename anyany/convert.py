@@ -16,7 +16,6 @@ skeleton built on the ``meta`` device; the adapter file is written directly with
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from dataclasses import dataclass, field

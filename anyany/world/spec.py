@@ -1,0 +1,142 @@
+"""What exists in the miniature world and how it looks and sounds.
+
+Images: a coloured shape at a position. Videos: a coloured shape moving in a direction.
+Audio: a tone with a pitch, a loudness and a rhythm. Every medium has a caption that names
+all of its attributes, so captioning and generation can be checked attribute by attribute.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 70, 230), "yellow": (235, 215, 40)}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("left", "center", "right")
+DIRECTIONS = ("left", "right", "up", "down")
+PITCHES = {"low": 220.0, "middle": 440.0, "high": 880.0}
+LOUDNESS = {"quiet": 0.15, "loud": 0.6}
+RHYTHMS = ("steady", "pulsing")
+
+IMAGE_SIZE = 32
+VIDEO_SIZE = 32
+VIDEO_FRAMES = 8
+VIDEO_FPS = 8
+SAMPLE_RATE = 16000
+AUDIO_SECONDS = 1.0
+BACKGROUND = (245, 245, 245)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    colour: str
+    shape: str
+    position: str
+
+    @property
+    def caption(self) -> str:
+        where = "in the center" if self.position == "center" else f"on the {self.position}"
+        return f"a {self.colour} {self.shape} {where}"
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    colour: str
+    shape: str
+    direction: str
+
+    @property
+    def caption(self) -> str:
+        return f"a {self.colour} {self.shape} moving {self.direction}"
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    pitch: str
+    loudness: str
+    rhythm: str
+
+    @property
+    def caption(self) -> str:
+        return f"a {self.loudness} {self.pitch} {self.rhythm} tone"
+
+
+def all_images() -> list[ImageItem]:
+    return [ImageItem(*x) for x in itertools.product(COLOURS, SHAPES, POSITIONS)]
+
+
+def all_videos() -> list[VideoItem]:
+    return [VideoItem(*x) for x in itertools.product(COLOURS, SHAPES, DIRECTIONS)]
+
+
+def all_audios() -> list[AudioItem]:
+    return [AudioItem(*x) for x in itertools.product(PITCHES, LOUDNESS, RHYTHMS)]
+
+
+# ---------------------------------------------------------------------------------- rendering
+
+
+def _shape_mask(shape: str, cx: float, cy: float, radius: float, size: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    if shape == "circle":
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
+    if shape == "square":
+        r = radius * 0.85
+        return (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
+    if shape == "triangle":  # apex up, base at the bottom
+        top, bottom = cy - radius, cy + radius
+        half = (yy - top) / (2 * radius) * radius * 1.1
+        return (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= half)
+    raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
+
+
+def draw(colour: str, shape: str, cx: float, cy: float, size: int, rng: np.random.Generator | None = None) -> np.ndarray:
+    """One frame: uint8 [size, size, 3] with a shape of radius size/5 at (cx, cy) in pixels."""
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = BACKGROUND
+    rgb = np.array(COLOURS[colour], np.float32)
+    if rng is not None:
+        rgb = np.clip(rgb + rng.normal(0, 8, 3), 0, 255)
+    img[_shape_mask(shape, cx, cy, size / 5, size)] = rgb
+    if rng is not None:
+        img = img + rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255).round().astype(np.uint8)
+
+
+POSITION_X = {"left": 0.25, "center": 0.5, "right": 0.75}
+
+
+def render_image(item: ImageItem, rng: np.random.Generator | None = None, size: int = IMAGE_SIZE) -> np.ndarray:
+    jitter = rng.uniform(-0.04, 0.04, 2) * size if rng is not None else np.zeros(2)
+    return draw(item.colour, item.shape, POSITION_X[item.position] * size + jitter[0], 0.5 * size + jitter[1], size, rng)
+
+
+MOTION = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+
+def render_video(item: VideoItem, rng: np.random.Generator | None = None, size: int = VIDEO_SIZE,
+                 frames: int = VIDEO_FRAMES) -> np.ndarray:
+    """uint8 [frames, size, size, 3]: the shape travels from 0.3 to 0.7 of the frame along its direction."""
+    dx, dy = MOTION[item.direction]
+    start = 0.5 - 0.2 * np.array([dx, dy], np.float32)
+    out = []
+    for f in range(frames):
+        t = f / max(frames - 1, 1)
+        cx, cy = (start + 0.4 * t * np.array([dx, dy])) * size
+        out.append(draw(item.colour, item.shape, cx, cy, size, rng))
+    return np.stack(out)
+
+
+def render_audio(item: AudioItem, rng: np.random.Generator | None = None, seconds: float = AUDIO_SECONDS,
+                 sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """float32 [samples]: a sine (plus a weak octave) with the item's pitch, loudness and rhythm."""
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    f0 = PITCHES[item.pitch] * (1 + (rng.uniform(-0.01, 0.01) if rng is not None else 0.0))
+    wave = np.sin(2 * np.pi * f0 * t) + 0.2 * np.sin(4 * np.pi * f0 * t)
+    if item.rhythm == "pulsing":
+        wave *= (np.sin(2 * np.pi * 4 * t) > 0).astype(np.float64)
+    wave *= LOUDNESS[item.loudness] / 1.2
+    if rng is not None:
+        wave += rng.normal(0, 0.003, wave.shape)
+    return wave.astype(np.float32)
