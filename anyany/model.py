@@ -274,9 +274,10 @@ class AnyToAnyModel(nn.Module):
         if not media_slots:
             return embeds
         projected: dict[str, torch.Tensor] = {}
+        param = next(self.bridge.parameters())
         for modality, feats in media_features.items():
-            param = next(self.bridge.parameters())
-            projected[modality] = self.bridge(feats.to(param.device, param.dtype), modality)
+            kwargs = self._instruction_kwargs(embeds, media_slots, modality, feats.shape[0])
+            projected[modality] = self.bridge(feats.to(param.device, param.dtype), modality, **kwargs)
         mask = input_ids == self.token_ids.placeholder
         pieces = []
         for slot in sorted(media_slots, key=lambda s: (s.row, s.start)):
@@ -288,6 +289,25 @@ class AnyToAnyModel(nn.Module):
         if int(mask.sum()) != values.shape[0]:
             raise ValueError(f"{int(mask.sum())} placeholder positions but {values.shape[0]} media tokens")
         return embeds.masked_scatter(mask.unsqueeze(-1), values)
+
+    def _instruction_kwargs(self, embeds, media_slots, modality: str, count: int) -> dict:
+        """For instruction-aware bridges: each medium's human-turn text embeddings, padded, with a mask."""
+        import inspect
+
+        if "instruction" not in inspect.signature(self.bridge.forward).parameters:
+            return {}
+        spans = {s.feature_index: s for s in media_slots if s.modality == modality and s.instruction}
+        if not spans:
+            return {}
+        longest = max(s.instruction[1] for s in spans.values())
+        instruction = embeds.new_zeros(count, max(longest, 1), embeds.shape[-1])
+        mask = torch.zeros(count, max(longest, 1), dtype=torch.bool, device=embeds.device)
+        mask[:, 0] = True  # a medium with no text attends to one zero vector rather than to nothing (NaN)
+        for index, s in spans.items():
+            start, length = s.instruction
+            instruction[index, :length] = embeds[s.row, start : start + length]
+            mask[index, :length] = True
+        return {"instruction": instruction, "instruction_mask": mask}
 
     # ------------------------------------------------------------------ forward
     def forward(

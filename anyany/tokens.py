@@ -119,6 +119,7 @@ class MediaSlot:
     length: int
     modality: str
     feature_index: int  # index into the batch's per-modality feature list
+    instruction: tuple[int, int] | None = None  # (start, length) of its human turn's text
 
 
 @dataclass
@@ -139,13 +140,14 @@ class Segment:
     media: tuple[str, int] | None = None  # (modality, feature_index)
     trained: bool = False  # contributes to the LM loss
     signal: tuple[str, int] | None = None  # (modality, target_index): text is this group's tokens
+    instruction: bool = False  # the text the preceding media of this turn are about
 
 
 @dataclass
 class EncodedSequence:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
-    media: list[tuple[int, int, str, int]] = field(default_factory=list)  # start, length, modality, feature_index
+    media: list[tuple] = field(default_factory=list)  # start, length, modality, feature_index, instruction span
     signals: list[tuple[int, str, int]] = field(default_factory=list)  # start, modality, target_index
 
 
@@ -168,6 +170,7 @@ class PromptBuilder:
 
     def encode_segments(self, segments: Sequence[Segment], add_bos: bool = True) -> EncodedSequence:
         seq = EncodedSequence()
+        turn_media: list[int] = []  # media of the current turn still waiting for their instruction
         if add_bos and self.tokenizer.bos_token_id is not None:
             seq.input_ids.append(self.tokenizer.bos_token_id)
             seq.labels.append(IGNORE_INDEX)
@@ -176,11 +179,16 @@ class PromptBuilder:
                 modality, index = seg.media
                 n = self.media_tokens(modality)
                 ids = [self.ids.media_start] + [self.ids.placeholder] * n + [self.ids.media_end]
-                seq.media.append((len(seq.input_ids) + 1, n, modality, index))
+                seq.media.append((len(seq.input_ids) + 1, n, modality, index, None))
+                turn_media.append(len(seq.media) - 1)
                 seq.input_ids += ids
                 seq.labels += [IGNORE_INDEX] * len(ids)
                 continue
             ids = self._text_ids(seg.text or "")
+            if seg.instruction:
+                for k in turn_media:
+                    seq.media[k] = (*seq.media[k][:4], (len(seq.input_ids), len(ids)))
+                turn_media = []
             if seg.signal is not None:
                 modality, target_index = seg.signal
                 expected = list(self.ids.signals[modality])
@@ -214,7 +222,7 @@ class PromptBuilder:
                 for modality, index in turn.media_in:
                     segments.append(Segment(media=(modality, index)))
                     segments.append(Segment(text=" "))
-                segments.append(Segment(text=turn.text.strip()))
+                segments.append(Segment(text=turn.text.strip(), instruction=True))
                 segments.append(Segment(text=ASSISTANT.rstrip(" ")))
                 segments.append(Segment(text=" "))
             else:
@@ -266,7 +274,7 @@ def collate_sequences(sequences: Sequence[EncodedSequence], pad_id: int) -> dict
         input_ids[row, :n] = torch.tensor(s.input_ids)
         labels[row, :n] = torch.tensor(s.labels)
         attention_mask[row, :n] = 1
-        media += [MediaSlot(row, start, length_, m, i) for start, length_, m, i in s.media]
+        media += [MediaSlot(row, start, length_, m, i, instr) for start, length_, m, i, instr in s.media]
         signals += [SignalSlot(row, start, m, i) for start, m, i in s.signals]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "media_slots": media, "signal_slots": signals}
 

@@ -183,3 +183,33 @@ def test_overflowing_conversation_names_token_counts(tiny_config):
     turns = [ChatTurn("human", "x " * 30, [("image", 0)]), ChatTurn("gpt", "y")]
     with pytest.raises(ValueError, match=r"exceeds max_length=40.*image: 1 tokens each"):
         model.prompts.encode_segments(model.prompts.conversation_segments(turns))
+
+
+def test_multi_token_instruction_aware_bridge_flows_through_the_model(tiny_config):
+    """A Q-Former (InstructBLIP) bridge: 4 tokens per medium, conditioned on the turn's text."""
+    config = AnyToAnyConfig.from_dict(tiny_config.to_dict())
+    config.bridge = {"type": "qformer", "preset": "instructblip", "num_queries": 4, "width": 16, "depth": 2, "heads": 2}
+    torch.manual_seed(0)
+    model = AnyToAnyModel.from_config(config, with_encoder=False)
+    assert model.bridge.feature_kind == "tokens" and model.bridge.num_tokens("image") == 4
+    ib = config.encoder.imagebind
+    feats = {"image": torch.randn(1, ib.vision_num_tokens, ib.vision_width)}
+
+    def merged(text):
+        seq = model.prompts.encode_segments(model.prompts.conversation_segments([ChatTurn("human", text, [("image", 0)])]))
+        batch = model.collate([seq])
+        slot = batch["media_slots"][0]
+        assert slot.length == 4 and slot.instruction is not None
+        return model.embed_inputs(batch["input_ids"], batch["media_slots"], feats)[0, slot.start : slot.start + 4]
+
+    a, b = merged("what colour is it?"), merged("where is the shape?")
+    assert not torch.allclose(a, b), "the instruction must reach the Q-Former"
+    torch.testing.assert_close(a, merged("what colour is it?"))
+    model.set_stage("stage1")
+    seq = model.prompts.encode_segments(model.prompts.caption_segments("image", 0, "a red circle", "Describe."))
+    batch = model.collate([seq])
+    out = model(**batch, media_features=feats)
+    out.loss.backward()
+    missing = [n for n, p in model.bridge.named_parameters() if p.grad is None]
+    assert missing and all("audio" in n for n in missing), missing  # only the unused audio branch
+    assert model.bridge.text_proj.weight.grad.abs().sum() > 0
