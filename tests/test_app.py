@@ -1,0 +1,241 @@
+"""The web app: request logic, the gradio_client API, bad uploads, a headless-browser round trip."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+from anyany.app_logic import EMPTY_MESSAGE, ChatApp
+from anyany.pipeline import AnyToAnyPipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _load_app_module():
+    spec = importlib.util.spec_from_file_location("anyany_app_main", ROOT / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class PlannedTokens:
+    """Make the LLM emit ``plan`` then EOS (consulted only for steps the decoder does not force)."""
+
+    def __init__(self, plan, eos):
+        self.plan, self.eos = list(plan), eos
+
+    def __call__(self, generated, scores):
+        target = self.plan.pop(0) if self.plan else self.eos
+        out = torch.full_like(scores, -1e9)
+        out[:, target] = 0.0
+        return out
+
+
+class Forcing:
+    """A switchable factory: when on, each request gets text tokens, then [IMG0], [AUD0], EOS."""
+
+    def __init__(self, pipe):
+        m = pipe.model
+        self.ids = m.tokenizer("Sure! ", add_special_tokens=False).input_ids
+        assert len(self.ids) <= 8
+        self.text = m.tokenizer.decode(self.ids).strip()  # what the reply starts with
+        self.ids += [m.token_ids.signals["image"][0], m.token_ids.signals["audio"][0]]
+        self.eos = m.tokenizer.eos_token_id
+        self.on = False
+
+    def __call__(self):
+        return [PlannedTokens(self.ids if self.on else [], self.eos)]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return AnyToAnyPipeline.from_pretrained("tiny", progress=False)
+
+
+@pytest.fixture(scope="module")
+def forcing(pipe):
+    return Forcing(pipe)
+
+
+@pytest.fixture(scope="module")
+def server(pipe, forcing):
+    app_module = _load_app_module()
+    demo = app_module.build_demo(pipe, max_file_mb=50, logits_processor_factory=forcing)
+    demo.queue(default_concurrency_limit=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield demo, f"http://127.0.0.1:{port}/"
+    demo.close()
+    demo.chat_app.close_all()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("uploads")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "photo.png")
+    (d / "notes.png").write_text("this is text, not a picture\n")
+    (d / "silence.wav").write_bytes(b"")
+    sf.write(d / "tone.wav", (0.2 * np.sin(np.linspace(0, 400, 16000))).astype(np.float32), 16000)
+    return d
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server[1], verbose=False)
+
+
+def _chat(client, text, paths=()):
+    from gradio_client import handle_file
+
+    return client.predict(text=text, files=[handle_file(str(p)) for p in paths], api_name="/chat")
+
+
+# --------------------------------------------------------------------------- logic (no server)
+def test_logic_empty_message_multi_turn_and_reset(pipe, files, forcing):
+    app = ChatApp(pipe, max_file_mb=50, logits_processor_factory=forcing)
+    session = app.new_session()
+    reply = app.respond(session, "  ", [])
+    assert not reply.ok and reply.text == EMPTY_MESSAGE and session.history == []
+
+    forcing.on = True
+    try:
+        reply = app.respond(session, "describe and draw", [files / "photo.png"])
+    finally:
+        forcing.on = False
+    assert reply.ok, reply.text
+    assert sorted(Path(f).suffix for f in reply.files) == [".png", ".wav"]
+    assert all(Path(f).parent.parent == session.folder for f in reply.files)
+    user, assistant = session.history
+    assert Path(user.media[0]).parent == session.uploads and Path(user.media[0]).is_file()
+    assert "[IMG0]" in assistant.text and "[AUD0]" in assistant.text  # raw_text, signal tokens kept
+    assert reply.text.startswith(forcing.text) and "[IMG" not in reply.text
+    # the chat shows the upload and the generated media as file entries
+    paths = [e["content"]["path"] for e in session.chat if isinstance(e["content"], dict)]
+    assert len(paths) == 3
+
+    reply = app.respond(session, "and again", [])  # second turn sees the first (with its image)
+    assert reply.ok and len(session.history) == 4
+
+    folder = session.folder
+    assert folder.is_dir()
+    app.reset(session)
+    assert not folder.exists() and session.history == [] and app.live_sessions() == []
+
+
+# --------------------------------------------------------------------------- API
+def test_api_text_and_image_then_forced_media(client, files, forcing):
+    reply, out_files = _chat(client, "What is in this picture?", [files / "photo.png"])
+    assert isinstance(reply, str) and out_files in (None, [])
+
+    forcing.on = True
+    try:
+        reply, out_files = _chat(client, "Draw it and make a sound", [files / "photo.png"])
+    finally:
+        forcing.on = False
+    assert isinstance(reply, str) and reply.startswith(forcing.text)
+    paths = [Path(f) for f in out_files]
+    assert sorted(p.suffix for p in paths) == [".png", ".wav"]
+    png = next(p for p in paths if p.suffix == ".png")
+    wav = next(p for p in paths if p.suffix == ".wav")
+    with Image.open(png) as im:
+        im.load()
+        assert im.width > 0
+    data, rate = sf.read(wav)
+    assert rate > 0 and len(data) > 0
+
+
+def test_api_bad_uploads_get_messages_and_server_keeps_serving(server, client, files):
+    demo, _ = server
+    for bad, expected in [("notes.png", "not a readable image"), ("silence.wav", "empty")]:
+        reply, out_files = _chat(client, "look", [files / bad])
+        assert bad in reply and expected in reply and "accepted" in reply.lower(), reply
+        assert not out_files
+    old = demo.chat_app.max_bytes
+    demo.chat_app.max_bytes = 100  # tiny limit for the test
+    try:
+        reply, _ = _chat(client, "listen", [files / "tone.wav"])
+    finally:
+        demo.chat_app.max_bytes = old
+    assert "tone.wav" in reply and "too large" in reply, reply
+    reply, _ = _chat(client, "", [])
+    assert reply == EMPTY_MESSAGE
+    reply, _ = _chat(client, "listen", [files / "tone.wav"])  # a good request still works
+    assert "could not" not in reply.lower() and reply != EMPTY_MESSAGE
+
+
+def test_api_reset_removes_session_folder(server, files):
+    from gradio_client import Client
+
+    demo, url = server
+    before = {s.folder for s in demo.chat_app.live_sessions()}
+    c = Client(url, verbose=False)
+    _chat(c, "hello", [files / "photo.png"])
+    _chat(c, "and now?")  # the client's session keeps the first turn
+    mine = [s for s in demo.chat_app.live_sessions() if s.folder not in before]
+    assert len(mine) == 1 and mine[0].folder.is_dir() and any(mine[0].uploads.iterdir())
+    assert [m.role for m in mine[0].history] == ["user", "assistant"] * 2
+    assert mine[0].history[0].media and mine[0].history[0].text == "hello"
+    c.predict(api_name="/reset")
+    assert not mine[0].folder.exists()
+
+
+# --------------------------------------------------------------------------- browser
+def test_browser_round_trip(server, files, forcing):
+    if not os.path.exists(CHROMIUM):
+        msg = f"{CHROMIUM} not found (apt-get install -y chromium); skipping the headless-browser test"
+        print(msg, file=sys.stderr)
+        pytest.skip(msg)
+    from playwright.sync_api import sync_playwright
+
+    demo, url = server
+    before = {s.folder for s in demo.chat_app.live_sessions()}
+    out_dir = ROOT / "test-artifacts"
+    out_dir.mkdir(exist_ok=True)
+    forcing.on = True
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run"])
+            try:
+                page = browser.new_page(viewport={"width": 1200, "height": 1000})
+                page.goto(url, wait_until="load")
+                box = page.locator("#anyany-input textarea")
+                box.wait_for(timeout=30000)
+                page.locator("#anyany-input input[type=file]").set_input_files(str(files / "photo.png"))
+                # the attachment preview shows once the upload finished
+                page.locator("#anyany-input img").first.wait_for(timeout=30000)
+                box.fill("Please draw and play something")
+                box.press("Enter")
+                chat = page.locator("#anyany-chat")
+                chat.get_by_text(forcing.text).first.wait_for(timeout=60000)
+                chat.locator("audio").first.wait_for(state="attached", timeout=30000)
+                # user upload + generated image
+                page.wait_for_function(
+                    "document.querySelectorAll('#anyany-chat img').length >= 2", timeout=30000)
+                assert "Please draw and play something" in chat.inner_text()
+                page.screenshot(path=str(out_dir / "app.png"), full_page=True)
+                mine = [s for s in demo.chat_app.live_sessions() if s.folder not in before]
+                assert len(mine) == 1 and mine[0].folder.is_dir()
+                page.locator("#anyany-clear").click()  # reset: chat emptied, temp folder deleted
+                page.wait_for_function("document.querySelectorAll('#anyany-chat img').length == 0", timeout=30000)
+                assert not mine[0].folder.exists()
+            finally:
+                browser.close()
+    finally:
+        forcing.on = False
