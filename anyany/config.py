@@ -95,6 +95,9 @@ class AnyToAnyConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     stage1_instruction: str = "Generate a caption for this."
+    # LLM-side adapters (anyany.adapters): [{"type": "gated_xattn" | "visual_expert" | "moe_lora", ...}]
+    llm_adapters: list = field(default_factory=list)
+    llm_adapters_replace_lora: bool = False  # stage 3 trains the adapters instead of LoRA
 
     # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -133,6 +136,8 @@ class AnyToAnyConfig:
             generation=GenerationConfig(**d.get("generation", {})),
             loss=LossConfig(**d.get("loss", {})),
             stage1_instruction=d.get("stage1_instruction", cls.stage1_instruction),
+            llm_adapters=d.get("llm_adapters", []),
+            llm_adapters_replace_lora=d.get("llm_adapters_replace_lora", False),
         )
 
     def save(self, path) -> None:

@@ -53,8 +53,13 @@ def generate_with_signals(
     logits_processor=None,
     repair_signal_groups: bool = True,
     progress: bool = False,
+    media_mask: torch.Tensor | None = None,
 ) -> LLMOutput:
-    """Decode one sequence (batch 1). ``logits_processor``: callables ``(generated_ids[1,t], scores[1,V]) -> scores``."""
+    """Decode one sequence (batch 1). ``logits_processor``: callables ``(generated_ids[1,t], scores[1,V]) -> scores``.
+
+    ``media_mask[1, L]``: the media positions of ``inputs_embeds`` (``input_ids == placeholder``), for
+    the model's LLM adapters; without it the prompt counts as all text.
+    """
     from transformers import DynamicCache
 
     base = model.llm.get_base_model()
@@ -64,8 +69,11 @@ def generate_with_signals(
     groups_ids = model.token_ids.signals
     eos = tokenizer.eos_token_id
 
+    if media_mask is None:
+        media_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
     cache = DynamicCache(config=base.config)
-    hidden = base.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+    with model.llm_context(media_mask, inputs_embeds):
+        hidden = base.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
     generated: list[int] = []
     forced: list[int] = []  # remaining ids of a signal group being completed
     current: dict | None = None
@@ -93,7 +101,8 @@ def generate_with_signals(
         if current is None and tokenizer.decode(generated[-4:]).rstrip().endswith(STOP_STRING):
             break
         token_embed = embed(torch.tensor([[token]], device=inputs_embeds.device))
-        hidden = base.model(inputs_embeds=token_embed, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        with model.llm_context(media_mask, inputs_embeds, decoding=True):  # a text token; the prompt's media stay visible
+            hidden = base.model(inputs_embeds=token_embed, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
         if current is not None:
             current["states"].append(hidden[0] + token_embed[0, 0])
             if not forced:

@@ -6,6 +6,7 @@ conditioning (see :mod:`anyany.pipeline`) or to compute alignment targets (see :
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch import nn
 from encoders.imagebind import ImageBindEncoder
 from projections import OutputProjection, build_bridge, generation_distance, load_bridge
 
+from .adapters import LLMAdapters
 from .config import AnyToAnyConfig, LLMConfig
 from .tokens import (
     IGNORE_INDEX,
@@ -34,7 +36,11 @@ BASE_OVERRIDES_NAME = "base_overrides.safetensors"
 STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
     "stage1": ("input_projection",),
     "stage2": ("output_projections", "new_token_rows"),
-    "stage3": ("lora", "input_projection", "output_projections", "new_token_rows"),
+    "stage3": ("lora", "llm_adapters", "input_projection", "output_projections", "new_token_rows"),
+}
+# Groups a boolean config switch takes out of a stage: {config attribute: {stage: groups}}.
+STAGE_EXCLUDED_BY: dict[str, dict[str, tuple[str, ...]]] = {
+    "llm_adapters_replace_lora": {"stage3": ("lora",)},
 }
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -136,6 +142,9 @@ class AnyToAnyModel(nn.Module):
         self.encoder = encoder
         self.token_ids = TokenIds.from_tokenizer(tokenizer, config.signals)
         self.prompts = PromptBuilder(tokenizer, self.token_ids, config.signals, bridge.num_tokens, config.llm.max_length)
+        base = llm.get_base_model()
+        self.llm_adapters = LLMAdapters(config.llm_adapters, base.model.layers, base.config.hidden_size,
+                                        seed=config.llm.seed + 2) if config.llm_adapters else None
         self.set_stage(None)
 
     # ------------------------------------------------------------------ construction
@@ -189,6 +198,8 @@ class AnyToAnyModel(nn.Module):
         self.bridge.save_pretrained(path / "bridge")
         for m, proj in self.output_projections.items():
             proj.save_pretrained(path / "output_projections" / m)
+        if self.llm_adapters is not None:
+            self.llm_adapters.save_pretrained(path / "llm_adapters")
         config.save(path / CONFIG_NAME)
 
     @classmethod
@@ -215,7 +226,10 @@ class AnyToAnyModel(nn.Module):
         bridge = load_bridge(path / "bridge")
         projections = {m: OutputProjection.from_pretrained(path / "output_projections" / m) for m in config.output_projections}
         encoder = load_encoder(config.encoder, device) if with_encoder else None
-        return cls(config, tokenizer, llm, bridge, projections, encoder).to(device)
+        model = cls(config, tokenizer, llm, bridge, projections, encoder)
+        if model.llm_adapters is not None and (path / "llm_adapters").is_dir():  # else: fresh (identity) adapters
+            model.llm_adapters.load_pretrained(path / "llm_adapters")
+        return model.to(device)
 
     def base_llm_state_dict(self) -> dict[str, torch.Tensor]:
         """The frozen LLM's own weights under their transformers names (peft wrappers removed)."""
@@ -230,7 +244,8 @@ class AnyToAnyModel(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         groups = {"input_projection": list(self.bridge.parameters()),
                   "output_projections": list(self.output_projections.parameters()),
-                  "lora": [], "new_token_rows": []}
+                  "lora": [], "new_token_rows": [],
+                  "llm_adapters": list(self.llm_adapters.parameters()) if self.llm_adapters is not None else []}
         for name, p in self.llm.named_parameters():
             if "lora_" in name:
                 groups["lora"].append(p)
@@ -239,13 +254,17 @@ class AnyToAnyModel(nn.Module):
         return groups
 
     def set_stage(self, stage: str | None) -> list[str]:
-        """Freeze everything, then unfreeze the groups ``STAGE_TRAINABLE[stage]`` names."""
+        """Freeze everything, then unfreeze the non-empty groups ``STAGE_TRAINABLE[stage]`` names
+        (less those that a switched-on ``STAGE_EXCLUDED_BY`` config attribute takes out)."""
         if stage is not None and stage not in STAGE_TRAINABLE:
             raise ValueError(f"unknown stage {stage!r}; use one of {sorted(STAGE_TRAINABLE)}")
         self.requires_grad_(False)
-        active = STAGE_TRAINABLE.get(stage, ())
+        groups = self.parameter_groups()
+        excluded = {g for attr, by_stage in STAGE_EXCLUDED_BY.items() if getattr(self.config, attr)
+                    for g in by_stage.get(stage, ())}
+        active = [g for g in STAGE_TRAINABLE.get(stage, ()) if g not in excluded and groups[g]]
         for name in active:
-            for p in self.parameter_groups()[name]:
+            for p in groups[name]:
                 p.requires_grad_(True)
         self.stage = stage
         return list(active)
@@ -329,7 +348,8 @@ class AnyToAnyModel(nn.Module):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         embeds = self.embed_inputs(input_ids, list(media_slots), media_features or {})
         base = self.llm.get_base_model()
-        hidden = base.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        with self.llm_context(input_ids == self.token_ids.placeholder, embeds, attention_mask):
+            hidden = base.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         losses: dict[str, torch.Tensor] = {}
         if labels is not None:
             shifted = labels[:, 1:].to(device)
@@ -351,9 +371,19 @@ class AnyToAnyModel(nn.Module):
                     losses[f"gen_{modality}"] = generation_distance(cond, target.reshape(cond.shape), self.config.loss.distance)
         if not losses:
             raise ValueError("batch has neither labels nor generation targets: nothing to train on")
+        if self.llm_adapters is not None and self.llm_adapters.trains():  # MoE-LoRA load balancing (weighted)
+            aux = self.llm_adapters.aux_loss(weighted=True)
+            if torch.is_tensor(aux):
+                losses["moe_aux"] = aux
         weights = self.config.loss.weights
         total = sum(weights.get(k.removeprefix("gen_"), 1.0) * v for k, v in losses.items())
         return ModelOutput(loss=total, losses=losses, conditioning=conditioning)
+
+    def llm_context(self, media_mask, embeds, attention_mask=None, *, decoding: bool = False):
+        """The LLM adapters' context for a call over ``embeds`` (media at ``media_mask``); a no-op without adapters."""
+        if self.llm_adapters is None:
+            return nullcontext()
+        return self.llm_adapters.context_for(embeds, media_mask, attention_mask, decoding=decoding)
 
     def signal_states(self, hidden, embeds, slots, modality: str) -> torch.Tensor:
         """[n_groups, N, H]: last-layer state at each signal token + that token's input embedding."""

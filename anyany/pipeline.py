@@ -81,6 +81,7 @@ class AnyToAnyPipeline:
         self.model = model.eval()
         self._decoders = dict(decoders or {})
         self.progress = progress
+        self._media_mask = None  # (embeds, media mask) of the last prepare_inputs, for the LLM adapters
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str, *, device: str = "cpu", progress: bool = True, config_overrides=None):
@@ -147,12 +148,17 @@ class AnyToAnyPipeline:
         segments = self.model.prompts.conversation_segments(turns)
         sequence = self.model.prompts.encode_segments(segments)
         batch = collate_sequences([sequence], self.model.tokenizer.pad_token_id)
-        return self.model.embed_inputs(batch["input_ids"].to(self.model.device), batch["media_slots"], features)
+        input_ids = batch["input_ids"].to(self.model.device)
+        embeds = self.model.embed_inputs(input_ids, batch["media_slots"], features)
+        self._media_mask = (embeds, input_ids == self.model.token_ids.placeholder)
+        return embeds
 
-    def generate_text(self, inputs_embeds, *, generator, logits_processor, **gen) -> LLMOutput:
+    def generate_text(self, inputs_embeds, *, generator, logits_processor, media_mask=None, **gen) -> LLMOutput:
+        if media_mask is None and self._media_mask is not None and self._media_mask[0] is inputs_embeds:
+            media_mask = self._media_mask[1]  # these embeds came from prepare_inputs
         return generate_with_signals(
             self.model, inputs_embeds, generator=generator, logits_processor=logits_processor,
-            progress=self.progress, **gen,
+            progress=self.progress, media_mask=media_mask, **gen,
         )
 
     def project_signals(self, llm_output: LLMOutput) -> list[tuple[str, torch.Tensor]]:
