@@ -11,6 +11,7 @@ generation call, a ``Decoder`` builds its pipeline once and keeps it.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -124,6 +125,24 @@ class DecoderConfig:
         return cls(kind=kind, name_or_path=None, random_init=random_init, **defaults)
 
 
+@contextlib.contextmanager
+def _quiet_loading(quiet: bool):
+    """Silence diffusers' and transformers' loading bars when the caller asked for no progress."""
+    if not quiet:
+        yield
+        return
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        dlog.enable_progress_bar()
+        tlog.enable_progress_bar()
+
+
 class Decoder(abc.ABC):
     """One frozen text-to-X diffusion pipeline behind a modality-agnostic interface.
 
@@ -169,9 +188,10 @@ class Decoder(abc.ABC):
             config = DecoderConfig(kind=cls.kind, name_or_path=name_or_path)
         elif config.name_or_path != name_or_path:
             config = dataclasses.replace(config, name_or_path=name_or_path)
-        pipe = cls.pipeline_class().from_pretrained(
-            name_or_path, dtype=resolve_dtype(config.torch_dtype), **cls._from_pretrained_kwargs()
-        )
+        with _quiet_loading(not progress):
+            pipe = cls.pipeline_class().from_pretrained(
+                name_or_path, dtype=resolve_dtype(config.torch_dtype), **cls._from_pretrained_kwargs()
+            )
         pipe.set_progress_bar_config(disable=not progress)
         return cls(pipe, config)
 

@@ -18,7 +18,7 @@ ATTRIBUTES = {
     "video": {"colour": list(spec.COLOURS), "shape": list(spec.SHAPES), "direction": list(spec.DIRECTIONS)},
     "audio": {"pitch": list(spec.PITCHES), "loudness": list(spec.LOUDNESS), "rhythm": list(spec.RHYTHMS)},
 }
-REQUEST = {"image": "Draw {}.", "video": "Show me a video of {}.", "audio": "Play {}."}
+REQUEST = {"image": "draw {}", "video": "make a video of {}", "audio": "play {}"}  # the data's phrasing
 
 
 def words_match(text: str, item, modality: str) -> dict[str, bool]:

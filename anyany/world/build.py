@@ -1,0 +1,236 @@
+"""The whole miniature NExT-GPT, end to end on a CPU.
+
+world -> pretraining of the frozen parts (ImageBind, LLaMA, three diffusers decoders; run as
+parallel single-thread jobs, one per core) -> frozen-feature caches -> stages 1, 2, 3 with the
+real ``training`` loop -> held-out evaluation. Every phase's wall time goes in ``report.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+DEFAULT_HOME = Path(os.environ.get("ANYANY_HOME", Path.home() / ".cache" / "anyany")) / "miniature"
+MODEL = "model"  # the final stage-3 model folder inside home
+
+
+@dataclass
+class BuildPlan:
+    """Minutes for the frozen parts and steps for the stages. ``quick`` is the CI-sized run."""
+
+    imagebind_minutes: float = 3.5
+    llm_minutes: float = 2.0
+    image_minutes: float = 3.0
+    video_minutes: float = 3.0
+    audio_steps: int | None = None  # the audio trainer's own default
+    stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 500, "stage3": 700})
+    stage_lr: dict = field(default_factory=lambda: {"stage1": 3e-3, "stage2": 2e-3, "stage3": 2e-3})
+    batch_size: int = 32
+    eval_seeds: int = 1
+
+    @classmethod
+    def quick(cls) -> "BuildPlan":
+        return cls(imagebind_minutes=1.0, llm_minutes=0.8, image_minutes=0.7, video_minutes=0.7, audio_steps=150,
+                   stage_steps={"stage1": 150, "stage2": 120, "stage3": 150})
+
+
+# ---------------------------------------------------------------------------- frozen parts
+
+
+def _pretrain_job(name: str, home: str, seed: int, plan: dict) -> tuple[str, float, dict]:
+    """One frozen part, in its own process on one thread (two run side by side)."""
+    torch.set_num_threads(1)
+    home = Path(home)
+    frozen = home / "frozen"
+    start, report = time.time(), {}
+    if name == "imagebind":
+        from .pretrain_encoder import train_imagebind
+
+        train_imagebind(frozen / "imagebind.pth", seed=seed, minutes=plan["imagebind_minutes"], progress=False, report=report)
+    elif name == "llm":
+        from .data import world_text_corpus
+        from .pretrain_llm import train_llm, world_corpus
+
+        corpus = world_corpus(seed=seed) + world_text_corpus(seed)
+        train_llm(frozen / "llm", corpus, seed=seed, minutes=plan["llm_minutes"], progress=False, report=report)
+    elif name in ("image", "video"):
+        from . import visual_decoders
+
+        train = getattr(visual_decoders, f"train_{name}_decoder")
+        train(frozen / "decoders" / name, seed=seed, minutes=plan[f"{name}_minutes"], progress=False)
+    elif name == "audio":
+        from .audio_decoder import train_audio_decoder
+
+        train_audio_decoder(frozen / "decoders" / "audio", seed=seed, steps=plan["audio_steps"], progress=False)
+    else:
+        raise ValueError(f"unknown job {name}")
+    return name, time.time() - start, {k: v for k, v in report.items() if isinstance(v, (int, float, str, dict))}
+
+
+def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, progress: bool) -> dict:
+    jobs = ["imagebind", "image", "video", "llm", "audio"]  # longest first
+    times = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(_pretrain_job, j, str(home), seed, vars(plan)) for j in jobs]
+        bar = tqdm(total=len(jobs), desc="pretrain frozen parts", unit="part", disable=not progress)
+        for fut in as_completed(futures):
+            name, seconds, _ = fut.result()
+            times[name] = seconds
+            bar.set_postfix_str(f"{name} {seconds / 60:.1f} min")
+            bar.update(1)
+        bar.close()
+    return times
+
+
+# ---------------------------------------------------------------------------- the model
+
+
+def world_config(home: Path):
+    """The miniature preset: the tiny preset's sizes with the world's frozen parts plugged in."""
+    from decoders import DecoderConfig, build_decoder
+
+    from ..config import tiny_output_projection
+    from .pretrain_llm import world_model_config
+
+    frozen = home / "frozen"
+    cfg = world_model_config(frozen / "imagebind.pth", frozen / "llm")
+    cfg.name = "miniature"
+    kinds = {"image": "stable_diffusion", "video": "text_to_video_sd", "audio": "audioldm"}
+    cfg.decoders, cfg.output_projections = {}, {}
+    for m, kind in kinds.items():
+        folder = frozen / "decoders" / m
+        sampling = json.loads((folder / "sampling.json").read_text()) if (folder / "sampling.json").is_file() else {}
+        known = {k: v for k, v in sampling.items() if k in DecoderConfig.__dataclass_fields__}
+        dec_cfg = DecoderConfig(kind=kind, name_or_path=str(folder), **known)
+        cfg.decoders[m] = dec_cfg
+        shape = build_decoder(dec_cfg, progress=False).conditioning_shape
+        cfg.output_projections[m] = tiny_output_projection(*shape)
+    return cfg
+
+
+def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict:
+    from training.cli import LazyDecoders, _media_meta, build_dataset, target_sources
+    from training.features import build_media_cache, build_target_cache
+    from training.loop import train_stage
+    from training.records import read_caption_pairs, read_conversations, read_text_captions
+    from training.recipes import TrainConfig
+
+    from ..inputs import load_media
+    from ..model import AnyToAnyModel
+
+    world = home / "world" / "train"
+    times = {}
+    t = time.time()
+    model = AnyToAnyModel.from_config(world_config(home))
+    decoders = LazyDecoders(model)
+    pairs = []
+    for name in ("cc3m", "webvid", "audiocap"):
+        pairs += read_caption_pairs(world / f"{name}.json")[0]
+    captions = []
+    for m in ("image", "video", "audio"):
+        captions += read_text_captions(world / f"captions_{m}.json", m)[0]
+    convs = read_conversations(world / "mosit.json")[0]
+
+    def encode(path):
+        modality, x = load_media(path)
+        return model.encode_media(modality, x[None])[0]
+
+    media_paths = [p.media for p in pairs] + [r.path for c in convs for turn in c.turns for r in turn.media_in]
+    build_media_cache(home / "cache" / "media", media_paths, encode, model.bridge.feature_kind, _media_meta(model), progress=progress)
+    sources = target_sources(model)
+    by_modality: dict[str, list[str]] = {}
+    for c in captions:
+        by_modality.setdefault(c.modality, []).append(c.caption)
+    for c in convs:
+        for turn in c.turns:
+            for req in turn.media_out:
+                by_modality.setdefault(req.modality, []).append(req.caption)
+    with torch.no_grad():
+        for m, caps in by_modality.items():
+            build_target_cache(home / "cache" / "targets", caps, decoders(m).encode_text, sources[m], {}, progress=progress)
+    times["caches"] = time.time() - t
+    records = {"stage1": pairs, "stage2": captions, "stage3": convs}
+    for stage in ("stage1", "stage2", "stage3"):
+        t = time.time()
+        ds = build_dataset(stage, records[stage], model, home / "cache" / "media", home / "cache" / "targets",
+                           model.config.stage1_instruction)
+        cfg = TrainConfig(stage, lr=plan.stage_lr[stage], max_steps=plan.stage_steps[stage], batch_size=plan.batch_size,
+                          weight_decay=0.0, min_warmup_steps=20, seed=seed, save_every=10**9, log_every=25,
+                          mixed_precision="no")
+        train_stage(model, ds, cfg, home / "runs" / stage, decoders=decoders, progress=progress)
+        times[stage] = time.time() - t
+    model.save_pretrained(home / MODEL)
+    return times
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: int = 1) -> dict:
+    from training.cli import LazyDecoders
+    from training.records import read_caption_pairs
+
+    from ..pipeline import AnyToAnyPipeline
+    from . import evaluate
+    from .data import split_items
+
+    pipe = AnyToAnyPipeline.from_pretrained(str(checkpoint or home / MODEL), progress=False)
+    held = home / "world" / "heldout"
+    lookup = {it.caption: it for items in split_items("heldout").values() for it in items}
+    media = []
+    for name, modality in (("cc3m", "image"), ("webvid", "video"), ("audiocap", "audio")):
+        for row in read_caption_pairs(held / f"{name}.json")[0]:
+            media.append((modality, lookup[row.caption], row.media))
+    report = {"stage1_caption": evaluate.stage1_caption_accuracy(pipe, media, pipe.model.config.stage1_instruction, progress=progress)}
+    every = {m: [it.caption for it in items] for m, items in split_items("train").items()}
+    for m, items in split_items("heldout").items():
+        every[m] += [it.caption for it in items]
+    heldout_caps = {m: [it.caption for it in items] for m, items in split_items("heldout").items()}
+    report["stage2_retrieval"] = evaluate.stage2_retrieval_accuracy(pipe.model, LazyDecoders(pipe.model), heldout_caps, every)
+    e2e = [evaluate.end_to_end_accuracy(pipe, split_items("heldout"), seed=s * 1000, progress=progress) for s in range(seeds)]
+    report["end_to_end"] = e2e[0] if seeds == 1 else {m: {k: sum(r[m][k] for r in e2e) / seeds for k in e2e[0][m]} for m in e2e[0]}
+    return report
+
+
+def format_report(report: dict) -> str:
+    lines = []
+    s1 = report.get("stage1_caption", {})
+    for m, r in s1.items():
+        attrs = ", ".join(f"{k} {v:.0%}" for k, v in r.items() if k not in ("all", "n"))
+        lines.append(f"stage 1 caption  {m:<6} all attributes {r['all']:.0%}  ({attrs}; n={r['n']})")
+    for m, r in report.get("stage2_retrieval", {}).items():
+        lines.append(f"stage 2 retrieval {m:<6} top-1 {r['top1']:.0%}  (n={r['n']}, among {r['candidates']})")
+    for m, r in report.get("end_to_end", {}).items():
+        attrs = ", ".join(f"{k} {v:.0%}" for k, v in r.items() if k not in ("all", "n"))
+        lines.append(f"end to end       {m:<6} correct {r['all']:.0%}  ({attrs}; n={r['n']})")
+    return "\n".join(lines)
+
+
+def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
+    from .data import write_world
+
+    home = Path(home)
+    home.mkdir(parents=True, exist_ok=True)
+    plan = BuildPlan.quick() if quick else BuildPlan()
+    times = {}
+    t0 = t = time.time()
+    write_world(home / "world", seed=seed)
+    times["world"] = time.time() - t
+    times.update({f"pretrain {k}": v for k, v in pretrain_frozen_parts(home, plan, seed, workers, progress).items()})
+    times["pretrain wall"] = time.time() - t0 - times["world"]
+    times.update(train_stages(home, plan, seed, progress))
+    t = time.time()
+    report = evaluate_world(home, progress=progress, seeds=plan.eval_seeds)
+    times["evaluation"] = time.time() - t
+    times["total"] = time.time() - t0
+    report["seconds"] = times
+    report["plan"] = vars(plan)
+    (home / "report.json").write_text(json.dumps(report, indent=2))
+    return report

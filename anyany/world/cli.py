@@ -1,0 +1,74 @@
+"""``anyany world build``, ``anyany demo`` and ``anyany eval``: the miniature world from the command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    w = sub.add_parser("world", help="the miniature world: build (train everything end to end on a CPU)")
+    wsub = w.add_subparsers(dest="world_command", required=True)
+    b = wsub.add_parser("build", help="world -> pretraining of frozen parts -> stages 1-3 -> held-out evaluation")
+    _home_args(b)
+    b.add_argument("--quick", action="store_true", help="the reduced CI-sized run (a few minutes)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--workers", type=int, default=2, help="parallel single-thread pretraining jobs (one per core)")
+    b.set_defaults(func=cmd_build)
+
+    d = sub.add_parser("demo", help="answer a prompt with the miniature model (trains and caches it on first use)")
+    d.add_argument("prompt", nargs="?", default="draw a blue square on the left and play a low steady tone")
+    d.add_argument("--out", default="outputs", help="folder for the reply's files")
+    d.add_argument("--seed", type=int, default=0)
+    _home_args(d)
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("eval", help="held-out evaluation of a miniature-world model")
+    _home_args(e)
+    e.add_argument("--checkpoint", help="model folder to evaluate (default: HOME/model)")
+    e.add_argument("--seeds", type=int, default=1, help="end-to-end generations per held-out item")
+    e.add_argument("--json", help="also write the report here")
+    e.set_defaults(func=cmd_eval)
+
+
+def _home_args(p) -> None:
+    from .build import DEFAULT_HOME
+
+    p.add_argument("--home", default=str(DEFAULT_HOME), help=f"where the world and models live (default {DEFAULT_HOME})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_build(args) -> int:
+    from .build import build, format_report
+
+    report = build(args.home, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    print(format_report(report))
+    for phase, seconds in report["seconds"].items():
+        print(f"time {phase}: {seconds / 60:.2f} min")
+    print(f"miniature_total_minutes: {report['seconds']['total'] / 60:.2f}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from ..pipeline import AnyToAnyPipeline
+    from .build import MODEL, build
+
+    home = Path(args.home)
+    if not (home / MODEL / "anyany_config.json").is_file():
+        print(f"no miniature model in {home}: training it now (about 15 minutes on 2 cores; cached afterwards)")
+        build(home, progress=not args.quiet)
+    pipe = AnyToAnyPipeline.from_pretrained(str(home / MODEL), progress=not args.quiet)
+    result = pipe(args.prompt, seed=args.seed, output_dir=args.out)
+    print(result.text)
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .build import evaluate_world, format_report
+
+    report = evaluate_world(Path(args.home), args.checkpoint, progress=not args.quiet, seeds=args.seeds)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0

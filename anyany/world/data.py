@@ -1,0 +1,306 @@
+"""Write the miniature world to disk in the NExT-GPT data formats (train and held-out splits).
+
+``write_world(folder)`` renders real media files and the JSON the training readers
+(``training.records``) take as they are::
+
+    folder/train/cc3m.json            [{"caption", "id", "image_name"}]          stage 1 (image)
+    folder/train/webvid.json          [{"caption", "id", "video_name"}]          stage 1 (video)
+    folder/train/audiocap.json        [{"audio_id", "audio_name", "caption"}]    stage 1 (audio)
+    folder/train/captions_image.json  [{"caption", "name"}]  (also _video, _audio) stage 2
+    folder/train/mosit.json           anyany-native conversations ("turns")      stage 3
+    folder/train/images/*.png, videos/*.mp4, audio/*.wav
+    folder/heldout/...                the same for the held-out combinations
+
+Held-out split: fixed attribute COMBINATIONS (:data:`HELDOUT_IMAGES`, :data:`HELDOUT_VIDEOS`,
+:data:`HELDOUT_AUDIOS`) never occur in any train file (neither as media, caption, conversation
+text nor generation request), while every single attribute value still occurs in training.
+So held-out accuracy measures compositional generalisation.
+
+``world_text_corpus(seed)`` gives text for pretraining a tiny LLM: the train captions and the
+train conversations in the Vicuna-v0 template ``### Human: ...\\n### Assistant: ...\\n###``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..media import write_audio, write_image, write_video
+from . import spec
+from .spec import AudioItem, ImageItem, VideoItem
+
+__all__ = [
+    "HELDOUT_IMAGES",
+    "HELDOUT_VIDEOS",
+    "HELDOUT_AUDIOS",
+    "SplitFiles",
+    "WorldFiles",
+    "split_items",
+    "item_caption_phrases",
+    "write_world",
+    "world_text_corpus",
+    "vicuna",
+]
+
+# 6 of 36 (colour, shape, position): each colour, shape and position still has >= 6 train combos.
+HELDOUT_IMAGES = frozenset(
+    ImageItem(*x)
+    for x in [
+        ("red", "circle", "right"),
+        ("green", "square", "left"),
+        ("blue", "triangle", "center"),
+        ("yellow", "circle", "center"),
+        ("red", "triangle", "left"),
+        ("yellow", "square", "right"),
+    ]
+)
+# 8 of 48 (colour, shape, direction): each colour and direction twice, shapes 3/3/2.
+HELDOUT_VIDEOS = frozenset(
+    VideoItem(*x)
+    for x in [
+        ("red", "circle", "up"),
+        ("red", "square", "left"),
+        ("green", "triangle", "down"),
+        ("green", "circle", "right"),
+        ("blue", "square", "up"),
+        ("blue", "triangle", "left"),
+        ("yellow", "circle", "down"),
+        ("yellow", "square", "right"),
+    ]
+)
+# 2 of 12 (pitch, loudness, rhythm).
+HELDOUT_AUDIOS = frozenset(AudioItem(*x) for x in [("low", "loud", "pulsing"), ("high", "quiet", "steady")])
+
+SPLITS = ("train", "heldout")
+_MEDIA_DIRS = {"image": "images", "video": "videos", "audio": "audio"}
+
+
+def split_items(split: str) -> dict[str, list]:
+    """The world items of ``split`` ("train" or "heldout") per modality, in spec order."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    held = split == "heldout"
+    return {
+        "image": [x for x in spec.all_images() if (x in HELDOUT_IMAGES) == held],
+        "video": [x for x in spec.all_videos() if (x in HELDOUT_VIDEOS) == held],
+        "audio": [x for x in spec.all_audios() if (x in HELDOUT_AUDIOS) == held],
+    }
+
+
+def item_caption_phrases(item) -> list[str]:
+    """Article-free phrases that identify ``item``'s combination wherever it is mentioned
+    (used to check that no held-out combination leaks into a train file)."""
+    return [item.caption.removeprefix("a ")]
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    folder: Path
+    cc3m: Path
+    webvid: Path
+    audiocap: Path
+    captions: dict = field(hash=False)  # modality -> captions_{modality}.json
+    mosit: Path
+
+    def json_files(self) -> list[Path]:
+        return [self.cc3m, self.webvid, self.audiocap, *self.captions.values(), self.mosit]
+
+
+@dataclass(frozen=True)
+class WorldFiles:
+    root: Path
+    seed: int
+    train: SplitFiles
+    heldout: SplitFiles
+
+    def split(self, name: str) -> SplitFiles:
+        return {"train": self.train, "heldout": self.heldout}[name]
+
+
+# ------------------------------------------------------------------------------ text templates
+
+_DESCRIBE = {
+    "image": ("What is in this image?", "Describe this picture.", "What do you see here?"),
+    "video": ("What happens in this video?", "Describe this clip.", "What is moving here?"),
+    "audio": ("What do you hear?", "Describe this sound.", "What kind of sound is this?"),
+}
+_ANSWER = {
+    "image": ("It is {c}.", "This picture shows {c}.", "I see {c}."),
+    "video": ("It shows {c}.", "This clip shows {c}.", "I see {c}."),
+    "audio": ("It is {c}.", "This is {c}.", "I hear {c}."),
+}
+_REQUEST = {
+    "image": ("draw {c}", "show me a picture of {c}", "can you make an image of {c}?"),
+    "video": ("make a video of {c}", "show me a clip of {c}", "animate {c}"),
+    "audio": ("play {c}", "let me hear {c}", "make the sound of {c}"),
+}
+_HERE = {"image": "Here is {c}.", "video": "Here is a video of {c}.", "audio": "Here is {c}."}
+_NOUN = {"image": "image", "video": "video", "audio": "sound"}
+
+
+def vicuna(turns: list[tuple[str, str]]) -> str:
+    """Vicuna-v0 template: ``### Human: h\\n### Assistant: g\\n### Human: ...\\n###``."""
+    return "".join(f"### Human: {h}\n### Assistant: {g}\n" for h, g in turns) + "###"
+
+
+def _pick(rng: np.random.Generator, seq):
+    return seq[int(rng.integers(len(seq)))]
+
+
+def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, str]]],
+                   rng: np.random.Generator, prefix: str) -> list[dict]:
+    """anyany-native conversation rows. ``media[m]`` lists (item, relative path) of written files."""
+    rows: list[dict] = []
+
+    def add(turns):
+        rows.append({"id": f"{prefix}{len(rows):05d}", "turns": turns})
+
+    def human(text, media_refs=()):
+        turn = {"role": "human", "text": text}
+        if media_refs:
+            turn["media"] = [{"modality": m, "path": p} for m, p in media_refs]
+        return turn
+
+    def gpt(text, gen=()):
+        turn = {"role": "gpt", "text": text}
+        if gen:
+            turn["generate"] = [{"modality": m, "caption": c} for m, c in gen]
+        return turn
+
+    # 1. media in -> text answer naming every attribute (one per written file)
+    for m in ("image", "video", "audio"):
+        for item, path in media[m]:
+            q = _pick(rng, _DESCRIBE[m])
+            a = _pick(rng, _ANSWER[m]).format(c=item.caption)
+            add([human(q, [(m, path)]), gpt(a)])
+    # 2. text request -> generation, single modality (every item twice)
+    for m in ("image", "video", "audio"):
+        for item in items[m] * 2:
+            add([human(_pick(rng, _REQUEST[m]).format(c=item.caption)),
+                 gpt(_HERE[m].format(c=item.caption), [(m, item.caption)])])
+    # 3. two modalities out at once ("draw a blue square on the left and play a quiet low steady tone")
+    for item in items["image"]:
+        other_m = _pick(rng, ("video", "audio"))
+        other = _pick(rng, items[other_m])
+        req = f"{_pick(rng, _REQUEST['image']).format(c=item.caption).rstrip('?')} and " \
+              f"{_pick(rng, _REQUEST[other_m]).format(c=other.caption).rstrip('?')}"
+        ans = f"Here is {item.caption} and {'a video of ' if other_m == 'video' else ''}{other.caption}."
+        add([human(req), gpt(ans, [("image", item.caption), (other_m, other.caption)])])
+    # 4. media in AND media out: describe the input, then render the same thing in another modality
+    for item, path in media["image"][:: max(1, len(media["image"]) // max(1, len(items["image"])))]:
+        options = [v for v in items["video"] if v.colour == item.colour and v.shape == item.shape]
+        if not options:
+            continue
+        vid = _pick(rng, options)
+        add([human(f"Make this move {vid.direction}.", [("image", path)]),
+             gpt(f"The image shows {item.caption}. Here is a video of {vid.caption}.", [("video", vid.caption)])])
+    for item, path in media["audio"]:
+        louder = spec.AudioItem(item.pitch, "loud" if item.loudness == "quiet" else "quiet", item.rhythm)
+        if louder not in items["audio"]:
+            continue
+        add([human(f"Play this again but {louder.loudness}.", [("audio", path)]),
+             gpt(f"That was {item.caption}. Here is {louder.caption}.", [("audio", louder.caption)])])
+    # 5. a few multi-turn dialogues: describe an input, then generate on request
+    n_multi = max(2, len(items["image"]) // 3)
+    for k in range(n_multi):
+        item, path = media["image"][int(rng.integers(len(media["image"])))]
+        snd = _pick(rng, items["audio"])
+        vid = _pick(rng, items["video"])
+        add([
+            human(_pick(rng, _DESCRIBE["image"]), [("image", path)]),
+            gpt(_pick(rng, _ANSWER["image"]).format(c=item.caption)),
+            human(_pick(rng, _REQUEST["audio"]).format(c=snd.caption)),
+            gpt(_HERE["audio"].format(c=snd.caption), [("audio", snd.caption)]),
+            human(_pick(rng, _REQUEST["video"]).format(c=vid.caption)),
+            gpt(_HERE["video"].format(c=vid.caption), [("video", vid.caption)]),
+        ])
+    return rows
+
+
+def _dump(rows, path: Path) -> Path:
+    path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def _write_split(folder: Path, split: str, per_item: int, rng: np.random.Generator) -> SplitFiles:
+    items = split_items(split)
+    for sub in _MEDIA_DIRS.values():
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    media: dict[str, list[tuple[object, str]]] = {m: [] for m in items}
+    cc3m, webvid, audiocap = [], [], []
+    counter = 0
+    for rep in range(per_item):
+        for item in items["image"]:
+            counter += 1
+            name = f"images/{split}_{counter:05d}.png"
+            write_image(spec.render_image(item, rng), folder / name, overwrite=True)
+            media["image"].append((item, name))
+            cc3m.append({"caption": item.caption, "id": f"{counter:09d}", "image_name": name})
+        for item in items["video"]:
+            counter += 1
+            name = f"videos/{split}_{counter:05d}.mp4"
+            write_video(spec.render_video(item, rng), folder / name, fps=spec.VIDEO_FPS, overwrite=True)
+            media["video"].append((item, name))
+            webvid.append({"caption": item.caption, "id": counter, "video_name": name})
+        for item in items["audio"]:
+            counter += 1
+            name = f"audio/{split}_{counter:05d}.wav"
+            write_audio(spec.render_audio(item, rng), spec.SAMPLE_RATE, folder / name, overwrite=True)
+            media["audio"].append((item, name))
+            audiocap.append({"audio_id": counter, "audio_name": name, "caption": item.caption})
+    captions = {}
+    for m, its in items.items():
+        rows = [{"caption": it.caption, "name": f"{split}_{m}_{i:03d}"} for i, it in enumerate(its)]
+        captions[m] = _dump(rows, folder / f"captions_{m}.json")
+    conv = _conversations(items, media, rng, prefix=f"{split}_")
+    return SplitFiles(
+        folder=folder,
+        cc3m=_dump(cc3m, folder / "cc3m.json"),
+        webvid=_dump(webvid, folder / "webvid.json"),
+        audiocap=_dump(audiocap, folder / "audiocap.json"),
+        captions=captions,
+        mosit=_dump(conv, folder / "mosit.json"),
+    )
+
+
+def write_world(folder, *, seed: int = 0, train_per_item: int = 4, heldout_per_item: int = 2) -> WorldFiles:
+    """Render the world into ``folder/train`` and ``folder/heldout`` (deterministic for ``seed``).
+
+    ``*_per_item``: rendered media files per attribute combination (each with its own jitter).
+    Existing files of the same names are overwritten.
+    """
+    if int(train_per_item) < 1 or int(heldout_per_item) < 1:
+        raise ValueError(f"train_per_item and heldout_per_item must be >= 1, got {train_per_item}, {heldout_per_item}")
+    root = Path(folder)
+    splits = {}
+    for i, (split, per_item) in enumerate((("train", train_per_item), ("heldout", heldout_per_item))):
+        rng = np.random.default_rng([seed, i])
+        splits[split] = _write_split(root / split, split, int(per_item), rng)
+    info = {
+        "seed": seed,
+        "train_per_item": train_per_item,
+        "heldout_per_item": heldout_per_item,
+        "heldout": {
+            "image": sorted(x.caption for x in HELDOUT_IMAGES),
+            "video": sorted(x.caption for x in HELDOUT_VIDEOS),
+            "audio": sorted(x.caption for x in HELDOUT_AUDIOS),
+        },
+    }
+    _dump(info, root / "world.json")
+    return WorldFiles(root=root, seed=seed, **splits)
+
+
+def world_text_corpus(seed: int = 0, *, split: str = "train", repeats: int = 2) -> list[str]:
+    """Text for pretraining a tiny LLM: every caption of ``split`` plus its conversations in the
+    Vicuna-v0 template (media inputs appear only through the human text). Deterministic for ``seed``;
+    held-out combinations never appear in the "train" corpus."""
+    items = split_items(split)
+    rng = np.random.default_rng([seed, 7])
+    media = {m: [(it, f"{m}_{i}") for i, it in enumerate(its)] * repeats for m, its in items.items()}
+    texts = [it.caption for m in ("image", "video", "audio") for it in items[m]]
+    for row in _conversations(items, media, rng, prefix="corpus_"):
+        pairs = [(row["turns"][i]["text"], row["turns"][i + 1]["text"]) for i in range(0, len(row["turns"]), 2)]
+        texts.append(vicuna(pairs))
+    return texts

@@ -1,0 +1,402 @@
+"""Miniature "pretraining" of the frozen LLM on the world's text, and the stage-1 feasibility probe.
+
+* :func:`world_corpus` writes the world's text: captions, Vicuna-template Q&A and requests,
+  and *media-slot* conversations ``### Human: <Img> a red circle on the left </Img> Describe
+  this.\\n### Assistant: a red circle on the left\\n###``.
+* :func:`build_world_tokenizer` trains a WordLevel tokenizer (``tokenizers``) on it. It is
+  whitespace-insensitive (``a`` is one token with or without a leading space/newline), so the
+  segment-by-segment tokenization of :class:`anyany.tokens.PromptBuilder` gives exactly the ids
+  the LLM saw in pretraining. ``###``, ``Human:`` and ``Assistant:`` are single tokens;
+  ``<Img>``/``</Img>`` are special tokens of the base vocabulary (``extend_tokenizer`` then
+  only adds the signal tokens and ``<media>``). Decoding joins words with spaces.
+* :func:`train_llm` trains a tiny ``LlamaForCausalLM`` on the corpus. The words between
+  ``<Img>`` and ``</Img>`` are collapsed into ONE input position holding the (noised) mean of
+  their word embeddings: the LLM learns to read a single soft token in the media slot, which is
+  what the linear input projection produces at stage 1 (``media_slot="mean"``; ``"none"`` drops
+  the media-slot conversations: a text-only LLM).
+* :func:`stage1_probe` builds an :class:`AnyToAnyModel` from the frozen world ImageBind and
+  the frozen world LLM, trains only the linear input projection on caption batches, and
+  greedy-decodes captions of held-out renders.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import spec
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<Img>", "</Img>"]
+# whole template markers first, then words, then single punctuation characters
+PRETOKEN_PATTERN = r"###|Human:|Assistant:|\w+|[^\w\s]"
+CAPTION_INSTRUCTIONS = (
+    "Generate a caption for this.",  # AnyToAnyConfig.stage1_instruction
+    "Describe this.",
+    "What is this?",
+    "Caption this.",
+)
+
+
+# ------------------------------------------------------------------------------- corpus
+def _conv(human: str, assistant: str) -> str:
+    return f"### Human: {human}\n### Assistant: {assistant}\n###"
+
+
+def _questions(modality: str, item) -> list[tuple[str, str]]:
+    if modality in ("image", "video"):
+        qa = [("what colour is it?", f"it is {item.colour}."), ("what shape is it?", f"it is a {item.shape}.")]
+        if modality == "image":
+            where = "in the center" if item.position == "center" else f"on the {item.position}"
+            qa.append(("where is it?", f"it is {where}."))
+        else:
+            qa.append(("which way is it moving?", f"it is moving {item.direction}."))
+        return qa
+    return [
+        ("what pitch is it?", f"it is {item.pitch}."),
+        ("is it loud or quiet?", f"it is {item.loudness}."),
+        ("what rhythm is it?", f"it is {item.rhythm}."),
+    ]
+
+
+def _request(modality: str, item, rng: random.Random) -> tuple[str, str]:
+    c = item.caption
+    if modality == "image":
+        return rng.choice([f"draw {c}", f"show me {c}", f"make a picture of {c}"]), f"Here is {c}."
+    if modality == "video":
+        return rng.choice([f"make a video of {c}", f"show me a video of {c}"]), f"Here is a video of {c}."
+    return rng.choice([f"play {c}", f"make a sound : {c}"]), f"Here is {c}."
+
+
+def world_corpus(n: int = 6000, *, seed: int = 0, media_slot: bool = True) -> list[str]:
+    """``n`` lines of world text (captions, Q&A, requests, and, if ``media_slot``, media-slot conversations)."""
+    from .pretrain_encoder import WORLD_MODALITIES, world_items
+
+    rng = random.Random(seed)
+    pool = [(m, it) for m in WORLD_MODALITIES for it in world_items(m)]
+    kinds = ["caption", "text_qa", "request"] + (["slot_caption", "slot_caption", "slot_qa"] if media_slot else [])
+    lines = []
+    for _ in range(n):
+        m, it = rng.choice(pool)
+        kind = rng.choice(kinds)
+        if kind == "caption":
+            lines.append(it.caption)
+        elif kind == "text_qa":
+            q, a = rng.choice(_questions(m, it))
+            lines.append(_conv(f"there is {it.caption} . {q}", a))
+        elif kind == "request":
+            lines.append(_conv(*_request(m, it, rng)))
+        elif kind == "slot_caption":
+            lines.append(_conv(f"<Img> {it.caption} </Img> {rng.choice(CAPTION_INSTRUCTIONS)}", it.caption))
+        else:
+            q, a = rng.choice(_questions(m, it))
+            lines.append(_conv(f"<Img> {it.caption} </Img> {q}", a))
+    return lines
+
+
+# ------------------------------------------------------------------------------- tokenizer
+def build_world_tokenizer(corpus):
+    """WordLevel tokenizer trained on ``corpus`` (an iterable of strings) -> PreTrainedTokenizerFast."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(PRETOKEN_PATTERN), behavior="isolated")]
+    )
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
+    tok.train_from_iterator(list(corpus), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
+        additional_special_tokens=["<Img>", "</Img>"], clean_up_tokenization_spaces=False,
+    )
+
+
+# ------------------------------------------------------------------------------- LLM
+def world_llm_config(vocab_size: int, tokenizer=None) -> dict:
+    cfg = dict(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False,
+    )
+    if tokenizer is not None:
+        cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return cfg
+
+
+def _encode_with_slots(tokenizer, line: str):
+    """ids with each ``<Img> words </Img>`` span collapsed to one position -> (ids, labels, [(pos, span_ids)])."""
+    ids = [tokenizer.bos_token_id] + tokenizer(line, add_special_tokens=False).input_ids
+    start_id, end_id = tokenizer.convert_tokens_to_ids(["<Img>", "</Img>"])
+    out, labels, slots = [], [], []
+    i = 0
+    while i < len(ids):
+        out.append(ids[i])
+        labels.append(ids[i] if i > 0 else -100)
+        if ids[i] == start_id:
+            j = ids.index(end_id, i + 1)
+            slots.append((len(out), ids[i + 1 : j]))
+            out.append(tokenizer.unk_token_id)
+            labels.append(-100)
+            i = j
+            continue
+        i += 1
+    return out, labels, slots
+
+
+def _batch(tokenizer, lines, embed, slot_noise: float, generator):
+    enc = [_encode_with_slots(tokenizer, l) for l in lines]
+    length = max(len(e[0]) for e in enc)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(enc), length), pad)
+    labels = torch.full((len(enc), length), -100)
+    mask = torch.zeros((len(enc), length), dtype=torch.long)
+    for r, (i, l, _) in enumerate(enc):
+        ids[r, : len(i)] = torch.tensor(i)
+        labels[r, : len(l)] = torch.tensor(l)
+        mask[r, : len(i)] = 1
+    embeds = embed(ids)
+    rows, cols, vals = [], [], []
+    scale = embed.weight.detach().std()
+    for r, (_, _, slots) in enumerate(enc):
+        for pos, span in slots:
+            v = embed(torch.tensor(span)).mean(0)
+            if slot_noise:
+                v = v + slot_noise * scale * torch.randn(v.shape, generator=generator)
+            rows.append(r), cols.append(pos), vals.append(v)
+    if vals:
+        embeds = embeds.index_put((torch.tensor(rows), torch.tensor(cols)), torch.stack(vals))
+    return embeds, mask, labels
+
+
+def train_llm(
+    out_folder,
+    corpus=None,
+    *,
+    seed: int = 0,
+    minutes: float = 2.0,
+    steps: int | None = None,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    slot_noise: float = 0.05,
+    llm_config: dict | None = None,
+    progress: bool = True,
+    report: dict | None = None,
+) -> Path:
+    """Train a tiny LlamaForCausalLM on ``corpus`` (default :func:`world_corpus`); save model + tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    t0 = time.time()
+    corpus = list(corpus) if corpus is not None else world_corpus(seed=seed)
+    tokenizer = build_world_tokenizer(corpus)
+    torch.manual_seed(seed)
+    cfg = world_llm_config(len(tokenizer), tokenizer)
+    cfg.update(llm_config or {})
+    llm = LlamaForCausalLM(LlamaConfig(**cfg))
+    opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    budget = minutes * 60.0
+    step, losses = 0, []
+    llm.train()
+    while True:
+        elapsed = time.time() - t0
+        if (steps is not None and step >= steps) or (steps is None and elapsed > budget):
+            break
+        frac = step / steps if steps else elapsed / budget
+        for group in opt.param_groups:
+            group["lr"] = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        embeds, mask, labels = _batch(tokenizer, rng.sample(corpus, batch_size), llm.get_input_embeddings(), slot_noise, g)
+        loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(llm.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if progress and step % 50 == 0:
+            print(f"[llm] step {step} loss {np.mean(losses[-50:]):.4f} {time.time() - t0:.0f}s", flush=True)
+    out = Path(out_folder)
+    out.mkdir(parents=True, exist_ok=True)
+    llm.eval()
+    llm.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    if report is not None:
+        report.update(llm_steps=step, llm_final_loss=float(np.mean(losses[-50:])), llm_seconds=time.time() - t0,
+                      vocab_size=len(tokenizer), llm_parameters=sum(p.numel() for p in llm.parameters()))
+    return out
+
+
+# ------------------------------------------------------------------------------- stage-1 probe
+def world_model_config(imagebind_path, llm_folder, imagebind_config=None):
+    """The tiny preset with the world's frozen ImageBind and LLM plugged in."""
+    from anyany.config import get_preset
+
+    from .pretrain_encoder import world_imagebind_config
+
+    cfg = get_preset("tiny")
+    cfg.name = "world"
+    cfg.encoder.checkpoint = str(imagebind_path)
+    cfg.encoder.architecture = (imagebind_config or world_imagebind_config()).to_dict()
+    cfg.llm.name_or_path = str(llm_folder)
+    cfg.llm.tokenizer_name_or_path = None
+    cfg.llm.random_init = None
+    cfg.bridge = {"type": "linear"}  # input_dim / llm_dim filled from the encoder and the LLM
+    return cfg
+
+
+def parse_attributes(modality: str, text: str) -> dict[str, str | None]:
+    """Attribute -> the single value word found in ``text`` (None if absent or ambiguous)."""
+    words = text.replace(".", " ").split()
+    vocab = {
+        "image": {"colour": spec.COLOURS, "shape": spec.SHAPES, "position": spec.POSITIONS},
+        "video": {"colour": spec.COLOURS, "shape": spec.SHAPES, "direction": spec.DIRECTIONS},
+        "audio": {"pitch": spec.PITCHES, "loudness": spec.LOUDNESS, "rhythm": spec.RHYTHMS},
+    }[modality]
+    out = {}
+    for attr, values in vocab.items():
+        found = {w for w in words if w in values}
+        out[attr] = found.pop() if len(found) == 1 else None
+    return out
+
+
+def stage1_probe(
+    imagebind_path,
+    llm_folder,
+    *,
+    seed: int = 0,
+    minutes: float = 2.0,
+    steps: int | None = None,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    train_renders: dict | None = None,
+    eval_renders: int = 2,
+    warm_start: bool = True,
+    progress: bool = True,
+    report: dict | None = None,
+) -> dict:
+    """NExT-GPT stage 1 in the world: frozen ImageBind + frozen LLM, train only the linear input projection.
+
+    ``warm_start``: before the LM-loss steps, set the bridge by least squares from the pooled
+    features to the mean of the LLM's word embeddings of each caption (the slot format the
+    world LLM was pretrained to read). Only the bridge is touched either way.
+
+    Returns (and writes into ``report``) the caption accuracy on held-out renders: ``all_match``
+    (every attribute word right), ``exact`` (the caption verbatim) and per-attribute accuracies.
+    """
+    from anyany.generation import generate_with_signals
+    from anyany.model import AnyToAnyModel
+    from anyany.tokens import ChatTurn
+
+    from .pretrain_encoder import WORLD_MODALITIES, pooled_features, render_set, world_items
+
+    t0 = time.time()
+    torch.manual_seed(seed)
+    cfg = world_model_config(imagebind_path, llm_folder)
+    model = AnyToAnyModel.from_config(cfg, with_encoder=True)
+    model.set_stage("stage1")
+    renders = {"image": 4, "video": 3, "audio": 8, **(train_renders or {})}
+    feats, held = {}, {}
+    for k, m in enumerate(WORLD_MODALITIES):
+        x, idx = render_set(m, renders[m], seed=7000 + 10 * seed + k)
+        feats[m] = (pooled_features(model.encoder, m, x), idx)
+        x, idx = render_set(m, eval_renders, seed=9000 + 10 * seed + k)
+        held[m] = (pooled_features(model.encoder, m, x), idx)
+    t_feats = time.time() - t0
+    instruction = cfg.stage1_instruction
+    items = {m: world_items(m) for m in WORLD_MODALITIES}
+    pool = [(m, j) for m in WORLD_MODALITIES for j in range(len(feats[m][1]))]
+    if warm_start:
+        embed = model.llm.get_input_embeddings()
+        xs, ts = [], []
+        with torch.no_grad():
+            for m in WORLD_MODALITIES:
+                for j in range(len(feats[m][1])):
+                    ids = model.tokenizer(items[m][int(feats[m][1][j])].caption, add_special_tokens=False).input_ids
+                    ts.append(embed(torch.tensor(ids)).mean(0))
+                    xs.append(feats[m][0][j])
+            x1 = torch.cat([torch.stack(xs), torch.ones(len(xs), 1)], 1)
+            sol = torch.linalg.lstsq(x1, torch.stack(ts)).solution  # [E+1, H]
+            proj = model.bridge.proj
+            proj.weight.copy_(sol[:-1].T)
+            proj.bias.copy_(sol[-1])
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    budget = minutes * 60.0
+    step, losses, t_train = 0, [], time.time()
+    while True:
+        elapsed = time.time() - t_train
+        if (steps is not None and step >= steps) or (steps is None and elapsed > budget):
+            break
+        frac = step / steps if steps else elapsed / budget
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        picked = rng.sample(pool, batch_size)
+        per_mod: dict[str, list[int]] = {m: [] for m in WORLD_MODALITIES}
+        seqs = []
+        for m, j in picked:
+            caption = items[m][int(feats[m][1][j])].caption
+            seqs.append(model.prompts.encode_segments(model.prompts.caption_segments(m, len(per_mod[m]), caption, instruction)))
+            per_mod[m].append(j)
+        batch = model.collate(seqs)
+        batch["media_features"] = {m: feats[m][0][js] for m, js in per_mod.items() if js}
+        loss = model(**batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        step += 1
+        if progress and step % 50 == 0:
+            print(f"[stage1] step {step} loss {np.mean(losses[-50:]):.4f} {time.time() - t0:.0f}s", flush=True)
+    t_train = time.time() - t_train
+    # ---- greedy captions of held-out renders
+    model.eval()
+    results = {"all_match": {}, "exact": {}, "per_attribute": {}, "examples": []}
+    for m in WORLD_MODALITIES:
+        x, idx = held[m]
+        ok_all, ok_exact, per = [], [], {}
+        for j in range(len(idx)):
+            item = items[m][int(idx[j])]
+            seq = model.prompts.encode_segments(
+                model.prompts.conversation_segments([ChatTurn("human", instruction, [(m, 0)])]))
+            b = model.collate([seq])
+            embeds = model.embed_inputs(b["input_ids"], b["media_slots"], {m: x[j : j + 1]})
+            text = generate_with_signals(model, embeds, max_new_tokens=16).text
+            got = parse_attributes(m, text)
+            want = {a: v for a, v in vars(item).items()}
+            for a in want:
+                per.setdefault(a, []).append(got[a] == want[a])
+            ok_all.append(all(got[a] == want[a] for a in want))
+            ok_exact.append(" ".join(text.split()) == item.caption)
+            if j < 2:
+                results["examples"].append((m, item.caption, text))
+        results["all_match"][m] = float(np.mean(ok_all))
+        results["exact"][m] = float(np.mean(ok_exact))
+        results["per_attribute"].update({f"{m}.{a}": float(np.mean(v)) for a, v in per.items()})
+    results.update(stage1_steps=step, stage1_final_loss=float(np.mean(losses[-50:])), seconds_features=t_feats,
+                   seconds_train=t_train, seconds_total=time.time() - t0,
+                   overall_all_match=float(np.mean([results["all_match"][m] for m in WORLD_MODALITIES])))
+    if report is not None:
+        report.update(results)
+    return results
+
+
+if __name__ == "__main__":
+    # python -m anyany.world.pretrain_llm IMAGEBIND.pth LLM_FOLDER [llm_minutes] [stage1_minutes] [media_slot: 1|0]
+    import json
+    import sys
+
+    torch.set_num_threads(1)
+    ib, folder = sys.argv[1], sys.argv[2]
+    llm_min = float(sys.argv[3]) if len(sys.argv) > 3 else 2.0
+    s1_min = float(sys.argv[4]) if len(sys.argv) > 4 else 2.0
+    slot = (sys.argv[5] != "0") if len(sys.argv) > 5 else True
+    rep: dict = {}
+    if llm_min > 0:
+        train_llm(folder, world_corpus(media_slot=slot), minutes=llm_min, report=rep)
+        print(json.dumps(rep, indent=1))
+    res = stage1_probe(ib, folder, minutes=s1_min)
+    print(json.dumps(res, indent=1))
