@@ -27,8 +27,8 @@ class BuildPlan:
 
     imagebind_minutes: float = 3.5
     llm_minutes: float = 2.0
-    image_minutes: float = 3.0
-    video_minutes: float = 3.0
+    image_minutes: float = 3.5
+    video_minutes: float = 4.0
     audio_steps: int | None = None  # the audio trainer's own default
     stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 500, "stage3": 700})
     stage_lr: dict = field(default_factory=lambda: {"stage1": 3e-3, "stage2": 2e-3, "stage3": 2e-3})
