@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import importlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -71,6 +72,9 @@ class DecoderConfig:
     num_frames: int | None = None
     audio_length_s: float | None = None
     fps: int | None = None
+    # Modules defining custom pipeline components (e.g. a vocoder class named in model_index.json):
+    # diffusers loads such classes only once their module is imported, so the config says which.
+    component_modules: list[str] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -188,6 +192,8 @@ class Decoder(abc.ABC):
             config = DecoderConfig(kind=cls.kind, name_or_path=name_or_path)
         elif config.name_or_path != name_or_path:
             config = dataclasses.replace(config, name_or_path=name_or_path)
+        for module in config.component_modules:
+            importlib.import_module(module)
         with _quiet_loading(not progress):
             pipe = cls.pipeline_class().from_pretrained(
                 name_or_path, dtype=resolve_dtype(config.torch_dtype), **cls._from_pretrained_kwargs()

@@ -108,7 +108,8 @@ def world_config(home: Path):
         folder = frozen / "decoders" / m
         sampling = json.loads((folder / "sampling.json").read_text()) if (folder / "sampling.json").is_file() else {}
         known = {k: v for k, v in sampling.items() if k in DecoderConfig.__dataclass_fields__}
-        dec_cfg = DecoderConfig(kind=kind, name_or_path=str(folder), **known)
+        modules = ["anyany.world.vocoder"] if kind == "audioldm" else []  # its Griffin-Lim vocoder class
+        dec_cfg = DecoderConfig(kind=kind, name_or_path=str(folder), component_modules=modules, **known)
         cfg.decoders[m] = dec_cfg
         shape = build_decoder(dec_cfg, progress=False).conditioning_shape
         cfg.output_projections[m] = tiny_output_projection(*shape)
