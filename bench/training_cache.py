@@ -1,7 +1,7 @@
 """Speed of a training step with frozen-feature caches vs recomputing the frozen encoders.
 
-Stage 1: ImageBind features of the batch's media from the cache vs reading + preprocessing +
-encoding the files in the step. Stage 2: decoder text-encoder targets from the cache vs
+Stage 1: ImageBind features of the batch's media (images, videos and sounds, as CC3M + WebVid +
+AudioCaps) from the cache vs reading + preprocessing + encoding the files in the step. Stage 2: decoder text-encoder targets from the cache vs
 running the decoder's text encoder. Tiny preset on CPU; each step includes data loading,
 forward, backward and the optimizer. Target >= 5x.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -26,14 +27,26 @@ from training.features import build_media_cache, build_target_cache
 from training.records import read_caption_pairs, read_text_captions
 
 
-def write_data(root: Path, n: int) -> Path:
+def write_data(root: Path, n: int) -> list[Path]:
+    """Stage 1 reads CC3M-, WebVid- and AudioCaps-style pairs: n images, n videos, n sounds."""
+    import soundfile as sf
+
+    from anyany.media import write_video
+
     rng = np.random.default_rng(0)
-    rows = []
+    images, videos, audios = [], [], []
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)).save(root / f"{i}.png")
-        rows.append({"caption": f"picture number {i} with some colours", "id": str(i), "image_name": f"{i}.png"})
-    (root / "cc3m.json").write_text(json.dumps(rows))
-    return root / "cc3m.json"
+        images.append({"caption": f"picture number {i} with some colours", "id": str(i), "image_name": f"{i}.png"})
+        write_video(rng.integers(0, 255, (16, 96, 128, 3), dtype=np.uint8), root / f"{i}.mp4", fps=8)
+        videos.append({"caption": f"video number {i} of moving things", "id": i, "video_name": f"{i}.mp4"})
+        sf.write(root / f"{i}.wav", rng.normal(0, 0.1, 32000).astype("float32"), 16000)
+        audios.append({"audio_id": i, "audio_name": f"{i}.wav", "caption": f"sound number {i} of a tone"})
+    paths = []
+    for name, rows in (("cc3m", images), ("webvid", videos), ("audiocap", audios)):
+        (root / f"{name}.json").write_text(json.dumps(rows))
+        paths.append(root / f"{name}.json")
+    return paths
 
 
 def step_time(model, dataset, decoders, batch_size, repeats):
@@ -42,7 +55,7 @@ def step_time(model, dataset, decoders, batch_size, repeats):
     times = []
     for r in range(repeats + 1):
         t = time.perf_counter()
-        items = [dataset[(r * batch_size + i) % len(dataset)] for i in range(batch_size)]
+        items = [dataset[(r * batch_size + i) % len(dataset)] for i in range(batch_size)]  # mixed modalities
         out = model(**resolve_frozen(collate(items), model, decoders))
         out.loss.backward()
         opt.step()
@@ -64,9 +77,10 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        data = write_data(tmp, args.batch_size * 2)
-        pairs, _ = read_caption_pairs(data)
-        captions, _ = read_text_captions(data, "image")
+        files = write_data(tmp, args.batch_size)
+        pairs = [p for f in files for p in read_caption_pairs(f)[0]]
+        random.Random(0).shuffle(pairs)  # each batch mixes images, videos and sounds
+        captions, _ = read_text_captions(files[0], "image")
         kind = model.bridge.feature_kind
 
         def encode(p):
