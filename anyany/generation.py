@@ -115,3 +115,20 @@ def generate_with_signals(
     text = tokenizer.decode(visible, skip_special_tokens=True)
     text = text.split(STOP_STRING)[0].strip()
     return LLMOutput(token_ids=generated, raw_text=raw, text=text, groups=groups)
+
+
+class ScriptedTokens:
+    """A logits processor that makes the LLM emit ``plan`` (token ids), then ``eos``.
+
+    Only consulted for steps the decoder does not force, so one id of a signal group stands for
+    the whole group. For tests, benchmarks and scripted demos.
+    """
+
+    def __init__(self, plan, eos: int):
+        self.plan, self.eos = list(plan), eos
+
+    def __call__(self, generated: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        target = self.plan.pop(0) if self.plan else self.eos
+        out = torch.full_like(scores, torch.finfo(scores.dtype).min)
+        out[:, target] = 0.0
+        return out

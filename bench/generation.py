@@ -12,18 +12,10 @@ import time
 
 import torch
 
-from anyany.generation import generate_with_signals
+from anyany.generation import ScriptedTokens, generate_with_signals
 from anyany.pipeline import AnyToAnyPipeline
 
 
-class Planned:
-    def __init__(self, ids, eos):
-        self.ids, self.eos = list(ids), eos
-
-    def __call__(self, generated, scores):
-        out = torch.full_like(scores, -1e9)
-        out[:, self.ids.pop(0) if self.ids else self.eos] = 0
-        return out
 
 
 def timed(fn, repeats):
@@ -48,7 +40,7 @@ def main():
     plan = text + [model.token_ids.signals["image"][0]] + text + [model.token_ids.signals["audio"][0]]
 
     def processors():
-        return [Planned(plan, tok.eos_token_id)]
+        return [ScriptedTokens(plan, tok.eos_token_id)]
 
     for m in ("image", "audio"):  # decoders are loaded once and kept, as in a served app
         pipe.decoder(m)

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from anyany.app_logic import EMPTY_MESSAGE, ChatApp
+from anyany.generation import ScriptedTokens
 from anyany.pipeline import AnyToAnyPipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,17 +28,6 @@ def _load_app_module():
     return module
 
 
-class PlannedTokens:
-    """Make the LLM emit ``plan`` then EOS (consulted only for steps the decoder does not force)."""
-
-    def __init__(self, plan, eos):
-        self.plan, self.eos = list(plan), eos
-
-    def __call__(self, generated, scores):
-        target = self.plan.pop(0) if self.plan else self.eos
-        out = torch.full_like(scores, -1e9)
-        out[:, target] = 0.0
-        return out
 
 
 class Forcing:
@@ -53,7 +43,7 @@ class Forcing:
         self.on = False
 
     def __call__(self):
-        return [PlannedTokens(self.ids if self.on else [], self.eos)]
+        return [ScriptedTokens(self.ids if self.on else [], self.eos)]
 
 
 @pytest.fixture(scope="module")

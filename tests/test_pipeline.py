@@ -10,23 +10,10 @@ import soundfile as sf
 import torch
 from PIL import Image
 
+from anyany.generation import ScriptedTokens
 from anyany.pipeline import AnyToAnyPipeline, Message
 
 
-class PlannedTokens:
-    """Logits bias that makes the LLM emit ``plan`` (token ids), then EOS.
-
-    Only consulted for steps the decoder does not force (it completes signal groups itself).
-    """
-
-    def __init__(self, plan, eos):
-        self.plan, self.eos = list(plan), eos
-
-    def __call__(self, generated, scores):
-        target = self.plan.pop(0) if self.plan else self.eos
-        out = torch.full_like(scores, -1e9)
-        out[:, target] = 0.0
-        return out
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +31,7 @@ def plan(pipe, *parts):
             ids.append(m.token_ids.signals[part][0])
         else:
             ids += m.tokenizer(part, add_special_tokens=False).input_ids
-    return [PlannedTokens(ids, m.tokenizer.eos_token_id)]
+    return [ScriptedTokens(ids, m.tokenizer.eos_token_id)]
 
 
 def test_image_group_gives_image_of_configured_size(pipe):
@@ -77,7 +64,7 @@ def test_two_groups_in_one_reply_and_text_only(pipe):
 def test_partial_group_is_repaired_not_crashed(pipe):
     m = pipe.model
     late = m.token_ids.signals["image"][2]  # a group that starts in the middle
-    out = pipe("x", logits_processor=[PlannedTokens([late], m.tokenizer.eos_token_id)], seed=0)
+    out = pipe("x", logits_processor=[ScriptedTokens([late], m.tokenizer.eos_token_id)], seed=0)
     assert len(out.images) == 1
     assert "[IMG0][IMG1][IMG2][IMG3]" in out.raw_text
 
