@@ -19,6 +19,7 @@ from training.records import (
     dump_json,
     read_caption_pairs,
     read_conversations,
+    read_mimicit,
     read_text_captions,
 )
 
@@ -360,3 +361,219 @@ def test_dump_json_round_trip(tmp_path, media):
     assert read_caption_pairs(p, media)[0][0].key == "a.png"
     p = dump_json([CaptionPair("image", media / "a.png", "x", "a.png")], tmp_path / "recs.json")
     assert json.loads(p.read_text()) == [{"modality": "image", "media": str(media / "a.png"), "caption": "x", "key": "a.png"}]
+
+
+# ------------------------------------------------------------------------------------ MIMIC-IT
+
+
+def png(root: Path, *names: str) -> None:
+    from PIL import Image
+
+    for i, n in enumerate(names):
+        (root / n).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16 + i, 12), ((50 * i) % 256, 90, 160)).save(root / n)
+
+
+FRAMES = ["DC_IMG_v_N1c3C_0000", "DC_IMG_v_N1c3C_0001", "DC_IMG_v_N1c3C_0002"]
+MIMICIT_IMAGES = {  # not in any row's order: the rows' image_ids give the order
+    FRAMES[2]: "dc/v_N1c3C/0002.png", FRAMES[0]: "dc/v_N1c3C/0000.png", FRAMES[1]: "dc/v_N1c3C/0001.png",
+    "SD_IMG_after": "sd/after.png", "SD_IMG_before": "sd/before.png",
+    "LA_IMG_dog": "la/dog.png", "LA_IMG_cat": "la/cat.png",
+}
+
+
+def mimicit_doc() -> dict:
+    return {"meta": {"version": "0.0.1", "time": "2023-06", "author": "ntu"}, "data": {
+        "LA_INS_00001": {"instruction": "What is the dog doing?", "answer": "It runs.",
+                         "image_ids": ["LA_IMG_dog"], "rel_ins_ids": []},
+        "LA_INS_00002": {"instruction": " What colour is the cat? ", "answer": "Grey.\n",
+                         "image_ids": ["LA_IMG_cat"], "rel_ins_ids": ["LA_INS_00001"]},
+        "SD_INS_00001": {"instruction": "What changed between the pictures?", "answer": "A car left.",
+                         "image_ids": ["SD_IMG_before", "SD_IMG_after"], "rel_ins_ids": ["LA_INS_00002", "LA_INS_00001"]},
+        "DC_INS_00001": {"instruction": "Who is the focus of the video?", "answer": "A police officer on a horse.",
+                         "image_ids": list(FRAMES), "rel_ins_ids": ["DC_INS_00002"]},
+        "DC_INS_00002": {"instruction": "Where is he riding?", "answer": "Down the street.",
+                         "image_ids": list(FRAMES), "rel_ins_ids": []},
+    }}
+
+
+@pytest.fixture
+def mimicit(tmp_path: Path) -> Path:
+    """A MIMIC-IT instructions file with its images mapping inline, and the PNGs it names."""
+    png(tmp_path, *MIMICIT_IMAGES.values())
+    return write(tmp_path / "MIX_instructions.json", {**mimicit_doc(), "images": MIMICIT_IMAGES})
+
+
+def test_mimicit_in_context_rows(tmp_path, mimicit):
+    recs, rep = read_mimicit(mimicit)
+    assert (rep.read, rep.kept) == (5, 5)
+    assert [r.key for r in recs] == ["LA_INS_00001", "LA_INS_00002", "SD_INS_00001", "DC_INS_00001", "DC_INS_00002"]
+    assert {r.source for r in recs} == {"mimicit"}
+
+    def img(name):
+        return MediaRef("image", tmp_path / MIMICIT_IMAGES[name])
+
+    # exemplars first, in rel_ins_ids order, each with its own image; the row itself last, two images in order
+    assert recs[2].turns == (
+        Turn("human", "What colour is the cat?", (img("LA_IMG_cat"),)), Turn("gpt", "Grey."),
+        Turn("human", "What is the dog doing?", (img("LA_IMG_dog"),)), Turn("gpt", "It runs."),
+        Turn("human", "What changed between the pictures?", (img("SD_IMG_before"), img("SD_IMG_after"))),
+        Turn("gpt", "A car left."))
+    assert recs[0].turns == (Turn("human", "What is the dog doing?", (img("LA_IMG_dog"),)), Turn("gpt", "It runs."))
+    # video frames given as image ids: all kept, in order; the same frames are not repeated for the query
+    assert recs[3].turns == (
+        Turn("human", "Where is he riding?", tuple(img(f) for f in FRAMES)), Turn("gpt", "Down the street."),
+        Turn("human", "Who is the focus of the video?"), Turn("gpt", "A police officer on a horse."))
+
+    # the mapping as a second file gives the same records; so does read_conversations (auto or named)
+    doc_only = write(tmp_path / "MIX2_instructions.json", mimicit_doc())
+    assert read_mimicit(doc_only, write(tmp_path / "MIX.json", MIMICIT_IMAGES))[0] == recs
+    assert read_conversations(mimicit)[0] == recs
+    assert read_conversations(mimicit, format="mimicit")[0] == recs
+    # media_root moves the files
+    png(tmp_path / "elsewhere", *MIMICIT_IMAGES.values())
+    moved, _ = read_mimicit(doc_only, tmp_path / "MIX.json", tmp_path / "elsewhere")
+    assert moved[2].turns[4].media_in == (MediaRef("image", tmp_path / "elsewhere" / "sd/before.png"),
+                                          MediaRef("image", tmp_path / "elsewhere" / "sd/after.png"))
+
+
+def test_mimicit_errors_name_file_row_and_field(tmp_path, mimicit):
+    def fails(edit, images=MIMICIT_IMAGES) -> DataFormatError:
+        doc = mimicit_doc()
+        edit(doc["data"])
+        return raises(read_mimicit, write(tmp_path / "DC_instructions.json", {**doc, "images": images}))
+
+    e = fails(lambda d: d["SD_INS_00001"]["rel_ins_ids"].append("LA_INS_09999"))
+    assert str(e) == ('DC_instructions.json row 2 (SD_INS_00001): field "rel_ins_ids[2]" is "LA_INS_09999", which '
+                      'is not an instruction id in "data" (each in-context exemplar must be a key of "data")')
+    assert (e.row, e.field, e.reason, e.file.name) == (2, "rel_ins_ids[2]", "unknown id", "DC_instructions.json")
+
+    # row 3 meets DC_INS_00002 first, as its exemplar
+    e = fails(lambda d: d["DC_INS_00002"]["image_ids"].insert(1, "DC_IMG_gone"))
+    assert str(e) == ('DC_instructions.json row 3 (DC_INS_00001): field "rel_ins_ids[0].image_ids[1]" names image '
+                      '"DC_IMG_gone", which is not in the "images" object of DC_instructions.json (each image id must '
+                      'be a key of the images mapping)')
+
+    e = fails(lambda d: None, images={**MIMICIT_IMAGES, "LA_IMG_dog": "la/wolf.png"})
+    assert str(e).startswith('DC_instructions.json row 0 (LA_INS_00001): field "image_ids[0]" names a missing file ')
+    assert os.path.abspath(tmp_path / "la/wolf.png") in str(e) and e.reason == "missing file"
+
+    e = fails(lambda d: d["LA_INS_00001"].update(answer="  "))
+    assert str(e) == ('DC_instructions.json row 0 (LA_INS_00001): field "answer" is empty '
+                      '(a non-empty string is required)')
+    e = fails(lambda d: d["LA_INS_00001"]["image_ids"].append("LA_IMG_none"))
+    assert str(e).startswith('DC_instructions.json row 0 (LA_INS_00001): field "image_ids[1]" names image "LA_IMG_none"')
+    e = fails(lambda d: d["LA_INS_00002"].update(instruction=""))
+    assert str(e) == ('DC_instructions.json row 1 (LA_INS_00002): field "instruction" is empty '
+                      '(a non-empty string is required)')
+    # a broken exemplar is named through the row that uses it
+    doc = mimicit_doc()
+    doc["data"]["LA_INS_00002"]["instruction"] = ""
+    recs, rep = read_mimicit(write(tmp_path / "x.json", {**doc, "images": MIMICIT_IMAGES}), on_error="skip")
+    assert [r.key for r in recs] == ["LA_INS_00001", "DC_INS_00001", "DC_INS_00002"]  # SD_INS_00001 uses it
+    assert str(rep.errors[1]) == ('x.json row 2 (SD_INS_00001): field "rel_ins_ids[0].instruction" is empty '
+                                  '(a non-empty string is required)')
+
+    e = fails(lambda d: None, images={**MIMICIT_IMAGES, "LA_IMG_cat": "iVBORw0KGgo" + "A" * 4000})
+    assert 'field "image_ids[0]" names image "LA_IMG_cat", whose entry in the "images" object' in str(e)
+    assert "inline image data" in str(e) and "base64" in str(e)
+
+    e = raises(read_mimicit, write(tmp_path / "noimg.json", mimicit_doc()))
+    assert str(e) == ('noimg.json row 0 (LA_INS_00001): field "image_ids[0]" names image "LA_IMG_dog" but no images '
+                      'mapping was given (pass images= (a JSON file {image_id: path}) or add a top-level "images" object)')
+    e = raises(read_mimicit, write(tmp_path / "list.json", [mimicit_doc()]))
+    assert str(e).startswith("list.json: top-level JSON is a list (a MIMIC-IT instructions object")
+    e = raises(read_mimicit, write(tmp_path / "nodata.json", {"meta": {}}))
+    assert str(e).startswith('nodata.json: has no "data" object (') and e.row is None
+    e = raises(read_mimicit, mimicit, write(tmp_path / "imgs.json", ["la/dog.png"]))
+    assert str(e) == "imgs.json: the images mapping is a list (an object {image_id: file path} is required)"
+
+
+def test_mimicit_skip_mode_counts(tmp_path, mimicit):
+    doc = mimicit_doc()
+    doc["data"]["LA_INS_00001"]["rel_ins_ids"] = ["NOPE"]
+    doc["data"]["SD_INS_00001"]["image_ids"][1] = "SD_IMG_lost"
+    doc["data"]["DC_INS_00002"]["answer"] = ""
+    doc["data"]["TXT_INS_00001"] = "just text"
+    recs, rep = read_mimicit(write(tmp_path / "m.json", {**doc, "images": MIMICIT_IMAGES}), on_error="skip")
+    # LA_INS_00002 keeps its own row but not its exemplars' exemplars; DC_INS_00001 uses DC_INS_00002
+    assert [r.key for r in recs] == ["LA_INS_00002"]
+    assert rep.summary() == "kept 1 of 6 rows; skipped 5 (2 empty field, 2 unknown id, 1 not an object)"
+    assert [e.row for e in rep.errors] == [0, 2, 3, 4, 5]
+    assert str(rep.errors[-1]) == "m.json row 5 (TXT_INS_00001): row is a string (each row must be a JSON object)"
+    recs, _ = read_mimicit(write(tmp_path / "m.json", {**mimicit_doc(), "images": MIMICIT_IMAGES}),
+                           check_files=False, media_root=tmp_path / "absent")
+    assert recs[0].turns[0].media_in == (MediaRef("image", tmp_path / "absent" / "la/dog.png"),)
+
+
+def test_mimicit_conversation_builds_stage3_item(tmp_path, mimicit, tiny_model):
+    """Each media of a MIMIC-IT sample (exemplars' images, several images, frames) gets one placeholder group."""
+    from training.cli import build_dataset
+    from training.data import Collator
+
+    recs, _ = read_mimicit(mimicit)
+    ds = build_dataset("stage3", recs, tiny_model, None, None, "Describe this.")
+    media_start = tiny_model.prompts.ids.media_start
+    for i, conv in enumerate(recs):
+        n_media = sum(len(t.media_in) for t in conv.turns)
+        item = ds[i]
+        assert [m for m, _, _ in item.media] == ["image"] * n_media
+        batch = Collator(tiny_model.prompts, tiny_model.tokenizer.pad_token_id)([item])
+        assert int((batch["input_ids"] == media_start).sum()) == n_media, conv.key
+        assert len(batch["media_slots"]) == n_media
+    assert [sum(len(t.media_in) for t in c.turns) for c in recs] == [1, 2, 4, 3, 3]
+
+
+# ------------------------------------------------------------------------------- SVIT / LLaVAR
+
+
+def svit_row(answer: str) -> dict:
+    return {"id": "2376926_ref_0", "image": "vg/VG_100K/2376926.jpg", "conversations": [
+        {"from": "human", "value": "<image>\nWhere is the man? Provide the bounding boxes of the mentioned objects."},
+        {"from": "gpt", "value": answer}]}
+
+
+def test_svit_rows_keep_boxes_as_text(tmp_path):
+    png(tmp_path, "vg/VG_100K/2376926.jpg")
+    answer = "The man [0.112, 0.3, 0.5, 0.92] stands by two cars [0.6, 0.5, 0.8, 0.7], [0, 0.55, 1, 1.0]."
+    recs, _ = read_conversations(write(tmp_path / "svit.json", [svit_row(answer)]), format="svit")
+    assert recs == [Conversation((
+        Turn("human", "Where is the man? Provide the bounding boxes of the mentioned objects.",
+             (MediaRef("image", tmp_path / "vg/VG_100K/2376926.jpg"),)),
+        Turn("gpt", answer)), "2376926_ref_0", "svit")]
+
+    recs, _ = read_conversations(write(tmp_path / "llavar.json", [
+        {"id": "GCC_train_002582585", "image": "vg/VG_100K/2376926.jpg", "conversations": [
+            {"from": "human", "value": "What is written on the sign?\n<image>"}, {"from": "gpt", "value": "OPEN 24 HOURS"}]}]),
+        format="llavar")
+    assert recs[0].source == "llavar" and recs[0].turns[0].text == "What is written on the sign?"
+    assert recs[0].turns[0].media_in == (MediaRef("image", tmp_path / "vg/VG_100K/2376926.jpg"),)
+    with pytest.raises(ValueError, match="unknown format 'sharegpt'"):
+        read_conversations(tmp_path / "svit.json", format="sharegpt")
+
+
+@pytest.mark.parametrize("answer, problem", [
+    ("The man [0.1, 0.3, 0.5] waves.", "has a box [0.1, 0.3, 0.5] with 3 numbers"),
+    ("The man [0.1, 0.3, 0.5, 1.2] waves.", "has a box [0.1, 0.3, 0.5, 1.2] with a number outside [0, 1]"),
+    ("The man [12, 30, 50, 92] waves.", "has a box [12, 30, 50, 92] with a number outside [0, 1]"),
+    ("The man [0.6, 0.3, 0.5, 0.9] waves.", "has a box [0.6, 0.3, 0.5, 0.9] with x1 > x2"),
+    ("Men [0.1, 0.2, 0.3, 0.4], [0.1, 0.95, 0.3, 0.4] wave.", "has a box [0.1, 0.95, 0.3, 0.4] with y1 > y2"),
+])
+def test_svit_bad_boxes(tmp_path, answer, problem):
+    png(tmp_path, "vg/VG_100K/2376926.jpg")
+    p = write(tmp_path / "svit.json", [svit_row("Fine [0.1, 0.1, 0.2, 0.2]."), svit_row(answer)])
+    e = raises(read_conversations, p, format="svit")
+    assert str(e) == (f'svit.json row 1: field "conversations[1].value" {problem} '
+                      "(a box is [x1, y1, x2, y2]: 4 numbers in [0, 1] with x1 <= x2 and y1 <= y2)")
+    assert (e.row, e.field, e.reason) == (1, "conversations[1].value", "bad box")
+    recs, rep = read_conversations(p, format="svit", on_error="skip")
+    assert len(recs) == 1 and rep.summary() == "kept 1 of 2 rows; skipped 1 (1 bad box)"
+    assert read_conversations(p)[0][1].source == "llava"  # auto mode does not look at boxes
+
+
+def test_svit_original_format_is_refused(tmp_path):
+    row = {"image_id": 2376926, "conversations": [{"content": [{"from": "user", "value": "q"},
+                                                               {"from": "gpt", "value": "a"}]}]}
+    e = raises(read_conversations, write(tmp_path / "svit.json", [row]), format="svit")
+    assert str(e) == ('svit.json row 0: field "image" is missing (the row looks like SVIT\'s original data/ format: '
+                      'image_id and content lists) (read SVIT\'s format/llava-v1.5 files, which are LLaVA rows)')

@@ -6,7 +6,9 @@ Readers take the reference's files *as they are* and return ``(records, report)`
 
 * :func:`read_caption_pairs`  -- stage 1 X-caption pairs (CC3M / WebVid / AudioCaps rows, .json or .jsonl)
 * :func:`read_text_captions`  -- stage 2 captions only (same files, or ``[{"caption", "name"}]``)
-* :func:`read_conversations`  -- stage 3 conversations (LLaVA / Alpaca / T->T+X / MosIT raw / anyany-native)
+* :func:`read_conversations`  -- stage 3 conversations (LLaVA / Alpaca / T->T+X / MosIT raw / anyany-native,
+  and by name SVIT / LLaVAR)
+* :func:`read_mimicit`        -- stage 3 MIMIC-IT in-context instruction rows (Otter)
 
 A malformed row raises :class:`DataFormatError` naming the file, the row (a 0-based index into the
 top-level list, or into the non-blank lines of a .jsonl file), the field, what was wrong and what is
@@ -39,6 +41,7 @@ __all__ = [
     "read_caption_pairs",
     "read_text_captions",
     "read_conversations",
+    "read_mimicit",
     "dump_json",
 ]
 
@@ -141,8 +144,9 @@ class Turn:
 
 @dataclass(frozen=True)
 class Conversation:
-    """Stage 3 conversation. ``source`` is the row's format: "llava", "alpaca", "t2x", "mosit" or
-    "anyany"; ``key`` is the row's ``id``, else T->T+X ``mm_name``, else ``"{file name}#{row}"``."""
+    """Stage 3 conversation. ``source`` is the row's format: "llava", "alpaca", "t2x", "mosit",
+    "anyany", "svit", "llavar" or "mimicit"; ``key`` is the row's ``id`` (MIMIC-IT: its key in
+    ``data``), else T->T+X ``mm_name``, else ``"{file name}#{row}"``."""
 
     turns: tuple[Turn, ...]
     key: str
@@ -223,17 +227,33 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _FILE_ACCEPTED = "a JSON array of row objects, or JSON Lines (.jsonl) with one object per line"
 
 
-def _load_rows(path: Path) -> list[tuple[int, Any, DataFormatError | None]]:
-    """Rows of a .json (top-level list) or .jsonl file as (row index, value, line error)."""
-    name = path.name
+def _read_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise DataFormatError(f"{name}: file not found: {os.path.abspath(path)}", file=path,
+        raise DataFormatError(f"{path.name}: file not found: {os.path.abspath(path)}", file=path,
                               reason="missing file") from None
+
+
+def _load_json(path: Path, accepted: str = _FILE_ACCEPTED) -> Any:
+    """The parsed JSON of a whole file; a missing file or invalid JSON raises (always, even in skip mode)."""
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataFormatError(
+            f"{path.name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg} ({accepted})",
+            file=path, reason="invalid JSON") from None
+
+
+def _load_rows(path: Path, data: Any = None) -> list[tuple[int, Any, DataFormatError | None]]:
+    """Rows of a .json (top-level list) or .jsonl file as (row index, value, line error).
+
+    ``data``: the .json file's already parsed content, if the caller has it."""
+    name = path.name
     if path.suffix.lower() in _JSONL_SUFFIXES:
         rows: list[tuple[int, Any, DataFormatError | None]] = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             index = len(rows)
@@ -245,12 +265,8 @@ def _load_rows(path: Path) -> list[tuple[int, Any, DataFormatError | None]]:
                     f"({_FILE_ACCEPTED})", file=path, row=index, reason="invalid JSON")
                 rows.append((index, None, err))
         return rows
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataFormatError(
-            f"{name}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg} ({_FILE_ACCEPTED})",
-            file=path, reason="invalid JSON") from None
+    if data is None:
+        data = _load_json(path)
     if not isinstance(data, list):
         raise DataFormatError(
             f"{name}: top-level JSON is {_type_name(data)} ({_FILE_ACCEPTED})", file=path,
@@ -265,15 +281,23 @@ def _type_name(value: Any) -> str:
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
-def _read(path: str | os.PathLike, on_error: _OnError, parse: Callable[[dict, int], Any],
-          key_of: Callable[[Any], str] | None = None) -> tuple[list, ReadReport]:
+def _check_on_error(on_error: str) -> None:
     if on_error not in ("raise", "skip"):
         raise ValueError(f'on_error must be "raise" or "skip", not {on_error!r}')
+
+
+def _read(path: str | os.PathLike, on_error: _OnError, parse: Callable[[dict, int], Any],
+          key_of: Callable[[Any], str] | None = None, *,
+          rows: list[tuple[int, Any, DataFormatError | None]] | None = None,
+          row_ids: Sequence[str] | None = None) -> tuple[list, ReadReport]:
+    """Parse each row; ``rows`` defaults to :func:`_load_rows`. With ``row_ids`` (the rows of a
+    keyed file, e.g. MIMIC-IT's ``data``), messages say ``row 3 (DC_INS_00004)``."""
+    _check_on_error(on_error)
     path = Path(path)
     report = ReadReport(path=path)
     records: list = []
     seen: set[str] = set()
-    for index, row, line_error in _load_rows(path):
+    for index, row, line_error in (_load_rows(path) if rows is None else rows):
         report.read += 1
         error = line_error
         if error is None:
@@ -283,7 +307,8 @@ def _read(path: str | os.PathLike, on_error: _OnError, parse: Callable[[dict, in
                 record = parse(row, index)
             except _RowError as e:
                 where = f'field "{e.field}" ' if e.field else "row "
-                message = f"{path.name} row {index}: {where}{e.problem} ({e.accepted})"
+                label = f"row {index}" if row_ids is None else f"row {index} ({row_ids[index]})"
+                message = f"{path.name} {label}: {where}{e.problem} ({e.accepted})"
                 error = DataFormatError(message, file=path, row=index, field=e.field, reason=e.reason)
         if error is not None:
             if on_error == "raise":
@@ -718,25 +743,88 @@ def _parse_native(row: dict, root: Path, check_files: bool, fallback_key: str) -
     return Conversation(tuple(turns), _row_key(row, fallback_key), "anyany")
 
 
+# SVIT boxes: "[x1, y1, x2, y2]" in the text, floats normalised to [0, 1] (top left, bottom right).
+# Any bracketed list of two or more numbers is taken for a box and checked.
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_BOX_RE = re.compile(rf"\[\s*{_NUM}(?:\s*,\s*{_NUM})+\s*\]")
+_BOX_ACCEPTED = "a box is [x1, y1, x2, y2]: 4 numbers in [0, 1] with x1 <= x2 and y1 <= y2"
+
+
+def _check_boxes(text: str, field_name: str) -> None:
+    for m in _BOX_RE.finditer(text):
+        box = m.group(0)
+        values = [float(v) for v in box.strip("[]").split(",")]
+        problem = None
+        if len(values) != 4:
+            problem = f"has a box {box} with {len(values)} numbers"
+        elif not all(0.0 <= v <= 1.0 for v in values):
+            problem = f"has a box {box} with a number outside [0, 1]"
+        elif values[0] > values[2]:
+            problem = f"has a box {box} with x1 > x2"
+        elif values[1] > values[3]:
+            problem = f"has a box {box} with y1 > y2"
+        if problem:
+            _fail(field_name, problem, _BOX_ACCEPTED, "bad box")
+
+
+def _parse_svit(row: dict, root: Path, check_files: bool, fallback_key: str) -> Conversation:
+    if "image_id" in row and "image" not in row:
+        _fail("image", "is missing (the row looks like SVIT's original data/ format: image_id and content lists)",
+              "read SVIT's format/llava-v1.5 files, which are LLaVA rows", "missing field")
+    conv_key, raw = _raw_turns(row)
+    conv = _parse_llava(row, conv_key, raw, root, check_files, fallback_key)
+    for j, t in enumerate(raw):
+        _check_boxes(t["value"], f"{conv_key}[{j}].value")
+    return conv
+
+
+_FORMATS = ("auto", "svit", "llavar", "mimicit")
+
+
 def read_conversations(
     json_path: str | os.PathLike,
     media_root: str | os.PathLike | None = None,
     *,
+    format: str = "auto",
     on_error: _OnError = "raise",
     check_files: bool = True,
 ) -> tuple[list[Conversation], ReadReport]:
-    """Read stage 3 conversations; the format is detected per row:
+    """Read stage 3 conversations. With ``format="auto"`` the format is detected per row:
 
     * ``"turns"``                                   -> anyany-native
     * ``"image_list"``/``"video_list"``/``"audio_list"`` -> MosIT raw
     * ``"mm_name"`` or a turn with ``"output_modality"`` -> T->T+X
     * otherwise ``"conversation"``/``"conversations"`` -> LLaVA (with an image) or Alpaca (without)
+
+    and a .json file whose top level is an object with a ``"data"`` object is MIMIC-IT
+    (:func:`read_mimicit`, images from its own ``"images"`` object).
+
+    Formats that look like LLaVA rows are named: ``"svit"`` (LLaVA rows whose ``[x1, y1, x2, y2]``
+    boxes in the text are checked) and ``"llavar"`` (LLaVA rows); every row is then read as that
+    format and gets it as ``source``. ``"mimicit"`` forces MIMIC-IT.
     """
-    root = _root(media_root, json_path)
-    file_name = Path(json_path).name
+    if format not in _FORMATS:
+        raise ValueError(f"unknown format {format!r} (accepted: {', '.join(map(repr, _FORMATS))})")
+    _check_on_error(on_error)
+    path = Path(json_path)
+    root = _root(media_root, path)
+    file_name = path.name
+    if format == "mimicit":
+        return read_mimicit(path, None, media_root, on_error=on_error, check_files=check_files)
+    rows = None
+    if format == "auto" and path.suffix.lower() not in _JSONL_SUFFIXES:
+        data = _load_json(path)
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            return _read_mimicit(path, data, None, media_root, on_error, check_files)
+        rows = _load_rows(path, data)
 
     def parse(row: dict, index: int) -> Conversation:
         fallback = f"{file_name}#{index}"
+        if format == "svit":
+            return dataclasses.replace(_parse_svit(row, root, check_files, fallback), source="svit")
+        if format == "llavar":
+            conv_key, raw = _raw_turns(row)
+            return dataclasses.replace(_parse_llava(row, conv_key, raw, root, check_files, fallback), source="llavar")
         if "turns" in row:
             return _parse_native(row, root, check_files, fallback)
         conv_key, raw = _raw_turns(row)
@@ -746,7 +834,128 @@ def read_conversations(
             return _parse_t2x(row, conv_key, raw, fallback)
         return _parse_llava(row, conv_key, raw, root, check_files, fallback)
 
-    return _read(json_path, on_error, parse)
+    return _read(path, on_error, parse, rows=rows)
+
+
+# ------------------------------------------------------------------------------------- MIMIC-IT
+
+_MIMICIT_ACCEPTED = ('a MIMIC-IT instructions object {"meta": {...}, "data": {id: {"instruction", "answer", '
+                     '"image_ids", "rel_ins_ids"}}} is required')
+_MAX_NAME = 255  # longest file name most file systems allow; longer "paths" are inline image data
+
+
+def read_mimicit(
+    json_path: str | os.PathLike,
+    images: str | os.PathLike | None = None,
+    media_root: str | os.PathLike | None = None,
+    *,
+    on_error: _OnError = "raise",
+    check_files: bool = True,
+) -> tuple[list[Conversation], ReadReport]:
+    """Read MIMIC-IT (Otter) instruction rows: one conversation per row of ``data``.
+
+    ``json_path`` is a ``*_instructions.json`` file ``{"meta": {...}, "data": {id: {"instruction",
+    "answer", "image_ids", "rel_ins_ids"}}}``. Each in-context exemplar named in ``rel_ins_ids``
+    becomes a human (instruction + its images) and a gpt (answer) turn, in order; the row itself
+    is the last pair. An image list already shown earlier in the conversation is not repeated.
+
+    Image ids are mapped to files by ``images``, a JSON file ``{image_id: path}``; when it is None,
+    by the instructions file's own top-level ``"images"`` object. Paths are relative to
+    ``media_root`` (default: the instructions file's folder). Rows are numbered in ``data``'s
+    order, and messages give the id too: ``DC_instructions.json row 3 (DC_INS_00004): ...``.
+    """
+    _check_on_error(on_error)
+    path = Path(json_path)
+    return _read_mimicit(path, _load_json(path, _MIMICIT_ACCEPTED), images, media_root, on_error, check_files)
+
+
+def _read_mimicit(path: Path, doc: Any, images: str | os.PathLike | None, media_root: str | os.PathLike | None,
+                  on_error: _OnError, check_files: bool) -> tuple[list[Conversation], ReadReport]:
+    name = path.name
+    if not isinstance(doc, dict):
+        problem = f"top-level JSON is {_type_name(doc)}"
+    elif "data" not in doc:
+        problem = 'has no "data" object'
+    else:
+        problem = None if isinstance(doc["data"], dict) else f'"data" is {_type_name(doc["data"])}'
+    if problem:
+        raise DataFormatError(f"{name}: {problem} ({_MIMICIT_ACCEPTED})", file=path, reason="not a MIMIC-IT file")
+    data: dict = doc["data"]
+
+    mapping_accepted = "an object {image_id: file path} is required"
+    if images is not None:
+        mapping_file = Path(images)
+        mapping, mapping_name = _load_json(mapping_file, mapping_accepted), mapping_file.name
+    else:
+        mapping_file = path
+        mapping, mapping_name = doc.get("images"), f'the "images" object of {name}'
+    if mapping is not None and not isinstance(mapping, dict):
+        raise DataFormatError(f"{mapping_name}: the images mapping is {_type_name(mapping)} ({mapping_accepted})",
+                              file=mapping_file, reason="not an object")
+    root = _root(media_root, path)
+
+    def image_path(image_id: Any, field_name: str) -> Path:
+        if not isinstance(image_id, str) or not image_id:
+            _fail(field_name, f"is {'empty' if image_id == '' else _type_name(image_id)}",
+                  "an image id (a key of the images mapping) is required", "wrong type")
+        if mapping is None:
+            _fail(field_name, f'names image "{image_id}" but no images mapping was given',
+                  'pass images= (a JSON file {image_id: path}) or add a top-level "images" object', "unknown id")
+        if image_id not in mapping:
+            _fail(field_name, f'names image "{image_id}", which is not in {mapping_name}',
+                  "each image id must be a key of the images mapping", "unknown id")
+        value = mapping[image_id]
+        if not isinstance(value, str) or not value.strip():
+            _fail(field_name, f'names image "{image_id}", whose path in {mapping_name} is '
+                  f"{'empty' if value == '' else _type_name(value)}", "the mapping must give a file path", "wrong type")
+        if max(len(part) for part in value.split("/")) > _MAX_NAME:
+            _fail(field_name, f'names image "{image_id}", whose entry in {mapping_name} is not a file path '
+                  "(it looks like inline image data)",
+                  "decode the release's base64 images to files and map each id to its path", "bad field")
+        return _media_path(root, value, field_name, check_files)
+
+    def pair(entry: Any, prefix: str, shown: list[list]) -> list[Turn]:
+        """One instruction row as its (human, gpt) turns; ``prefix`` leads its field names."""
+        if not isinstance(entry, dict):
+            _fail(prefix.rstrip("."), f"names a row that is {_type_name(entry)}",
+                  'each row of "data" must be an object', "not an object")
+        instruction = _req_str(entry, "instruction", f"{prefix}instruction").strip()
+        answer = _req_str(entry, "answer", f"{prefix}answer").strip()
+        image_ids = entry.get("image_ids")
+        if image_ids is None:
+            image_ids = []
+        if not isinstance(image_ids, list):
+            _fail(f"{prefix}image_ids", f"is {_type_name(image_ids)}", "a list of image ids is required", "wrong type")
+        media: tuple[MediaRef, ...] = ()
+        if image_ids and image_ids not in shown:  # the same images again (e.g. Q&A on one video): shown once
+            shown.append(image_ids)
+            media = tuple(MediaRef("image", image_path(image_id, f"{prefix}image_ids[{k}]"))
+                          for k, image_id in enumerate(image_ids))
+        return [Turn("human", instruction, media), Turn("gpt", answer)]
+
+    ids = list(data)
+
+    def parse(row: dict, index: int) -> Conversation:
+        refs = row.get("rel_ins_ids")
+        if refs is None:
+            refs = []
+        if not isinstance(refs, list):
+            _fail("rel_ins_ids", f"is {_type_name(refs)}", 'a list of instruction ids (keys of "data") is required',
+                  "wrong type")
+        shown: list[list] = []
+        turns: list[Turn] = []
+        for k, ref in enumerate(refs):
+            f = f"rel_ins_ids[{k}]"
+            if not isinstance(ref, str) or ref not in data:
+                what = json.dumps(ref) if isinstance(ref, (str, int, float)) else _type_name(ref)
+                _fail(f, f'is {what}, which is not an instruction id in "data"',
+                      'each in-context exemplar must be a key of "data"', "unknown id")
+            turns += pair(data[ref], f"{f}.", shown)
+        turns += pair(row, "", shown)
+        return Conversation(tuple(turns), ids[index], "mimicit")
+
+    return _read(path, on_error, parse, rows=[(i, row, None) for i, row in enumerate(data.values())],
+                 row_ids=ids)
 
 
 # ------------------------------------------------------------------------------------- writing
