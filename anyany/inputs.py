@@ -5,15 +5,27 @@ from pathlib import Path
 
 import torch
 
-from encoders.preprocessing import preprocess_audio, preprocess_image, preprocess_video
+from encoders.preprocessing import preprocess_audio, preprocess_image, preprocess_image_native, preprocess_video
+from projections.literature import TiledImage, tile_image
 
 from .media import MediaError, detect_modality, read_audio, read_image, read_video
 
 
-def load_media(path, modality: str | None = None) -> tuple[str, torch.Tensor]:
-    """Read ``path`` and return ``(modality, tensor)`` ready for the ImageBind encoder.
+def load_media(path, modality: str | None = None, feature_kind: str = "pooled", **image_options) -> tuple[str, object]:
+    """Read ``path`` and return ``(modality, inputs)`` ready for the encoder (or the bridge).
 
     image: [3, 224, 224]; video: [clips*crops, 3, T, 224, 224]; audio: [clips, 1, mel, frames].
+    ``feature_kind`` (the bridge's) changes how *images* are prepared, with the bridge's
+    ``image_options``:
+
+    * ``"pixels"`` (patch bridges, no encoder): [3, H, W] at the image's own resolution,
+      downscaled only past ``max_image_size`` (``preprocess_image_native``).
+    * ``"tiles"`` (AnyRes): a :class:`~projections.literature.TiledImage` of
+      ``[1 + R*C, 3, tile_size, tile_size]`` views (global view, then the tiles) and the grid
+      ``tile_image`` picks for ``max_tiles``.
+
+    Video and audio are prepared for ImageBind whatever the kind; a bridge that cannot take
+    them says so when the model encodes them.
     """
     path = Path(path)
     detected = detect_modality(path)
@@ -21,7 +33,13 @@ def load_media(path, modality: str | None = None) -> tuple[str, torch.Tensor]:
         raise MediaError(f"{path}: expected a {modality} file, but its extension says {detected}")
     try:
         if detected == "image":
-            return detected, preprocess_image(read_image(path))
+            image = read_image(path)
+            if feature_kind == "pixels":
+                return detected, preprocess_image_native(image, image_options.get("max_image_size"))
+            if feature_kind == "tiles":
+                views, grid = tile_image(image, image_options.get("max_tiles", 4), image_options.get("tile_size", 224))
+                return detected, TiledImage(views, grid)
+            return detected, preprocess_image(image)
         if detected == "video":
             frames, fps = read_video(path)
             return detected, preprocess_video(frames, fps)
@@ -31,3 +49,22 @@ def load_media(path, modality: str | None = None) -> tuple[str, torch.Tensor]:
         raise
     except ValueError as err:  # preprocessing rejects e.g. silent NaNs, empty streams
         raise MediaError(f"{path}: {err}") from err
+
+
+def media_shape(medium) -> tuple[int, ...]:
+    """What fixes one medium's token count (``bridge.num_tokens(modality, shape)``): a tensor's
+    own shape (no batch dim; pixels ``(3, H, W)``), a tiled image's grid ``(R, C)``."""
+    return tuple(medium.grid) if isinstance(medium, TiledImage) else tuple(medium.shape)
+
+
+def media_shapes(features: dict) -> dict[str, list[tuple[int, ...]]]:
+    """``{modality: batch}`` -> ``{modality: [media_shape of each medium]}`` for the prompt builder."""
+    return {m: [media_shape(x) for x in batch] for m, batch in features.items()}
+
+
+def batch_media(items: list):
+    """Per-medium inputs or features -> a stacked ``[N, ...]`` tensor when they all have one shape,
+    else the list itself (pixels of different sizes, tiled images): the model takes either."""
+    if all(isinstance(x, torch.Tensor) for x in items) and len({tuple(x.shape) for x in items}) == 1:
+        return torch.stack(items)
+    return list(items)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from encoders.imagebind import ImageBindEncoder
-from projections import OutputProjection, build_bridge, generation_distance, load_bridge
+from projections import OutputProjection, TiledImage, build_bridge, generation_distance, load_bridge
 
 from .adapters import LLMAdapters
 from .config import AnyToAnyConfig, LLMConfig
@@ -164,7 +164,7 @@ class AnyToAnyModel(nn.Module):
 
     @staticmethod
     def _bridge_config(config: AnyToAnyConfig, llm_dim: int) -> dict:
-        """The bridge's own fields plus the widths it declares in its signature, filled from the encoder/LLM."""
+        """The bridge's own fields plus the widths (and tile size) it declares in its signature, filled from the encoder/LLM."""
         import inspect
 
         from projections import BRIDGE_REGISTRY
@@ -173,7 +173,8 @@ class AnyToAnyModel(nn.Module):
         cls = BRIDGE_REGISTRY.get(bridge.get("type", "linear"))
         accepted = inspect.signature(cls.__init__).parameters if cls else {}
         ib = config.encoder.imagebind
-        dims = {"input_dim": ib.embed_dim, "vision_dim": ib.vision_width, "audio_dim": ib.audio_width, "llm_dim": llm_dim}
+        dims = {"input_dim": ib.embed_dim, "vision_dim": ib.vision_width, "audio_dim": ib.audio_width, "llm_dim": llm_dim,
+                "tile_size": ib.image_size}
         for key, value in dims.items():
             if key in accepted and (key == "llm_dim" or key not in bridge):
                 bridge[key] = value
@@ -277,26 +278,62 @@ class AnyToAnyModel(nn.Module):
     def device(self) -> torch.device:
         return self.bridge.device
 
+    def load_media(self, path, modality: str | None = None) -> tuple[str, object]:
+        """Read a file and prepare it as this model's bridge needs (``anyany.inputs.load_media``)."""
+        from .inputs import load_media
+
+        return load_media(path, modality, self.bridge.feature_kind, **self.bridge.image_options)
+
     @torch.no_grad()
-    def encode_media(self, modality: str, inputs: torch.Tensor) -> torch.Tensor:
-        """Preprocessed media -> the features the bridge consumes (pooled vector or tokens)."""
+    def encode_media(self, modality: str, inputs):
+        """Preprocessed media -> the features the bridge consumes.
+
+        ``inputs``: a batch ``[B, ...]``, or a list of single media (sizes may differ; tiled
+        images are :class:`~projections.TiledImage`); the result has the same form. Pooled /
+        tokens: ImageBind's pooled vector or tokens; tiles: every view through ImageBind (what
+        the inner bridge reads), grid kept; pixels: the pixels themselves (no encoder).
+        """
+        self.bridge.check_modality(modality)  # e.g. patches take images only: fail before encoding
+        if isinstance(inputs, (list, tuple)):  # one at a time: their sizes may differ
+            return [self.encode_media(modality, x) if isinstance(x, TiledImage) else self.encode_media(modality, x[None])[0]
+                    for x in inputs]
+        kind = self.bridge.feature_kind
+        if kind == "pixels":
+            return inputs
+        if kind == "tiles":
+            if not isinstance(inputs, TiledImage):
+                raise ValueError("the tiled bridge encodes TiledImage inputs (views + grid); prepare images with model.load_media")
+            return TiledImage(self._encode(modality, inputs.views, self.bridge.inner_feature_kind), inputs.grid)
+        return self._encode(modality, inputs, kind)
+
+    def _encode(self, modality: str, inputs: torch.Tensor, feature_kind: str) -> torch.Tensor:
         if self.encoder is None:
             raise RuntimeError("this model was loaded without its encoder (with_encoder=False); pass cached features")
         enc_dtype = next(self.encoder.parameters()).dtype
         out = self.encoder.encode(modality, inputs.to(self.device, enc_dtype))
-        return out.pooled if self.bridge.feature_kind == "pooled" else out.tokens
+        return out.pooled if feature_kind == "pooled" else out.tokens
 
-    def embed_inputs(self, input_ids, media_slots, media_features: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings with every media placeholder run replaced by its bridge output."""
+    def embed_inputs(self, input_ids, media_slots, media_features: dict) -> torch.Tensor:
+        """Token embeddings with every media placeholder run replaced by its bridge output.
+
+        ``media_features[modality]``: a stacked ``[N, ...]`` batch, or a list of single media
+        (pixels of different sizes, tiled images) that go through the bridge one at a time.
+        """
         embed = self.llm.get_input_embeddings()
         embeds = embed(input_ids)
         if not media_slots:
             return embeds
-        projected: dict[str, torch.Tensor] = {}
+        projected: dict[str, object] = {}
         param = next(self.bridge.parameters())
         for modality, feats in media_features.items():
-            kwargs = self._instruction_kwargs(embeds, media_slots, modality, feats.shape[0])
-            projected[modality] = self.bridge(feats.to(param.device, param.dtype), modality, **kwargs)
+            kwargs = self._instruction_kwargs(embeds, media_slots, modality, len(feats))
+            if isinstance(feats, torch.Tensor):
+                projected[modality] = self.bridge(feats.to(param.device, param.dtype), modality, **kwargs)
+            else:
+                projected[modality] = [
+                    self._bridge_one(x.to(param.device, param.dtype), modality, {k: v[i : i + 1] for k, v in kwargs.items()})
+                    for i, x in enumerate(feats)
+                ]
         mask = input_ids == self.token_ids.placeholder
         pieces = []
         for slot in sorted(media_slots, key=lambda s: (s.row, s.start)):
@@ -308,6 +345,12 @@ class AnyToAnyModel(nn.Module):
         if int(mask.sum()) != values.shape[0]:
             raise ValueError(f"{int(mask.sum())} placeholder positions but {values.shape[0]} media tokens")
         return embeds.masked_scatter(mask.unsqueeze(-1), values)
+
+    def _bridge_one(self, medium, modality: str, kwargs: dict) -> torch.Tensor:
+        """One medium (no batch dim) -> its ``[n, llm_dim]`` bridge tokens."""
+        if isinstance(medium, TiledImage):
+            return self.bridge(medium.views[None], modality, grid=medium.grid, **kwargs)[0]
+        return self.bridge(medium[None], modality, **kwargs)[0]
 
     def _instruction_kwargs(self, embeds, media_slots, modality: str, count: int) -> dict:
         """For instruction-aware bridges: each medium's human-turn text embeddings, padded, with a mask."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .generation import LLMOutput, generate_with_signals
-from .inputs import load_media
+from .inputs import batch_media, media_shapes
 from .media import unique_path, write_audio, write_image, write_video
 from .tokens import ChatTurn, collate_sequences
 
@@ -127,9 +127,12 @@ class AnyToAnyPipeline:
                 raise ValueError(f"message role must be 'user' or 'assistant', got {m.role!r}")
         return messages
 
-    def encode_media(self, messages: list[Message]) -> tuple[list[ChatTurn], dict[str, torch.Tensor]]:
-        """Read + preprocess + encode every input medium once; turns refer to features by index."""
-        features: dict[str, list[torch.Tensor]] = {}
+    def encode_media(self, messages: list[Message]) -> tuple[list[ChatTurn], dict]:
+        """Read + preprocess + encode every input medium once; turns refer to features by index.
+
+        Features per modality are stacked, or a list where their sizes differ (patch / tiled bridges).
+        """
+        features: dict[str, list] = {}
         turns = []
         for m in messages:
             if m.role == "assistant":
@@ -137,16 +140,16 @@ class AnyToAnyPipeline:
                 continue
             refs = []
             for item in m.media:
-                modality, tensor = load_media(item)
-                encoded = self.model.encode_media(modality, tensor.unsqueeze(0))[0]
+                modality, inputs = self.model.load_media(item)
+                encoded = self.model.encode_media(modality, [inputs])[0]
                 features.setdefault(modality, []).append(encoded)
                 refs.append((modality, len(features[modality]) - 1))
             turns.append(ChatTurn("human", m.text, refs))
-        return turns, {k: torch.stack(v) for k, v in features.items()}
+        return turns, {k: batch_media(v) for k, v in features.items()}
 
     def prepare_inputs(self, turns, features) -> torch.Tensor:
         segments = self.model.prompts.conversation_segments(turns)
-        sequence = self.model.prompts.encode_segments(segments)
+        sequence = self.model.prompts.encode_segments(segments, feature_shapes=media_shapes(features))
         batch = collate_sequences([sequence], self.model.tokenizer.pad_token_id)
         input_ids = batch["input_ids"].to(self.model.device)
         embeds = self.model.embed_inputs(input_ids, batch["media_slots"], features)

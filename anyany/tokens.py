@@ -154,8 +154,9 @@ class EncodedSequence:
 class PromptBuilder:
     """Turns conversations into token ids, labels, media slots and signal slots.
 
-    ``media_tokens(modality)`` says how many LLM tokens a medium of that modality takes
-    (1 for NExT-GPT's linear bridge; more for token bridges).
+    ``media_tokens(modality, feature_shape)`` says how many LLM tokens a medium takes (1 for
+    NExT-GPT's linear bridge; more for token bridges; for tiled and patch bridges it depends on
+    the medium, so ``encode_segments`` is given each medium's ``feature_shapes``).
     """
 
     def __init__(self, tokenizer, ids: TokenIds, signals: SignalTokenConfig, media_tokens, max_length: int | None = None):
@@ -168,7 +169,9 @@ class PromptBuilder:
     def _text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
-    def encode_segments(self, segments: Sequence[Segment], add_bos: bool = True) -> EncodedSequence:
+    def encode_segments(self, segments: Sequence[Segment], add_bos: bool = True, feature_shapes=None) -> EncodedSequence:
+        """``feature_shapes``: ``{modality: [shape per feature_index]}`` (``anyany.inputs.media_shapes``);
+        needed only by bridges whose token count varies per medium."""
         seq = EncodedSequence()
         turn_media: list[int] = []  # media of the current turn still waiting for their instruction
         if add_bos and self.tokenizer.bos_token_id is not None:
@@ -177,7 +180,8 @@ class PromptBuilder:
         for seg in segments:
             if seg.media is not None:
                 modality, index = seg.media
-                n = self.media_tokens(modality)
+                shapes = (feature_shapes or {}).get(modality, ())
+                n = self.media_tokens(modality, shapes[index] if index < len(shapes) else None)
                 ids = [self.ids.media_start] + [self.ids.placeholder] * n + [self.ids.media_end]
                 seq.media.append((len(seq.input_ids) + 1, n, modality, index, None))
                 turn_media.append(len(seq.media) - 1)
@@ -198,8 +202,13 @@ class PromptBuilder:
             seq.input_ids += ids
             seq.labels += ids if seg.trained else [IGNORE_INDEX] * len(ids)
         if self.max_length is not None and len(seq.input_ids) > self.max_length:
-            per = {m: self.media_tokens(m) for m in {s[2] for s in seq.media}}
-            detail = ", ".join(f"{m}: {n} tokens each" for m, n in sorted(per.items())) or "no media"
+            per: dict[str, list[int]] = {}
+            for _, n, m, *_ in seq.media:
+                per.setdefault(m, []).append(n)
+            detail = ", ".join(
+                f"{m}: {counts[0]} tokens each" if len(set(counts)) == 1 else f"{m}: {' + '.join(map(str, counts))} tokens"
+                for m, counts in sorted(per.items())
+            ) or "no media"
             raise ValueError(
                 f"sequence of {len(seq.input_ids)} tokens exceeds max_length={self.max_length} "
                 f"({len(seq.media)} media; {detail}); shorten the conversation or use fewer media"

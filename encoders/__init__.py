@@ -21,6 +21,7 @@ from .preprocessing import (
     clip_timepoints,
     preprocess_audio,
     preprocess_image,
+    preprocess_image_native,
     preprocess_video,
     waveform_to_melspec,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "kaldi_mel_banks",
     "preprocess_audio",
     "preprocess_image",
+    "preprocess_image_native",
     "preprocess_video",
     "resample",
     "waveform_to_melspec",

@@ -4,6 +4,8 @@ Reproduces ``imagebind/data.py`` without torchvision / torchaudio / pytorchvideo
 
 * image: resize shorter side to 224 (PIL bicubic, as torchvision does for PIL images),
   centre crop 224, scale to [0,1], normalise with the CLIP mean/std.
+  ``preprocess_image_native`` (not ImageBind's; for encoder-free patch bridges) keeps the
+  image's own resolution and only normalises (downscaling past a size cap).
 * video: ``clips_per_video`` clips of ``clip_duration`` s spread uniformly over the video
   (pytorchvideo ``ConstantClipsPerVideoSampler``), ``frames_per_clip`` frames per clip
   picked uniformly (``UniformTemporalSubsample``), short side scaled to 224 (bilinear, no
@@ -42,6 +44,7 @@ __all__ = [
     "AUDIO_SAMPLE_RATE",
     "clip_timepoints",
     "preprocess_image",
+    "preprocess_image_native",
     "preprocess_video",
     "preprocess_audio",
     "waveform_to_melspec",
@@ -91,6 +94,29 @@ def preprocess_image(image: Image.Image, size: int = 224) -> torch.Tensor:
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
     image = image.crop((left, top, left + size, top + size))
+    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    return _normalize_chw(x)
+
+
+def preprocess_image_native(image: Image.Image, max_size: int | None = None) -> torch.Tensor:
+    """PIL image of any mode -> normalised float tensor [3, H, W] at the image's own resolution.
+
+    For bridges that read pixels without an encoder (Fuyu / OtterHD patches). The only resize
+    is a downscale when the longer side exceeds ``max_size``: aspect kept, PIL bicubic, sides
+    rounded (at least 1 px); smaller images are never upscaled. Then [0, 1] and the CLIP
+    mean/std, exactly as :func:`preprocess_image`. Sides are not rounded to a patch multiple:
+    the bridge zero-pads right/bottom, and 0 after normalisation is the mean colour.
+    """
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"preprocess_image_native expects a PIL.Image, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise ValueError(f"image has no pixels ({image.width}x{image.height})")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    w, h = image.size
+    if max_size is not None and max(w, h) > max_size:
+        scale = max_size / max(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
     return _normalize_chw(x)
 

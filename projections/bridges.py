@@ -1,8 +1,9 @@
 """Input bridges: ImageBind features -> LLM input embeddings.
 
-A bridge declares what it consumes (``feature_kind``: the pooled ImageBind vector or its
-token sequence) and how many LLM tokens one medium becomes (``num_tokens``). The model
-only talks to this interface, so bridges plug in where NExT-GPT's linear projection sits.
+A bridge declares what it consumes (``feature_kind``: the pooled ImageBind vector, its
+token sequence, per-tile features or raw pixels) and how many LLM tokens one medium becomes
+(``num_tokens``; for tiles and pixels that depends on the medium's ``feature_shape``). The
+model only talks to this interface, so bridges plug in where NExT-GPT's linear projection sits.
 """
 from __future__ import annotations
 
@@ -27,10 +28,19 @@ class Bridge(ModelMixin, ConfigMixin):
     """Base class. Subclasses implement ``forward(features, modality) -> [B, n, llm_dim]``."""
 
     bridge_type = "base"
-    feature_kind = "pooled"  # or "tokens"
+    feature_kind = "pooled"  # or "tokens", "tiles", "pixels"
 
-    def num_tokens(self, modality: str) -> int:
+    def num_tokens(self, modality: str, feature_shape=None) -> int:
+        """LLM tokens one medium becomes; variable-count bridges read its ``feature_shape``."""
         raise NotImplementedError
+
+    def check_modality(self, modality: str) -> None:
+        """Raise ``ValueError`` if this bridge cannot take ``modality`` (the base takes all three)."""
+
+    @property
+    def image_options(self) -> dict:
+        """Keyword options for ``anyany.inputs.load_media`` beyond ``feature_kind`` (how images are cut/sized)."""
+        return {}
 
 
 @register_bridge("linear")
@@ -46,7 +56,7 @@ class LinearBridge(Bridge):
         super().__init__()
         self.proj = nn.Linear(input_dim, llm_dim)
 
-    def num_tokens(self, modality: str) -> int:
+    def num_tokens(self, modality: str, feature_shape=None) -> int:
         return 1
 
     def forward(self, features: torch.Tensor, modality: str | None = None) -> torch.Tensor:

@@ -27,6 +27,7 @@ are what ``config.json`` records, so ``load_bridge`` rebuilds the same module.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "QFormerBridge",
     "ResamplerBridge",
     "TiledBridge",
+    "TiledImage",
     "TokenLinearBridge",
     "select_grid",
     "sincos_2d",
@@ -690,37 +692,70 @@ def select_grid(width: int, height: int, max_tiles: int, tile: int = 224) -> tup
     return best
 
 
+def _clip_normalised(image) -> torch.Tensor:
+    """PIL image -> ``[3, H, W]`` in [0, 1], CLIP-normalised (ImageBind's image normalisation)."""
+    import numpy as np
+
+    from encoders.preprocessing import CLIP_MEAN, CLIP_STD
+
+    x = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
+    return (x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
 def tile_image(image, max_tiles: int = 4, tile: int = 224) -> tuple[torch.Tensor, tuple[int, int]]:
     """Image -> ``(views [1 + R*C, 3, tile, tile], (R, C))`` for :class:`TiledBridge`.
 
     View 0 is the whole image squashed to ``tile x tile`` (LLaVA-NeXT's global view); then the
     tiles in row-major order, cut from the image resized (aspect kept) into the chosen
     ``R*tile x C*tile`` canvas and centred, the border padded with the mean colour. A PIL
-    image is scaled to [0, 1] and CLIP-normalised (ImageBind's preprocessing, so the padding
-    is 0); a ``[3, H, W]`` float tensor is taken as already normalised and padded with 0.
+    image is resized like ImageBind's own preprocessing (PIL bicubic), then scaled to [0, 1]
+    and CLIP-normalised, so the padding is 0; a ``[3, H, W]`` float tensor is taken as already
+    normalised, resized with torch bicubic and padded with 0.
     """
-    if not isinstance(image, torch.Tensor):
-        from encoders.preprocessing import CLIP_MEAN, CLIP_STD
-        import numpy as np
-
+    from_pil = not isinstance(image, torch.Tensor)
+    if from_pil:
         image = image.convert("RGB")
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
-        image = (x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"tile_image expects a PIL image or a [3, H, W] tensor, got {tuple(image.shape)}")
-    image = image.float()
-    _, h, w = image.shape
+        w, h = image.size
+    else:
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"tile_image expects a PIL image or a [3, H, W] tensor, got {tuple(image.shape)}")
+        image = image.float()
+        _, h, w = image.shape
+
+    def resized(size_hw: tuple[int, int]) -> torch.Tensor:
+        if from_pil:
+            from PIL import Image
+
+            return _clip_normalised(image.resize(size_hw[::-1], Image.BICUBIC))
+        return F.interpolate(image[None], size=size_hw, mode="bicubic", align_corners=False)[0]
+
     rows, cols = select_grid(w, h, max_tiles, tile)
     cw, ch = cols * tile, rows * tile
     scale = min(cw / w, ch / h)
     nw, nh = min(cw, max(1, math.ceil(w * scale))), min(ch, max(1, math.ceil(h * scale)))
-    resized = F.interpolate(image[None], size=(nh, nw), mode="bicubic", align_corners=False)[0]
-    canvas = image.new_zeros(3, ch, cw)
+    canvas = torch.zeros(3, ch, cw)
     top, left = (ch - nh) // 2, (cw - nw) // 2
-    canvas[:, top:top + nh, left:left + nw] = resized
+    canvas[:, top:top + nh, left:left + nw] = resized((nh, nw))
     tiles = canvas.reshape(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4).reshape(rows * cols, 3, tile, tile)
-    global_view = F.interpolate(image[None], size=(tile, tile), mode="bicubic", align_corners=False)
-    return torch.cat([global_view, tiles]), (rows, cols)
+    return torch.cat([resized((tile, tile))[None], tiles]), (rows, cols)
+
+
+@dataclass
+class TiledImage:
+    """One image as :class:`TiledBridge` consumes it: ``views [1 + R*C, ...]`` and their ``grid (R, C)``.
+
+    Before the encoder the views are :func:`tile_image`'s pixels ``[1 + R*C, 3, tile, tile]``;
+    after it, each view's ImageBind features (pooled ``[1 + R*C, E]`` or tokens
+    ``[1 + R*C, n, D]``, whichever the inner bridge reads). The grid travels with the views
+    because it fixes the token count and cannot be read off their number (1x3 and 3x1 both
+    give 4 views).
+    """
+
+    views: torch.Tensor
+    grid: tuple[int, int]
+
+    def to(self, *args, **kwargs) -> "TiledImage":
+        return TiledImage(self.views.to(*args, **kwargs), self.grid)
 
 
 @register_bridge("tiled")
@@ -738,7 +773,11 @@ class TiledBridge(Bridge):
     tokens, then the tiles row by row, each row followed by a learned row-separator token.
 
     ``num_tokens("image", feature_shape=(R, C)) = n_inner * (1 + R*C) + R``: for this bridge
-    ``feature_shape`` *is the grid*. Images only; a batch shares one grid.
+    ``feature_shape`` *is the grid*. A batch shares one grid; inside :class:`~anyany.model.AnyToAnyModel`
+    every image is a :class:`TiledImage` and goes through on its own.
+
+    Images only: video and audio raise (``check_modality``); they have no tiles, and the inner
+    bridge is built vision-only, so use a token or pooled bridge for them.
 
     Simplified: LLaVA-NeXT unpads and adds a newline after every *patch* row of the merged
     feature map; Monkey uses per-tile LoRA; LLaVA-UHD uses variable-size slices and a
@@ -781,9 +820,19 @@ class TiledBridge(Bridge):
     def inner_feature_kind(self) -> str:
         return self.inner_bridge.feature_kind
 
-    def _check_grid(self, modality: str, grid) -> tuple[int, int]:
+    @property
+    def image_options(self) -> dict:
+        return {"max_tiles": self.config.max_tiles, "tile_size": self.config.tile_size}
+
+    def check_modality(self, modality: str) -> None:
         if modality != "image":
-            raise ValueError(f"tiled bridge takes images only, got {modality!r}")
+            raise ValueError(
+                f"tiled bridge (AnyRes) takes images only, got {modality!r}; "
+                "use a token or pooled bridge for video and audio"
+            )
+
+    def _check_grid(self, modality: str, grid) -> tuple[int, int]:
+        self.check_modality(modality)
         if grid is None:
             raise ValueError("tiled bridge: the token count depends on the tile grid; pass feature_shape=(rows, cols)")
         r, c = _pair(grid)
@@ -830,27 +879,36 @@ class PatchBridge(Bridge):
     ``patch_size``) is cut into ``patch_size`` squares, each flattened and mapped by one
     ``Linear(3 * p * p -> llm_dim)``; a learned newline embedding follows each patch row
     (Fuyu uses its ``|NEWLINE|`` text token). ``num_tokens("image", (3, H, W)) =
-    ceil(H/p) * (ceil(W/p) + 1)``. Images only: video and audio raise. Simplified: no
-    Fuyu-specific pixel normalisation; pass pixels normalised however the caller likes.
+    ceil(H/p) * (ceil(W/p) + 1)``. Images only: video and audio raise (``check_modality``).
+
+    Inside the model, files are prepared by ``encoders.preprocessing.preprocess_image_native``:
+    the image at its own resolution, downscaled (aspect kept) only when its longer side
+    exceeds ``max_image_size`` (Fuyu's 1920-px canvas), CLIP-normalised like ImageBind's
+    input, so the zero padding is the mean colour. Simplified: Fuyu's processor normalises
+    to [-1, 1]; tensors passed directly may be normalised however the caller likes.
     """
 
     feature_kind = "pixels"
 
     @register_to_config
-    def __init__(self, llm_dim: int = 4096, patch_size: int = 30, channels: int = 3):
+    def __init__(self, llm_dim: int = 4096, patch_size: int = 30, channels: int = 3, max_image_size: int = 1920):
         super().__init__()
         self.proj = nn.Linear(channels * patch_size * patch_size, llm_dim)
         self.newline = nn.Parameter(torch.randn(llm_dim) * 0.02)
 
-    def _check(self, modality: str) -> None:
+    @property
+    def image_options(self) -> dict:
+        return {"max_image_size": self.config.max_image_size}
+
+    def check_modality(self, modality: str) -> None:
         if modality != "image":
             raise ValueError(
-                f"patches bridge (Fuyu/OtterHD) embeds raw image pixels only; it cannot take {modality!r}. "
-                "Use a token or pooled bridge for video and audio."
+                f"patches bridge (Fuyu/OtterHD) embeds raw image pixels only: it accepts images only, "
+                f"not {modality!r}. Use a token or pooled bridge for video and audio."
             )
 
     def num_tokens(self, modality: str, feature_shape=None) -> int:
-        self._check(modality)
+        self.check_modality(modality)
         if feature_shape is None:
             raise ValueError("patches bridge: the token count depends on the image size; pass feature_shape=(3, H, W)")
         h, w = int(feature_shape[-2]), int(feature_shape[-1])
@@ -858,7 +916,7 @@ class PatchBridge(Bridge):
         return math.ceil(h / p) * (math.ceil(w / p) + 1)
 
     def forward(self, features, modality, instruction=None, instruction_mask=None):
-        self._check(modality)
+        self.check_modality(modality)
         if features.ndim != 4 or features.shape[1] != self.config.channels:
             raise ValueError(f"patches bridge expects pixels [B, {self.config.channels}, H, W], got {tuple(features.shape)}")
         p = self.config.patch_size

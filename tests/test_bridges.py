@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -295,3 +296,185 @@ def test_token_bridge_inside_tiny_model():
     out.loss.backward()
     assert torch.isfinite(out.loss)
     assert model.bridge.latents.grad is not None and model.bridge.latents.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------- tiles and pixels inside the model
+# Images of sizes the encoder does not use (224): the tiled bridge picks a 1x3 and a 2x2 grid of
+# 224-px tiles; the patch bridge caps the longer side at 128 px (500x200 -> 128x51, 240x460 -> 67x128).
+VARIABLE_BRIDGES = {
+    "tiled": {"type": "tiled", "inner": {"type": "mlp", "on_tokens": True, "pool_tokens": 2}, "max_tiles": 4},
+    "patches": {"type": "patches", "patch_size": 16, "max_image_size": 128},
+}
+IMAGE_SIZES = {"wide": (500, 200), "tall": (240, 460)}
+
+
+def _model_with(kind):
+    from anyany.config import get_preset
+    from anyany.model import AnyToAnyModel
+
+    config = get_preset("tiny")
+    config.bridge = dict(VARIABLE_BRIDGES[kind])
+    torch.manual_seed(0)
+    return AnyToAnyModel.from_config(config)
+
+
+@pytest.fixture
+def image_files(tmp_path):
+    """Noisy PNGs (so every pixel matters) and a cc3m-style caption file next to them."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = {}
+    for name, (w, h) in IMAGE_SIZES.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[name])
+    rows = [{"caption": f"a {name} picture of noise", "id": str(i), "image_name": f"{name}.png"} for i, name in enumerate(paths)]
+    (tmp_path / "cc3m.json").write_text(json.dumps(rows))
+    convs = [{"id": f"c{i}", "turns": [
+        {"role": "human", "text": "What is this?", "media": [{"modality": "image", "path": f"{name}.png"}]},
+        {"role": "gpt", "text": f"A {name} picture."}]} for i, name in enumerate(paths)]
+    (tmp_path / "mosit.json").write_text(json.dumps(convs))
+    return paths
+
+
+def _caption_batch(model, features):
+    """Stage-1 sequences, one per image in ``features["image"]`` (a list: their sizes differ)."""
+    from anyany.inputs import media_shapes
+
+    seqs = [model.prompts.encode_segments(model.prompts.caption_segments("image", i, f"picture {i}", "Describe."),
+                                          feature_shapes=media_shapes(features))
+            for i in range(len(features["image"]))]
+    return model.collate(seqs)
+
+
+@pytest.mark.parametrize("kind", sorted(VARIABLE_BRIDGES))
+def test_variable_count_image_files_train_the_bridge_in_stage1(kind, image_files):
+    from anyany.inputs import media_shape, media_shapes
+    from anyany.tokens import ChatTurn
+    from projections import TiledImage
+
+    model = _model_with(kind)
+    inputs = {name: model.load_media(path)[1] for name, path in image_files.items()}
+    if kind == "tiled":
+        assert model.bridge.config.tile_size == 224  # filled from the encoder's image size
+        assert isinstance(inputs["wide"], TiledImage) and inputs["wide"].grid == (1, 3)
+        assert inputs["wide"].views.shape == (4, 3, 224, 224) and inputs["tall"].grid == (2, 2)
+    else:
+        assert inputs["wide"].shape == (3, 51, 128) and inputs["tall"].shape == (3, 128, 67)
+    features = {"image": model.encode_media("image", [inputs["wide"], inputs["tall"]])}
+    counts = [model.bridge.num_tokens("image", media_shape(f)) for f in features["image"]]
+    if kind == "patches":
+        assert counts == [4 * (8 + 1), 8 * (5 + 1)]  # rows x (cols + newline), the sizes differ
+    else:
+        per_view = model.bridge.inner_bridge.num_tokens("image")
+        assert counts == [per_view * 4 + 1, per_view * 5 + 2]  # global + tiles, a separator per row
+    batch = _caption_batch(model, features)
+    assert [s.length for s in batch["media_slots"]] == counts
+    assert (batch["input_ids"] == model.token_ids.placeholder).sum(1).tolist() == counts
+    model.prompts.max_length = 40  # the overflow error names each medium's own count
+    turns = [ChatTurn("human", "Compare them.", [("image", 0), ("image", 1)]), ChatTurn("gpt", "ok")]
+    with pytest.raises(ValueError, match=rf"exceeds max_length=40.*image: {counts[0]} \+ {counts[1]} tokens"):
+        model.prompts.encode_segments(model.prompts.conversation_segments(turns), feature_shapes=media_shapes(features))
+    model.prompts.max_length = model.config.llm.max_length
+
+    model.set_stage("stage1")
+    out = model(**batch, media_features=features)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    bridge_params = {f"bridge.{n}" for n, _ in model.bridge.named_parameters()}
+    assert with_grad == bridge_params, with_grad ^ bridge_params
+    assert all(p.grad.abs().sum() > 0 for p in model.bridge.parameters())
+
+
+@pytest.mark.parametrize("kind", sorted(VARIABLE_BRIDGES))
+def test_variable_count_cached_features_give_the_uncached_loss(kind, image_files, tmp_path):
+    import functools
+
+    from projections import TiledImage
+    from training.cli import _media_meta, build_dataset, encode_media_file
+    from training.data import Collator, resolve_frozen
+    from training.features import FeatureCache, build_media_cache, media_key
+    from training.records import read_caption_pairs, read_conversations
+
+    model = _model_with(kind).eval()
+    kind_ = model.bridge.feature_kind
+    folder = tmp_path / "media-cache"
+    build_media_cache(folder, list(image_files.values()), functools.partial(encode_media_file, model), kind_,
+                      _media_meta(model), progress=False)
+    stored = FeatureCache(folder).get_media(media_key(image_files["wide"], kind_))
+    if kind == "tiled":  # per-view ImageBind tokens (the inner bridge reads tokens) and the grid
+        assert isinstance(stored, TiledImage) and stored.grid == (1, 3) and stored.views.shape[:2] == (4, 257)
+    else:  # the preprocessed pixels
+        assert stored.shape == (3, 51, 128)
+    with pytest.raises(ValueError, match="was made for something else"):
+        FeatureCache.open(folder, {**_media_meta(model), "feature_kind": kind_, "embed_dim": -1})
+
+    for stage, records in (("stage1", read_caption_pairs(tmp_path / "cc3m.json")[0]),
+                           ("stage3", read_conversations(tmp_path / "mosit.json")[0])):
+        losses = {}
+        for cache in (None, folder):
+            ds = build_dataset(stage, records, model, cache, None, "Describe this.")
+            batch = Collator(model.prompts, model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+            kind_of_media, value = batch["media"]["image"]
+            assert kind_of_media == ("features" if cache else "raw") and isinstance(value, list)
+            with torch.no_grad():
+                losses[cache] = model(**resolve_frozen(batch, model, None)).loss
+        torch.testing.assert_close(losses[folder], losses[None], rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("kind", sorted(VARIABLE_BRIDGES))
+def test_variable_count_save_load_gives_identical_logits(kind, image_files, tmp_path):
+    from anyany.model import AnyToAnyModel
+
+    model = _model_with(kind).eval()
+    with torch.no_grad():  # move the bridge off its seeded init, so the round trip has to carry it
+        for p in model.bridge.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AnyToAnyModel.from_pretrained(tmp_path / "ckpt").eval()
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert type(loaded.bridge) is type(model.bridge) and public(loaded.bridge.config) == public(model.bridge.config)
+
+    def logits(m):
+        inputs = [m.load_media(p)[1] for p in image_files.values()]
+        features = {"image": m.encode_media("image", inputs)}
+        batch = _caption_batch(m, features)
+        with torch.no_grad():
+            embeds = m.embed_inputs(batch["input_ids"], batch["media_slots"], features)
+            return m.llm.get_base_model()(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
+
+    torch.testing.assert_close(logits(loaded), logits(model), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", sorted(VARIABLE_BRIDGES))
+def test_variable_count_pipeline_answers_about_an_image(kind, image_files):
+    from anyany.generation import ScriptedTokens
+    from anyany.inputs import media_shape
+    from anyany.pipeline import AnyToAnyPipeline
+
+    pipe = AnyToAnyPipeline(_model_with(kind), progress=False)
+    tok = pipe.model.tokenizer
+    out = pipe("What is in these pictures?", media=[str(image_files["wide"]), str(image_files["tall"])],
+               logits_processor=[ScriptedTokens(tok("noise", add_special_tokens=False).input_ids, tok.eos_token_id)])
+    assert out.text == "noise" and out.media == []
+    turns, features = pipe.encode_media(pipe.check_inputs("What?", None, [str(image_files["wide"])]))
+    pipe.prepare_inputs(turns, features)
+    reserved = int(pipe._media_mask[1].sum())
+    assert reserved == pipe.model.bridge.num_tokens("image", media_shape(features["image"][0]))
+
+
+def test_patches_model_refuses_audio_with_a_clear_error(tmp_path):
+    import soundfile as sf
+
+    from anyany.pipeline import AnyToAnyPipeline
+
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, np.sin(np.linspace(0, 800, 8000)).astype("float32"), 8000)
+    model = _model_with("patches")
+    with pytest.raises(ValueError, match="patches.*accepts images only"):
+        model.bridge.num_tokens("audio", (1, 128, 204))
+    with pytest.raises(ValueError, match="patches.*accepts images only"):
+        model.encode_media(*model.load_media(wav))
+    with pytest.raises(ValueError, match="patches.*accepts images only"):
+        AnyToAnyPipeline(model, progress=False)("what is this sound?", media=[str(wav)])

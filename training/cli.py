@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import fields
 from pathlib import Path
 
@@ -118,8 +119,19 @@ class LazyDecoders:
 
 
 def _media_meta(model) -> dict:
+    """What the cached media features depend on besides the files (checked when a cache is opened)."""
     ib = model.config.encoder.imagebind
-    return {"embed_dim": ib.embed_dim, "vision_width": ib.vision_width, "audio_width": ib.audio_width}
+    meta = {"embed_dim": ib.embed_dim, "vision_width": ib.vision_width, "audio_width": ib.audio_width}
+    meta.update(model.bridge.image_options)  # tiles: max_tiles, tile_size; pixels: max_image_size
+    if model.bridge.feature_kind == "tiles":
+        meta["tile_features"] = model.bridge.inner_feature_kind  # per-view pooled vectors or tokens
+    return meta
+
+
+def encode_media_file(model, path):
+    """One media file -> what the media cache stores for this model's bridge (see ``build_media_cache``)."""
+    modality, inputs = model.load_media(path)
+    return model.encode_media(modality, [inputs])[0]
 
 
 def build_dataset(stage: str, records, model, media_cache, target_cache, instruction):
@@ -127,7 +139,8 @@ def build_dataset(stage: str, records, model, media_cache, target_cache, instruc
     from .features import FeatureCache
 
     kind = model.bridge.feature_kind
-    media = MediaSource(FeatureCache.open(media_cache, {**_media_meta(model), "feature_kind": kind}), kind)
+    cache = FeatureCache.open(media_cache, {**_media_meta(model), "feature_kind": kind})
+    media = MediaSource(cache, kind, model.bridge.image_options)
     targets = TargetSource(FeatureCache.open(target_cache), target_sources(model))
     if stage == "stage1":
         return CaptionDataset(records, media, instruction)
@@ -164,8 +177,6 @@ def cmd_train(args) -> int:
 def cmd_cache(args) -> int:
     import torch
 
-    from anyany.inputs import load_media
-
     from .features import build_media_cache, build_target_cache
     from .records import read_caption_pairs, read_conversations
 
@@ -180,11 +191,7 @@ def cmd_cache(args) -> int:
                 convs, _ = read_conversations(path, args.media_root)
                 paths += [ref.path for c in convs for t in c.turns for ref in t.media_in]
         kind = model.bridge.feature_kind
-
-        def encode(p):
-            modality, tensor = load_media(p)
-            return model.encode_media(modality, tensor.unsqueeze(0))[0]
-
+        encode = functools.partial(encode_media_file, model)
         cache = build_media_cache(args.out, paths, encode, kind, _media_meta(model), progress=not args.quiet)
     else:
         captions: dict[str, list[str]] = {}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
-from anyany.inputs import load_media
+from anyany.inputs import batch_media, load_media, media_shape
 from anyany.media import MediaError
 from anyany.tokens import ChatTurn
 
@@ -22,16 +22,21 @@ from .records import CaptionPair, Conversation, TextCaption
 
 @dataclass
 class MediaSource:
-    """Features from ``cache`` when given, else preprocessed media for the encoder."""
+    """Features from ``cache`` when given, else preprocessed media for the encoder.
+
+    ``feature_kind`` and ``image_options`` are the bridge's: they decide how images are
+    prepared (``anyany.inputs.load_media``) and which cache entries are read.
+    """
 
     cache: FeatureCache | None
-    feature_kind: str  # "pooled" | "tokens"
+    feature_kind: str  # "pooled" | "tokens" | "tiles" | "pixels"
+    image_options: dict = field(default_factory=dict)
 
-    def load(self, modality: str, path, context: str = "") -> tuple[str, torch.Tensor]:
+    def load(self, modality: str, path, context: str = "") -> tuple[str, object]:
         if self.cache is not None:
-            return "features", self.cache.get(media_key(path, self.feature_kind)).float()
+            return "features", self.cache.get_media(media_key(path, self.feature_kind)).to(torch.float32)
         try:
-            return "raw", load_media(path, modality)[1]
+            return "raw", load_media(path, modality, self.feature_kind, **self.image_options)[1]
         except MediaError as err:
             raise MediaError(f"{context}: {err}" if context else str(err)) from err
 
@@ -53,7 +58,7 @@ class TargetSource:
 class Example:
     turns: list[ChatTurn] | None = None  # media_in / media_out hold (modality, index into media / targets)
     signal: tuple[str, str] | None = None  # stage 2: (caption, modality)
-    media: list[tuple[str, str, torch.Tensor]] = field(default_factory=list)  # (modality, kind, value)
+    media: list[tuple[str, str, object]] = field(default_factory=list)  # (modality, kind, tensor | TiledImage)
     targets: list[tuple[str, str, object]] = field(default_factory=list)  # (modality, kind, tensor | caption)
 
 
@@ -124,9 +129,12 @@ class Collator:
 
         media: dict[str, list] = {}
         targets: dict[str, list] = {}
+        shapes: dict[str, list] = {}  # per medium: what fixes its token count (variable for tiles / pixels)
         sequences = []
         for ex in examples:
             media_index = [self._append(media, m, k, v) for m, k, v in ex.media]
+            for m, _, v in ex.media:
+                shapes.setdefault(m, []).append(media_shape(v))
             target_index = [self._append(targets, m, k, v) for m, k, v in ex.targets]
             if ex.signal is not None:
                 caption, modality = ex.signal
@@ -138,7 +146,7 @@ class Collator:
                     for t in ex.turns
                 ]
                 segments = self.prompts.conversation_segments(turns)
-            sequences.append(self.prompts.encode_segments(segments))
+            sequences.append(self.prompts.encode_segments(segments, feature_shapes=shapes))
         batch = collate_sequences(sequences, self.pad_id)
         batch["media"] = {m: self._stack(v) for m, v in media.items()}
         batch["targets"] = {m: self._stack(v) for m, v in targets.items()}
@@ -156,7 +164,7 @@ class Collator:
             raise ValueError(f"a batch mixes cached and uncached items ({sorted(kinds)}); cache all or none")
         kind = kinds.pop()
         values = [v for _, v in items]
-        return kind, (values if kind == "caption" else torch.stack(values))
+        return kind, (values if kind == "caption" else batch_media(values))
 
 
 def resolve_frozen(batch: dict, model, decoders) -> dict:

@@ -17,8 +17,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from projections.literature import TiledImage
+
 INDEX = "index.json"
 SHARD_SIZE = 4096  # entries per shard
+GRID_SUFFIX = ".grid"  # a tiled image's (rows, cols), stored next to its per-view features
 
 
 def media_key(path, feature_kind: str) -> str:
@@ -75,6 +78,12 @@ class FeatureCache:
             self._loaded.add(shard)
         return self._tensors[key]
 
+    def get_media(self, key: str):
+        """A cached medium: its feature tensor, or a ``TiledImage`` when a grid is stored with it."""
+        if key + GRID_SUFFIX in self.entries:
+            return TiledImage(self.get(key), tuple(int(v) for v in self.get(key + GRID_SUFFIX)))
+        return self.get(key)
+
     def write(self, items: dict[str, torch.Tensor]) -> None:
         """Add entries in new shards; the index is replaced atomically last."""
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -96,20 +105,30 @@ class FeatureCache:
 def build_media_cache(
     folder,
     paths: Iterable[Path],
-    encode: Callable[[Path], torch.Tensor],
+    encode: Callable[[Path], object],
     feature_kind: str,
     meta: dict,
     dtype: torch.dtype = torch.float16,
     progress: bool = True,
 ) -> FeatureCache:
-    """Encode every distinct media file once and store its features (fp16 by default)."""
+    """Encode every distinct media file once and store what the bridge reads (fp16 by default).
+
+    ``encode(path)`` gives a tensor (pooled / tokens; preprocessed pixels for ``"pixels"``) or,
+    for ``"tiles"``, a ``TiledImage`` whose per-view features and grid are stored side by side.
+    """
     cache = FeatureCache(folder, {**meta, "feature_kind": feature_kind})
     todo: dict[str, Path] = {}
     for p in paths:
         key = media_key(p, feature_kind)
         if key not in cache and key not in todo:
             todo[key] = Path(p)
-    out = {key: encode(path).to(dtype) for key, path in tqdm(todo.items(), desc="cache media", disable=not progress)}
+    out = {}
+    for key, path in tqdm(todo.items(), desc="cache media", disable=not progress):
+        value = encode(path)
+        if isinstance(value, TiledImage):
+            out[key + GRID_SUFFIX] = torch.tensor(value.grid, dtype=torch.int64)  # exact ints, not cast to dtype
+            value = value.views
+        out[key] = value.to(dtype)
     cache.write(out)
     return cache
 
