@@ -100,10 +100,11 @@ def _friendly(message: str, path: Path, name: str) -> str:
     return message.replace(repr(str(path)), f"'{name}'").replace(str(path), name)
 
 
-def validate_upload(path, max_bytes: int | None, name: str | None = None) -> str | None:
+def validate_upload(path, max_bytes: int | None, name: str | None = None, bridge=None) -> str | None:
     """``None`` if ``path`` is usable, else a message naming the file, the problem and what is accepted.
 
-    Checks, cheapest first: known extension, exists, non-empty, size limit, actually decodes
+    Checks, cheapest first: known extension, the model's bridge takes that modality (e.g. the
+    patches bridge takes images only), exists, non-empty, size limit, actually decodes
     (``anyany.inputs.load_media``: the same reading + preprocessing the pipeline does).
     """
     from .inputs import load_media  # pulls in the encoders' preprocessing
@@ -116,6 +117,11 @@ def validate_upload(path, max_bytes: int | None, name: str | None = None) -> str
         ext = path.suffix.lower() or "(none)"
         return f"'{name}': unsupported file type {ext}. Accepted files: {accepted_summary()}."
     accepted = ", ".join(ACCEPTED_EXTENSIONS[modality])
+    if bridge is not None:
+        try:
+            bridge.check_modality(modality)
+        except ValueError as err:
+            return f"'{name}': this model cannot read {modality} ({err})."
     if not path.is_file():
         return f"'{name}': the upload did not arrive (file not found). Please attach it again."
     size = path.stat().st_size
@@ -262,7 +268,7 @@ class ChatApp:
 
         problems, stored = [], []
         for f, name in zip(files, names):
-            problem = validate_upload(f, self.max_bytes, name)
+            problem = validate_upload(f, self.max_bytes, name, bridge=self.pipe.model.bridge)
             if problem is None:
                 try:
                     stored.append(session.store_upload(f))

@@ -21,7 +21,7 @@ from PIL import Image
 
 from anyany.config import get_preset
 from anyany.model import AnyToAnyModel
-from training.cli import LazyDecoders, _media_meta, build_dataset, target_sources
+from training.cli import LazyDecoders, _media_meta, build_dataset, encode_media_file, target_sources
 from training.data import Collator, resolve_frozen
 from training.features import build_media_cache, build_target_cache
 from training.records import read_caption_pairs, read_text_captions
@@ -82,14 +82,7 @@ def main():
         random.Random(0).shuffle(pairs)  # each batch mixes images, videos and sounds
         captions, _ = read_text_captions(files[0], "image")
         kind = model.bridge.feature_kind
-
-        def encode(p):
-            from anyany.inputs import load_media
-
-            modality, x = load_media(p)
-            return model.encode_media(modality, x[None])[0]
-
-        build_media_cache(tmp / "media", [p.media for p in pairs], encode, kind, _media_meta(model), progress=False)
+        build_media_cache(tmp / "media", [p.media for p in pairs], lambda p: encode_media_file(model, p), kind, _media_meta(model), progress=False)
         with torch.no_grad():
             build_target_cache(tmp / "targets", [c.caption for c in captions], decoders("image").encode_text,
                                target_sources(model)["image"], {}, progress=False)

@@ -229,3 +229,18 @@ def test_browser_round_trip(server, files, forcing):
                 browser.close()
     finally:
         forcing.on = False
+
+
+def test_upload_of_a_modality_the_bridge_cannot_read_is_refused_up_front(tmp_path):
+    from anyany.app_logic import validate_upload
+    from projections import build_bridge
+
+    wav, png = tmp_path / "tone.wav", tmp_path / "pic.png"
+    sf.write(wav, np.sin(np.arange(16000) * 0.1).astype("float32") * 0.3, 16000)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(png)
+    patches = build_bridge({"type": "patches", "llm_dim": 8, "patch_size": 10})
+    message = validate_upload(wav, None, "tone.wav", bridge=patches)
+    assert message is not None and message.startswith("'tone.wav': this model cannot read audio")
+    assert "images only" in message
+    assert validate_upload(png, None, "pic.png", bridge=patches) is None
+    assert validate_upload(wav, None, "tone.wav", bridge=build_bridge({"type": "linear", "input_dim": 4, "llm_dim": 8})) is None
