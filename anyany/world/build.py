@@ -30,7 +30,7 @@ class BuildPlan:
     image_minutes: float = 3.5
     video_minutes: float = 4.0
     audio_steps: int | None = None  # the audio trainer's own default
-    stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 500, "stage3": 700})
+    stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 700})
     stage_lr: dict = field(default_factory=lambda: {"stage1": 3e-3, "stage2": 2e-3, "stage3": 2e-3})
     batch_size: int = 32
     eval_seeds: int = 1
@@ -117,13 +117,12 @@ def world_config(home: Path):
 
 
 def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict:
-    from training.cli import LazyDecoders, _media_meta, build_dataset, target_sources
+    from training.cli import LazyDecoders, _media_meta, build_dataset, encode_media_file, target_sources
     from training.features import build_media_cache, build_target_cache
     from training.loop import train_stage
     from training.records import read_caption_pairs, read_conversations, read_text_captions
     from training.recipes import TrainConfig
 
-    from ..inputs import load_media
     from ..model import AnyToAnyModel
 
     world = home / "world" / "train"
@@ -139,12 +138,8 @@ def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict
         captions += read_text_captions(world / f"captions_{m}.json", m)[0]
     convs = read_conversations(world / "mosit.json")[0]
 
-    def encode(path):
-        modality, x = load_media(path)
-        return model.encode_media(modality, x[None])[0]
-
     media_paths = [p.media for p in pairs] + [r.path for c in convs for turn in c.turns for r in turn.media_in]
-    build_media_cache(home / "cache" / "media", media_paths, encode, model.bridge.feature_kind, _media_meta(model), progress=progress)
+    build_media_cache(home / "cache" / "media", media_paths, lambda p: encode_media_file(model, p), model.bridge.feature_kind, _media_meta(model), progress=progress)
     sources = target_sources(model)
     by_modality: dict[str, list[str]] = {}
     for c in captions:
@@ -175,6 +170,10 @@ def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict
 
 
 def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: int = 1) -> dict:
+    """Held-out report. Each stage is judged on its own output, as NExT-GPT's stages are meant:
+    stage-1 captions on ``runs/stage1``, stage-2 retrieval on ``runs/stage2``, end to end on the
+    final model (whose captions are reported too, as ``final_caption``). With ``checkpoint``
+    every metric is taken on that one model (e.g. an untrained baseline)."""
     from training.cli import LazyDecoders
     from training.records import read_caption_pairs
 
@@ -182,30 +181,49 @@ def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: in
     from . import evaluate
     from .data import split_items
 
-    pipe = AnyToAnyPipeline.from_pretrained(str(checkpoint or home / MODEL), progress=False)
+    home = Path(home)
+
+    def stage_output(stage: str) -> Path:
+        if checkpoint is not None:
+            return Path(checkpoint)
+        folder = home / "runs" / stage / "final"
+        return folder if folder.is_dir() else home / MODEL
+
+    pipes: dict[Path, AnyToAnyPipeline] = {}
+
+    def pipeline(path: Path) -> AnyToAnyPipeline:
+        if path not in pipes:
+            pipes[path] = AnyToAnyPipeline.from_pretrained(str(path), progress=False)
+        return pipes[path]
+
+    final = Path(checkpoint) if checkpoint is not None else home / MODEL
     held = home / "world" / "heldout"
     lookup = {it.caption: it for items in split_items("heldout").values() for it in items}
     media = []
     for name, modality in (("cc3m", "image"), ("webvid", "video"), ("audiocap", "audio")):
         for row in read_caption_pairs(held / f"{name}.json")[0]:
             media.append((modality, lookup[row.caption], row.media))
-    report = {"stage1_caption": evaluate.stage1_caption_accuracy(pipe, media, pipe.model.config.stage1_instruction, progress=progress)}
+    instruction = pipeline(final).model.config.stage1_instruction
+    report = {"stage1_caption": evaluate.stage1_caption_accuracy(pipeline(stage_output("stage1")), media, instruction, progress=progress)}
+    if stage_output("stage1") != final:
+        report["final_caption"] = evaluate.stage1_caption_accuracy(pipeline(final), media, instruction, progress=progress)
     every = {m: [it.caption for it in items] for m, items in split_items("train").items()}
     for m, items in split_items("heldout").items():
         every[m] += [it.caption for it in items]
     heldout_caps = {m: [it.caption for it in items] for m, items in split_items("heldout").items()}
-    report["stage2_retrieval"] = evaluate.stage2_retrieval_accuracy(pipe.model, LazyDecoders(pipe.model), heldout_caps, every)
-    e2e = [evaluate.end_to_end_accuracy(pipe, split_items("heldout"), seed=s * 1000, progress=progress) for s in range(seeds)]
+    stage2 = pipeline(stage_output("stage2")).model
+    report["stage2_retrieval"] = evaluate.stage2_retrieval_accuracy(stage2, LazyDecoders(stage2), heldout_caps, every)
+    e2e = [evaluate.end_to_end_accuracy(pipeline(final), split_items("heldout"), seed=s * 1000, progress=progress) for s in range(seeds)]
     report["end_to_end"] = e2e[0] if seeds == 1 else {m: {k: sum(r[m][k] for r in e2e) / seeds for k in e2e[0][m]} for m in e2e[0]}
     return report
 
 
 def format_report(report: dict) -> str:
     lines = []
-    s1 = report.get("stage1_caption", {})
-    for m, r in s1.items():
-        attrs = ", ".join(f"{k} {v:.0%}" for k, v in r.items() if k not in ("all", "n"))
-        lines.append(f"stage 1 caption  {m:<6} all attributes {r['all']:.0%}  ({attrs}; n={r['n']})")
+    for key, label in (("stage1_caption", "stage 1 caption "), ("final_caption", "final caption   ")):
+        for m, r in report.get(key, {}).items():
+            attrs = ", ".join(f"{k} {v:.0%}" for k, v in r.items() if k not in ("all", "n"))
+            lines.append(f"{label} {m:<6} all attributes {r['all']:.0%}  ({attrs}; n={r['n']})")
     for m, r in report.get("stage2_retrieval", {}).items():
         lines.append(f"stage 2 retrieval {m:<6} top-1 {r['top1']:.0%}  (n={r['n']}, among {r['candidates']})")
     for m, r in report.get("end_to_end", {}).items():

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import AnyToAnyConfig
 from ..media import write_audio, write_image, write_video
 from . import spec
 from .spec import AudioItem, ImageItem, VideoItem
@@ -121,10 +122,13 @@ class WorldFiles:
 
 # ------------------------------------------------------------------------------ text templates
 
+# The last question is stage 1's modality-blind instruction: instruction tuning keeps the
+# model answering it from the medium alone (LLaVA-style mixing of caption data into stage 3).
+_CAPTION = AnyToAnyConfig.stage1_instruction
 _DESCRIBE = {
-    "image": ("What is in this image?", "Describe this picture.", "What do you see here?"),
-    "video": ("What happens in this video?", "Describe this clip.", "What is moving here?"),
-    "audio": ("What do you hear?", "Describe this sound.", "What kind of sound is this?"),
+    "image": ("What is in this image?", "Describe this picture.", "What do you see here?", _CAPTION),
+    "video": ("What happens in this video?", "Describe this clip.", "What is moving here?", _CAPTION),
+    "audio": ("What do you hear?", "Describe this sound.", "What kind of sound is this?", _CAPTION),
 }
 _ANSWER = {
     "image": ("It is {c}.", "This picture shows {c}.", "I see {c}."),
