@@ -32,3 +32,15 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_ckpt")
     tiny_model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def reduced_miniature(tmp_path_factory):
+    """The reduced miniature world, built once per session: world, frozen parts, stages 1-3 and the
+    held-out report (``anyany.world.build.build(quick=True)``). Returns ``(home, report)``; tests that
+    only need the frozen parts (e.g. the bridge comparison) share the same build."""
+    from anyany.world.build import build
+
+    home = tmp_path_factory.mktemp("reduced_miniature") / "miniature"
+    report = build(home, quick=True, progress=False)
+    return home, report

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anyany.world import checkers, spec
-from anyany.world.build import MODEL, build, evaluate_world, world_config
+from anyany.world.build import MODEL, evaluate_world, world_config
 
 
 def test_checkers_are_exact_on_ground_truth():
@@ -28,9 +28,8 @@ def test_checkers_are_exact_on_ground_truth():
 
 
 @pytest.mark.slow
-def test_reduced_miniature_run_beats_untrained_baseline(tmp_path):
-    home = tmp_path / "miniature"
-    report = build(home, quick=True, progress=False)
+def test_reduced_miniature_run_beats_untrained_baseline(reduced_miniature, tmp_path):
+    home, report = reduced_miniature  # built once per session (tests/conftest.py), shared with test_bridges_world
     (tmp_path / "report.json").write_text(json.dumps(report, indent=2))
 
     from anyany.model import AnyToAnyModel
