@@ -19,16 +19,22 @@ from tqdm.auto import tqdm
 
 DEFAULT_HOME = Path(os.environ.get("ANYANY_HOME", Path.home() / ".cache" / "anyany")) / "miniature"
 MODEL = "model"  # the final stage-3 model folder inside home
+# Modules defining the world decoders' own component classes (named in their model_index.json).
+COMPONENT_MODULES = {"audioldm": ["anyany.world.vocoder"]}
 
 
 @dataclass
 class BuildPlan:
-    """Minutes for the frozen parts and steps for the stages. ``quick`` is the CI-sized run."""
+    """Budgets of the frozen parts (wall minutes and/or steps) and steps of the stages.
+    ``quick`` is the CI-sized run. The decoders get step counts in the full build, so their
+    quality does not depend on how busy the machine is."""
 
     imagebind_minutes: float = 3.5
     llm_minutes: float = 2.0
-    image_minutes: float = 3.5
-    video_minutes: float = 4.0
+    image_minutes: float | None = None
+    image_steps: int | None = 1500
+    video_minutes: float | None = None
+    video_steps: int | None = 1500
     audio_steps: int | None = None  # the audio trainer's own default
     stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 700})
     stage_lr: dict = field(default_factory=lambda: {"stage1": 3e-3, "stage2": 2e-3, "stage3": 2e-3})
@@ -38,7 +44,8 @@ class BuildPlan:
     @classmethod
     def quick(cls) -> "BuildPlan":
         # The frozen parts get a fraction of their time; the stages are cheap, so they keep theirs.
-        return cls(imagebind_minutes=1.0, llm_minutes=0.8, image_minutes=0.7, video_minutes=0.7, audio_steps=300)
+        return cls(imagebind_minutes=1.0, llm_minutes=0.8, image_minutes=0.7, image_steps=None, video_minutes=0.7,
+                   video_steps=None, audio_steps=300)
 
 
 # ---------------------------------------------------------------------------- frozen parts
@@ -64,7 +71,8 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict) -> tuple[str, flo
         from . import visual_decoders
 
         train = getattr(visual_decoders, f"train_{name}_decoder")
-        train(frozen / "decoders" / name, seed=seed, minutes=plan[f"{name}_minutes"], progress=False)
+        train(frozen / "decoders" / name, seed=seed, minutes=plan[f"{name}_minutes"], steps=plan[f"{name}_steps"],
+              progress=False)
     elif name == "audio":
         from .audio_decoder import train_audio_decoder
 
@@ -75,7 +83,7 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict) -> tuple[str, flo
 
 
 def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, progress: bool) -> dict:
-    jobs = ["imagebind", "image", "video", "llm", "audio"]  # longest first
+    jobs = ["video", "image", "imagebind", "audio", "llm"]  # longest first
     times = {}
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(_pretrain_job, j, str(home), seed, vars(plan)) for j in jobs]
@@ -108,8 +116,7 @@ def world_config(home: Path):
         folder = frozen / "decoders" / m
         sampling = json.loads((folder / "sampling.json").read_text()) if (folder / "sampling.json").is_file() else {}
         known = {k: v for k, v in sampling.items() if k in DecoderConfig.__dataclass_fields__}
-        modules = ["anyany.world.vocoder"] if kind == "audioldm" else []  # its Griffin-Lim vocoder class
-        dec_cfg = DecoderConfig(kind=kind, name_or_path=str(folder), component_modules=modules, **known)
+        dec_cfg = DecoderConfig(kind=kind, name_or_path=str(folder), component_modules=COMPONENT_MODULES.get(kind, []), **known)
         cfg.decoders[m] = dec_cfg
         shape = build_decoder(dec_cfg, progress=False).conditioning_shape
         cfg.output_projections[m] = tiny_output_projection(*shape)

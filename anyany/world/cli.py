@@ -54,7 +54,7 @@ def cmd_demo(args) -> int:
 
     home = Path(args.home)
     if not (home / MODEL / "anyany_config.json").is_file():
-        print(f"no miniature model in {home}: training it now (about 15 minutes on 2 cores; cached afterwards)")
+        print(f"no miniature model in {home}: training it now (about 17 minutes on 2 cores; cached afterwards)")
         build(home, progress=not args.quiet)
     pipe = AnyToAnyPipeline.from_pretrained(str(home / MODEL), progress=not args.quiet)
     result = pipe(args.prompt, seed=args.seed, output_dir=args.out)
