@@ -177,13 +177,8 @@ def _imagebind(model, path, memo: dict) -> dict:
 
 def encode_file(model, path):
     """One file -> what the media cache stores for ``model``'s bridge (the training CLI's own encoder)."""
-    try:
-        from training.cli import encode_media_file
-    except ImportError:  # before the tiled / patches media path
-        from anyany.inputs import load_media
+    from training.cli import encode_media_file
 
-        modality, x = load_media(path)
-        return model.encode_media(modality, x[None])[0]
     return encode_media_file(model, path)
 
 
@@ -192,7 +187,7 @@ def cached_medium(cache, path, kind: str):
     from training.features import media_key
 
     key = media_key(path, kind)
-    value = cache.get_media(key) if hasattr(cache, "get_media") else cache.get(key)
+    value = cache.get_media(key)
     value = value.to(torch.float32)
     return value[None] if isinstance(value, torch.Tensor) else [value]
 
@@ -529,6 +524,10 @@ def write_markdown(path: Path, result: dict) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+NO_MATPLOTLIB = ("bench/bridges.py draws its plot with matplotlib, which is not installed: "
+                 "pip install -e '.[bench]' (or pip install matplotlib), or pass --no-plot")
+
+
 def write_plot(path: Path, result: dict) -> None:
     try:
         import matplotlib
@@ -536,8 +535,7 @@ def write_plot(path: Path, result: dict) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as err:
-        raise SystemExit("bench/bridges.py draws its plot with matplotlib, which is not installed: "
-                         "pip install -e '.[bench]' (or pip install matplotlib), or pass --no-plot") from err
+        raise SystemExit(NO_MATPLOTLIB) from err
     bridges = result["bridges"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 6), sharey=True)
     cmap = plt.get_cmap("tab10")
@@ -723,9 +721,8 @@ def main(argv=None) -> dict:
     if not args.no_plot:  # fail before the runs, not after
         try:
             import matplotlib  # noqa: F401
-        except ImportError:
-            raise SystemExit("bench/bridges.py draws its plot with matplotlib, which is not installed: "
-                             "pip install -e '.[bench]' (or pip install matplotlib), or pass --no-plot")
+        except ImportError as err:
+            raise SystemExit(NO_MATPLOTLIB) from err
     out = args.out
     if args.render:
         result = json.loads(args.render.read_text())
