@@ -172,6 +172,15 @@ def _batch(tokenizer, lines, embed, slot_noise: float, generator):
     return embeds, mask, labels
 
 
+def _budget_used(step: int, steps: int | None, start: float, budget_seconds: float) -> float | None:
+    """The fraction of the budget used (``steps`` if given, else wall seconds since ``start``),
+    clamped to 1, or None once it is spent."""
+    elapsed = time.time() - start
+    if (steps is not None and step >= steps) or (steps is None and elapsed > budget_seconds):
+        return None
+    return min(step / steps if steps else elapsed / budget_seconds, 1.0)
+
+
 def train_llm(
     out_folder,
     corpus=None,
@@ -203,12 +212,11 @@ def train_llm(
     step, losses = 0, []
     llm.train()
     while True:
-        elapsed = time.time() - t0
-        if (steps is not None and step >= steps) or (steps is None and elapsed > budget):
+        frac = _budget_used(step, steps, t0, budget)
+        if frac is None:
             break
-        frac = step / steps if steps else elapsed / budget
         for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            group["lr"] = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         embeds, mask, labels = _batch(tokenizer, rng.sample(corpus, batch_size), llm.get_input_embeddings(), slot_noise, g)
         loss = llm(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
         opt.zero_grad()
@@ -328,12 +336,11 @@ def stage1_probe(
     budget = minutes * 60.0
     step, losses, t_train = 0, [], time.time()
     while True:
-        elapsed = time.time() - t_train
-        if (steps is not None and step >= steps) or (steps is None and elapsed > budget):
+        frac = _budget_used(step, steps, t_train, budget)
+        if frac is None:
             break
-        frac = step / steps if steps else elapsed / budget
         for group in opt.param_groups:
-            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+            group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         picked = rng.sample(pool, batch_size)
         per_mod: dict[str, list[int]] = {m: [] for m in WORLD_MODALITIES}
         seqs = []

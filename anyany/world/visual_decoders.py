@@ -107,6 +107,18 @@ def _encode_captions(text_encoder, tokenizer, captions: list[str]) -> torch.Tens
     return text_encoder(tokens.input_ids)[0]
 
 
+def _seeded_setup(seed: int, modality: str):
+    """Seeds, the train items of ``modality`` (held-out combinations stay unseen), the frozen text
+    encoder and the token ids of their captions plus ``""`` (last row, for caption dropout)."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    items = split_items("train")[modality]
+    text_encoder, tokenizer = _text_encoder_and_tokenizer(seed)
+    ids = tokenizer([it.caption for it in items] + [""], padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True, return_tensors="pt").input_ids
+    return rng, items, text_encoder, tokenizer, ids
+
+
 def _build_vae(r: dict):
     from diffusers import AutoencoderKL
 
@@ -248,17 +260,9 @@ def train_image_decoder(out_folder, *, seed: int = 0, minutes: float | None = No
     """
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-    r = {**IMAGE_RECIPE, **overrides}
-    if steps is not None:
-        r["steps"] = int(steps)
+    r = {**IMAGE_RECIPE, **overrides, **({"steps": int(steps)} if steps is not None else {})}
     t0, c0 = time.time(), time.process_time()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    items = split_items("train")["image"]  # held-out combinations stay unseen
-    captions = [it.caption for it in items]
-    text_encoder, tokenizer = _text_encoder_and_tokenizer(seed)
-    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    rng, items, text_encoder, tokenizer, ids = _seeded_setup(seed, "image")
 
     vae = _build_vae(r)
     vae_loss = _train_vae(vae, lambda g: np.stack([render_image(it, g) for it in items]), r, rng, progress,
@@ -304,17 +308,9 @@ def train_video_decoder(out_folder, *, seed: int = 0, minutes: float | None = No
     """Train the video decoder (``TextToVideoSDPipeline``) and ``save_pretrained`` it to ``out_folder``."""
     from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
 
-    r = {**VIDEO_RECIPE, **overrides}
-    if steps is not None:
-        r["steps"] = int(steps)
+    r = {**VIDEO_RECIPE, **overrides, **({"steps": int(steps)} if steps is not None else {})}
     t0, c0 = time.time(), time.process_time()
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    items = split_items("train")["video"]  # held-out combinations stay unseen
-    captions = [it.caption for it in items]
-    text_encoder, tokenizer = _text_encoder_and_tokenizer(seed)
-    ids = tokenizer(captions + [""], padding="max_length", max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors="pt").input_ids
+    rng, items, text_encoder, tokenizer, ids = _seeded_setup(seed, "video")
 
     def frames(g):  # a random frame of every video (plus a few more) for the VAE
         out = []
