@@ -6,12 +6,19 @@ the generation pass: no second forward over the whole sequence.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from .tokens import STOP_STRING
+
+
+def kv_cache_kwargs(llm_model, cache) -> dict:
+    """``{name: cache}`` under the name this transformers version's forward takes: 5.2x renamed
+    ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
+    return {"cache" if "cache" in inspect.signature(llm_model.forward).parameters else "past_key_values": cache}
 
 
 @dataclass
@@ -73,7 +80,7 @@ def generate_with_signals(
         media_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
     cache = DynamicCache(config=base.config)
     with model.llm_context(media_mask, inputs_embeds):
-        hidden = base.model(inputs_embeds=inputs_embeds, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+        hidden = base.model(inputs_embeds=inputs_embeds, use_cache=True, **kv_cache_kwargs(base.model, cache)).last_hidden_state[:, -1]
     generated: list[int] = []
     forced: list[int] = []  # remaining ids of a signal group being completed
     current: dict | None = None
@@ -102,7 +109,7 @@ def generate_with_signals(
             break
         token_embed = embed(torch.tensor([[token]], device=inputs_embeds.device))
         with model.llm_context(media_mask, inputs_embeds, decoding=True):  # a text token; the prompt's media stay visible
-            hidden = base.model(inputs_embeds=token_embed, past_key_values=cache, use_cache=True).last_hidden_state[:, -1]
+            hidden = base.model(inputs_embeds=token_embed, use_cache=True, **kv_cache_kwargs(base.model, cache)).last_hidden_state[:, -1]
         if current is not None:
             current["states"].append(hidden[0] + token_embed[0, 0])
             if not forced:

@@ -19,6 +19,7 @@ from projections import OutputProjection, TiledImage, build_bridge, generation_d
 
 from .adapters import LLMAdapters
 from .config import AnyToAnyConfig, LLMConfig
+from .frozen_prefix import PrefixStates, compute_prefix, forward_after_prefix, frozen_prefix_lengths
 from .tokens import (
     IGNORE_INDEX,
     PromptBuilder,
@@ -145,6 +146,8 @@ class AnyToAnyModel(nn.Module):
         base = llm.get_base_model()
         self.llm_adapters = LLMAdapters(config.llm_adapters, base.model.layers, base.config.hidden_size,
                                         seed=config.llm.seed + 2) if config.llm_adapters else None
+        # Run a frozen prefix (stage 2's caption) without autograd; False gives the plain one-pass step.
+        self.split_frozen_prefix = True
         self.set_stage(None)
 
     # ------------------------------------------------------------------ construction
@@ -381,18 +384,30 @@ class AnyToAnyModel(nn.Module):
         signal_slots=(),
         media_features: dict | None = None,
         gen_targets: dict | None = None,
+        prefix_states: PrefixStates | None = None,
     ) -> ModelOutput:
         """LM loss on ``labels`` + generation distance for each signal slot with a target.
 
         Stage 1 batches carry media and caption labels; stage 2 batches carry signal slots
-        and decoder targets; stage 3 batches carry both.
+        and decoder targets; stage 3 batches carry both. When gradients are on and the batch
+        has a frozen prefix (stage 2, :mod:`anyany.frozen_prefix`), the LLM runs over it without
+        autograd, or not at all when ``prefix_states`` (its cached pass) is given.
         """
         device = self.device
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         embeds = self.embed_inputs(input_ids, list(media_slots), media_features or {})
         base = self.llm.get_base_model()
-        with self.llm_context(input_ids == self.token_ids.placeholder, embeds, attention_mask):
-            hidden = base.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        split = self.split_frozen_prefix and torch.is_grad_enabled()
+        lengths = frozen_prefix_lengths(self, input_ids, attention_mask, media_slots) if split else None
+        if prefix_states is not None and (lengths is None or not torch.equal(prefix_states.lengths.to(device), lengths)):
+            raise ValueError("prefix_states do not fit this batch (cached prefix lengths differ from the batch's "
+                             "frozen prefixes); rebuild the prefix cache with this model and tokenizer")
+        if lengths is not None:
+            prefix = prefix_states if prefix_states is not None else compute_prefix(self, input_ids, lengths)
+            hidden = forward_after_prefix(self, embeds, attention_mask, prefix)
+        else:
+            with self.llm_context(input_ids == self.token_ids.placeholder, embeds, attention_mask):
+                hidden = base.model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         losses: dict[str, torch.Tensor] = {}
         if labels is not None:
             shifted = labels[:, 1:].to(device)

@@ -126,7 +126,7 @@ def test_two_cpu_processes_train_the_same_shaped_checkpoint(dataset, tmp_path):
     assert summary(two)["steps"] == 4
 
 
-def _batch(model, stage, dataset, media_cache=None, target_cache=None):
+def _batch(model, stage, dataset, media_cache=None, target_cache=None, prefix_cache=None):
     from training.cli import _read_records, build_dataset
     from training.data import Collator, resolve_frozen
 
@@ -137,7 +137,7 @@ def _batch(model, stage, dataset, media_cache=None, target_cache=None):
 
     data = {"stage1": "cc3m.json", "stage2": "cc3m.json", "stage3": "mosit.json"}[stage]
     records = _read_records(stage, [dataset / data], Args)
-    ds = build_dataset(stage, records, model, media_cache, target_cache, "Describe this.")
+    ds = build_dataset(stage, records, model, media_cache, target_cache, "Describe this.", prefix_cache)
     batch = Collator(model.prompts, model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
     from training.cli import LazyDecoders
 
@@ -176,6 +176,60 @@ def test_cache_gives_same_loss_and_skips_frozen_encoders(dataset, tmp_path, tiny
             torch.testing.assert_close(cached.loss, plain.loss, rtol=2e-3, atol=2e-3)
     finally:
         dbase.Decoder.encode_text = original
+
+
+def test_stage2_prefix_cache_same_loss_and_gradients_and_the_llm_skips_the_caption(dataset, tmp_path, tiny_checkpoint):
+    """Stage 2's frozen caption prefix: run without autograd, or read from the prefix cache; the
+    loss and gradients equal the one-pass ones, and with the cache the LLM sees only the signal tokens."""
+    targets, prefixes = tmp_path / "targets", tmp_path / "prefixes"
+    init = ["--init", str(tiny_checkpoint), "--quiet"]
+    data = ["--data", str(dataset / "cc3m.json"), "--data", str(dataset / "webvid.json")]  # two signal-group sizes
+    assert cli(["cache-features", "targets", *data, "--out", str(targets), *init]) == 0
+    assert cli(["cache-features", "prefixes", *data, "--out", str(prefixes), *init]) == 0
+    model = AnyToAnyModel.from_pretrained(tiny_checkpoint)
+    model.set_stage("stage2")
+    seen = []
+    model.llm.get_base_model().model.layers[0].register_forward_pre_hook(lambda m, args, kw: seen.append(args[0].shape[1] if args else kw["hidden_states"].shape[1]), with_kwargs=True)
+
+    def loss_and_grads(**caches):
+        model.zero_grad()
+        seen.clear()
+        batch = _batch_from(model, [dataset / "cc3m.json", dataset / "webvid.json"], targets, **caches)
+        out = model(**batch)
+        out.loss.backward()
+        return out.loss.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.trainable_parameters()], list(seen), batch
+
+    model.split_frozen_prefix = False  # the plain one-pass step
+    ref_loss, ref_grads, one_pass, batch = loss_and_grads()
+    model.split_frozen_prefix = True
+    split_loss, split_grads, split_seen, _ = loss_and_grads()
+    cached_loss, cached_grads, cached_seen, _ = loss_and_grads(prefix_cache=prefixes)
+    length = batch["input_ids"].shape[1]
+    assert one_pass == [length]
+    assert len(split_seen) == 2 and split_seen[1] < length  # prefix (no autograd), then the suffix
+    assert cached_seen == [split_seen[1]], "with the prefix cache the LLM should only see the signal groups"
+    for loss, grads in ((split_loss, split_grads), (cached_loss, cached_grads)):
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    # a prefix cache made by other LLM weights is refused, with what to do
+    other = AnyToAnyModel.from_pretrained(tiny_checkpoint)
+    with torch.no_grad():
+        other.llm.get_base_model().model.norm.weight.mul_(2.0)
+    with pytest.raises(KeyError, match="rebuild it with `anyany cache-features prefixes`"):
+        _batch_from(other, [dataset / "cc3m.json"], targets, prefix_cache=prefixes)
+
+
+def _batch_from(model, paths, target_cache, prefix_cache=None):
+    """One stage-2 batch of every caption in ``paths`` (CC3M rows: image, WebVid rows: video)."""
+    from training.cli import LazyDecoders, build_dataset
+    from training.data import Collator, resolve_frozen
+    from training.records import read_text_captions
+
+    captions = [c for p in paths for c in read_text_captions(p, "video" if "webvid" in p.name else "image")[0]]
+    ds = build_dataset("stage2", captions, model, None, target_cache, "Describe this.", prefix_cache)
+    batch = Collator(model.prompts, model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
+    return resolve_frozen(batch, model, LazyDecoders(model))
 
 
 def _expect_error(capsys, argv, *needles):

@@ -21,6 +21,7 @@ def register(sub) -> None:
     t.add_argument("--preset", default="tiny", help="preset to start from when no --init is given")
     t.add_argument("--media-cache", help="ImageBind feature cache folder (anyany cache-features media); encoder not run in steps")
     t.add_argument("--target-cache", help="decoder target cache folder (anyany cache-features targets)")
+    t.add_argument("--prefix-cache", help="stage 2: the frozen LLM's pass over each caption (anyany cache-features prefixes)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
     t.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted and reported) instead of failing")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -32,7 +33,9 @@ def register(sub) -> None:
     t.set_defaults(func=cmd_train)
 
     c = sub.add_parser("cache-features", help="precompute frozen ImageBind features or decoder text targets")
-    c.add_argument("kind", choices=["media", "targets"], help="media: ImageBind features of the files; targets: decoder embeddings of captions")
+    c.add_argument("kind", choices=["media", "targets", "prefixes"],
+                   help="media: ImageBind features of the files; targets: decoder embeddings of captions; "
+                        "prefixes: the frozen LLM's keys/values over stage-2 captions")
     c.add_argument("--data", action="append", required=True, help="caption-pair / caption / conversation JSON files (repeatable)")
     c.add_argument("--media-root", help="folder the media names are relative to")
     c.add_argument("--out", required=True, help="cache folder (created or extended)")
@@ -134,8 +137,8 @@ def encode_media_file(model, path):
     return model.encode_media(modality, [inputs])[0]
 
 
-def build_dataset(stage: str, records, model, media_cache, target_cache, instruction):
-    from .data import CaptionDataset, ConversationDataset, MediaSource, SignalDataset, TargetSource
+def build_dataset(stage: str, records, model, media_cache, target_cache, instruction, prefix_cache=None):
+    from .data import CaptionDataset, ConversationDataset, MediaSource, PrefixSource, SignalDataset, TargetSource
     from .features import FeatureCache
 
     kind = model.bridge.feature_kind
@@ -145,7 +148,7 @@ def build_dataset(stage: str, records, model, media_cache, target_cache, instruc
     if stage == "stage1":
         return CaptionDataset(records, media, instruction)
     if stage == "stage2":
-        return SignalDataset(records, targets)
+        return SignalDataset(records, targets, PrefixSource(FeatureCache.open(prefix_cache, {"kind": "llm-prefixes"}), model))
     return ConversationDataset(records, media, targets)
 
 
@@ -164,8 +167,9 @@ def cmd_train(args) -> int:
         if value is not None:
             setattr(cfg, f.name, value)
     instruction = model.config.stage1_instruction
-    dataset = build_dataset(args.stage, records, model, args.media_cache, args.target_cache, instruction)
-    eval_dataset = build_dataset(args.stage, eval_records, model, args.media_cache, args.target_cache, instruction) if eval_records else None
+    caches = (args.media_cache, args.target_cache, instruction, args.prefix_cache)
+    dataset = build_dataset(args.stage, records, model, *caches)
+    eval_dataset = build_dataset(args.stage, eval_records, model, *caches) if eval_records else None
     result = train_stage(model, dataset, cfg, args.out, eval_dataset=eval_dataset, decoders=LazyDecoders(model),
                          resume=args.resume, progress=not args.quiet)
     print(f"{args.stage}: {result.steps} steps, loss {result.first_loss:.4f} -> {result.last_loss:.4f}"
@@ -177,10 +181,15 @@ def cmd_train(args) -> int:
 def cmd_cache(args) -> int:
     import torch
 
-    from .features import build_media_cache, build_target_cache
+    from .features import build_media_cache, build_prefix_cache, build_target_cache
     from .records import read_caption_pairs, read_conversations
 
     model = _load_model(args, with_encoder=args.kind == "media")
+    if args.kind == "prefixes":
+        pairs = [(r.caption, r.modality) for path in args.data for r in _read_captions(path, args.modality, "raise")[0]]
+        cache = build_prefix_cache(args.out, pairs, model, progress=not args.quiet)
+        print(f"{args.out}: {len(cache)} entries")
+        return 0
     if args.kind == "media":
         paths = []
         for path in args.data:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import Dataset
 
+from anyany.frozen_prefix import PrefixStates
 from anyany.inputs import batch_media, load_media, media_shape
 from anyany.media import MediaError
 from anyany.tokens import ChatTurn
@@ -55,11 +56,41 @@ class TargetSource:
 
 
 @dataclass
+class PrefixSource:
+    """Stage 2: the frozen LLM's cached pass over each caption prefix (``anyany.frozen_prefix``),
+    or nothing (the step then runs the prefix itself, without autograd)."""
+
+    cache: FeatureCache | None
+    model: object = None
+
+    def __post_init__(self):
+        self._keys: dict[tuple[str, str], str] = {}  # tokenising + hashing once per caption, not per step
+        if self.cache is not None:
+            from anyany.frozen_prefix import llm_fingerprint
+
+            self.fingerprint = llm_fingerprint(self.model)
+
+    def load(self, caption: str, modality: str):
+        if self.cache is None:
+            return None
+        from anyany.frozen_prefix import prefix_key, signal_prefix_ids
+
+        key = self._keys.get((caption, modality))
+        if key is None:
+            key = self._keys[(caption, modality)] = prefix_key(self.fingerprint, signal_prefix_ids(self.model, caption, modality))
+        if key + ".kv" not in self.cache:
+            raise KeyError(f"caption {caption!r} has no entry in the prefix cache {self.cache.folder} for this LLM "
+                           "(other weights or tokenizer?); rebuild it with `anyany cache-features prefixes`")
+        return self.cache.get(key + ".kv"), self.cache.get(key + ".hidden")
+
+
+@dataclass
 class Example:
     turns: list[ChatTurn] | None = None  # media_in / media_out hold (modality, index into media / targets)
     signal: tuple[str, str] | None = None  # stage 2: (caption, modality)
     media: list[tuple[str, str, object]] = field(default_factory=list)  # (modality, kind, tensor | TiledImage)
     targets: list[tuple[str, str, object]] = field(default_factory=list)  # (modality, kind, tensor | caption)
+    prefix: tuple[torch.Tensor, torch.Tensor] | None = None  # stage 2: cached LLM pass over the caption (kv, hidden)
 
 
 class CaptionDataset(Dataset):
@@ -81,8 +112,8 @@ class CaptionDataset(Dataset):
 class SignalDataset(Dataset):
     """Stage 2: caption then the signal group; target = the decoder's embedding of the caption."""
 
-    def __init__(self, captions: list[TextCaption], targets: TargetSource):
-        self.captions, self.targets = captions, targets
+    def __init__(self, captions: list[TextCaption], targets: TargetSource, prefixes: PrefixSource | None = None):
+        self.captions, self.targets, self.prefixes = captions, targets, prefixes or PrefixSource(None)
 
     def __len__(self):
         return len(self.captions)
@@ -90,7 +121,8 @@ class SignalDataset(Dataset):
     def __getitem__(self, i) -> Example:
         c = self.captions[i]
         kind, value = self.targets.load(c.modality, c.caption)
-        return Example(signal=(c.caption, c.modality), targets=[(c.modality, kind, value)])
+        return Example(signal=(c.caption, c.modality), targets=[(c.modality, kind, value)],
+                       prefix=self.prefixes.load(c.caption, c.modality))
 
 
 class ConversationDataset(Dataset):
@@ -150,6 +182,10 @@ class Collator:
         batch = collate_sequences(sequences, self.pad_id)
         batch["media"] = {m: self._stack(v) for m, v in media.items()}
         batch["targets"] = {m: self._stack(v) for m, v in targets.items()}
+        prefixes = [ex.prefix for ex in examples if ex.prefix is not None]
+        if prefixes and len(prefixes) != len(examples):
+            raise ValueError("a batch mixes cached and uncached LLM prefixes; cache all or none")
+        batch["prefix"] = PrefixStates.stack(prefixes) if prefixes else None
         return batch
 
     @staticmethod
@@ -183,4 +219,5 @@ def resolve_frozen(batch: dict, model, decoders) -> dict:
         "signal_slots": batch["signal_slots"],
         "media_features": media_features,
         "gen_targets": gen_targets,
+        "prefix_states": batch.get("prefix"),
     }

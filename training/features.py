@@ -153,3 +153,45 @@ def build_target_cache(
             out[caption_key(caption, target_source)] = emb.to(dtype)
     cache.write(out)
     return cache
+
+
+def build_prefix_cache(
+    folder,
+    captions: Iterable[tuple[str, str]],
+    model,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> FeatureCache:
+    """The frozen LLM's pass over each distinct stage-2 caption prefix (``anyany.frozen_prefix``):
+    per caption, every layer's keys and values and the last-layer states, in the LLM's dtype.
+
+    ``captions``: (caption, modality) pairs. Entries are keyed by the LLM's fingerprint and the
+    prefix tokens. Size per caption token: ``layers * 2 * kv_heads * head_dim + hidden`` values
+    (Vicuna-7B in fp16: ~0.5 MB per token, so keep it for caption sets that fit on disk; without
+    it the prefix still runs without autograd inside the step).
+    """
+    from anyany.frozen_prefix import compute_prefix, llm_fingerprint, prefix_key, signal_prefix_ids
+
+    fingerprint = llm_fingerprint(model)
+    cache = FeatureCache(folder, {"kind": "llm-prefixes"})  # the LLM fingerprint is part of each key
+    todo: dict[str, list[int]] = {}
+    for caption, modality in captions:
+        ids = signal_prefix_ids(model, caption, modality)
+        key = prefix_key(fingerprint, ids)
+        if key not in cache and key not in todo:
+            todo[key] = ids
+    keys = sorted(todo)
+    out = {}
+    pad = model.tokenizer.pad_token_id
+    for start in tqdm(range(0, len(keys), batch_size), desc="cache LLM prefixes", disable=not progress):
+        chunk = keys[start : start + batch_size]
+        lengths = torch.tensor([len(todo[k]) for k in chunk])
+        ids = torch.full((len(chunk), int(lengths.max())), pad, dtype=torch.long)
+        for i, k in enumerate(chunk):
+            ids[i, : len(todo[k])] = torch.tensor(todo[k])
+        states = compute_prefix(model, ids.to(model.device), lengths.to(model.device))
+        for i, k in enumerate(chunk):
+            kv, hidden = states.row(i)
+            out[k + ".kv"], out[k + ".hidden"] = kv, hidden
+    cache.write(out)
+    return cache

@@ -126,7 +126,8 @@ def train_stage(
     if model.encoder is not None:
         model.encoder.eval()
     params = model.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                  foreach=True)  # one fused update for the many small trainable tensors (CPU too)
     collate = Collator(model.prompts, model.tokenizer.pad_token_id)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.num_workers)
     steps_per_epoch = math.ceil(len(loader) / max(1, accelerator.num_processes) / cfg.grad_accum)

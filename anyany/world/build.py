@@ -125,7 +125,7 @@ def world_config(home: Path):
 
 def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict:
     from training.cli import LazyDecoders, _media_meta, build_dataset, encode_media_file, target_sources
-    from training.features import build_media_cache, build_target_cache
+    from training.features import build_media_cache, build_prefix_cache, build_target_cache
     from training.loop import train_stage
     from training.records import read_caption_pairs, read_conversations, read_text_captions
     from training.recipes import TrainConfig
@@ -158,12 +158,13 @@ def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict
     with torch.no_grad():
         for m, caps in by_modality.items():
             build_target_cache(home / "cache" / "targets", caps, decoders(m).encode_text, sources[m], {}, progress=progress)
+    build_prefix_cache(home / "cache" / "prefixes", [(c.caption, c.modality) for c in captions], model, progress=progress)
     times["caches"] = time.time() - t
     records = {"stage1": pairs, "stage2": captions, "stage3": convs}
     for stage in ("stage1", "stage2", "stage3"):
         t = time.time()
         ds = build_dataset(stage, records[stage], model, home / "cache" / "media", home / "cache" / "targets",
-                           model.config.stage1_instruction)
+                           model.config.stage1_instruction, home / "cache" / "prefixes")
         cfg = TrainConfig(stage, lr=plan.stage_lr[stage], max_steps=plan.stage_steps[stage], batch_size=plan.batch_size,
                           weight_decay=0.0, min_warmup_steps=20, seed=seed, save_every=10**9, log_every=25,
                           mixed_precision="no")
