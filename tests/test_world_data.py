@@ -37,10 +37,10 @@ def world(tmp_path_factory):
 
 def test_split_sizes_and_coverage():
     train, held = split_items("train"), split_items("heldout")
-    assert (len(held["image"]), len(held["video"]), len(held["audio"])) == (6, 8, 2)
+    assert (len(held["image"]), len(held["video"]), len(held["audio"])) == (6, 8, 4)
     assert len(train["image"]) + len(held["image"]) == 36
     assert len(train["video"]) + len(held["video"]) == 48
-    assert len(train["audio"]) + len(held["audio"]) == 12
+    assert len(train["audio"]) + len(held["audio"]) == 24
     for m, attrs in {"image": ("colour", "shape", "position"), "video": ("colour", "shape", "direction"),
                      "audio": ("pitch", "loudness", "rhythm")}.items():
         for a in attrs:
@@ -163,7 +163,7 @@ def test_griffin_lim_vocoder_keeps_pitch():
     mel = voc.log_mel(waves)
     assert mel.shape == (len(items), 100, 64)
     peaks = {it.pitch: int(m.mean(0).argmax()) for it, m in zip(items, mel)}
-    assert len(set(peaks.values())) == 3  # 220 / 440 / 880 Hz in distinct mel bins
+    assert len(set(peaks.values())) == len(spec.PITCHES)  # 220 / 440 / 880 / 1760 Hz in distinct mel bins
     out = voc(mel)
     assert out.shape == (len(items), 100 * voc.config.hop_length)
     assert all(checkers.audio_pitch(o.numpy(), voc.config.sampling_rate) == it.pitch for o, it in zip(out, items))

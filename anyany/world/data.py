@@ -71,8 +71,9 @@ HELDOUT_VIDEOS = frozenset(
         ("yellow", "square", "right"),
     ]
 )
-# 2 of 12 (pitch, loudness, rhythm).
-HELDOUT_AUDIOS = frozenset(AudioItem(*x) for x in [("low", "loud", "pulsing"), ("high", "quiet", "steady")])
+# 4 of 24 (pitch, loudness, rhythm): one per pitch, so end-to-end pitch is judged on every pitch.
+HELDOUT_AUDIOS = frozenset(AudioItem(*x) for x in [("low", "loud", "pulsing"), ("middle", "quiet", "fluttering"),
+                                                   ("high", "quiet", "steady"), ("shrill", "loud", "fluttering")])
 
 SPLITS = ("train", "heldout")
 _MEDIA_DIRS = {"image": "images", "video": "videos", "audio": "audio"}

@@ -15,9 +15,10 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (50, 70, 230), 
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("left", "center", "right")
 DIRECTIONS = ("left", "right", "up", "down")
-PITCHES = {"low": 220.0, "middle": 440.0, "high": 880.0}
+PITCHES = {"low": 220.0, "middle": 440.0, "high": 880.0, "shrill": 1760.0}
 LOUDNESS = {"quiet": 0.15, "loud": 0.6}
-RHYTHMS = ("steady", "pulsing")
+RHYTHMS = ("steady", "pulsing", "fluttering")
+RHYTHM_HZ = {"steady": 0.0, "pulsing": 4.0, "fluttering": 12.0}  # on/off gating rate
 
 IMAGE_SIZE = 32
 VIDEO_SIZE = 32
@@ -134,8 +135,8 @@ def render_audio(item: AudioItem, rng: np.random.Generator | None = None, second
     t = np.arange(int(seconds * sample_rate)) / sample_rate
     f0 = PITCHES[item.pitch] * (1 + (rng.uniform(-0.01, 0.01) if rng is not None else 0.0))
     wave = np.sin(2 * np.pi * f0 * t) + 0.2 * np.sin(4 * np.pi * f0 * t)
-    if item.rhythm == "pulsing":
-        wave *= (np.sin(2 * np.pi * 4 * t) > 0).astype(np.float64)
+    if RHYTHM_HZ[item.rhythm]:
+        wave *= (np.sin(2 * np.pi * RHYTHM_HZ[item.rhythm] * t) > 0).astype(np.float64)
     wave *= LOUDNESS[item.loudness] / 1.2
     if rng is not None:
         wave += rng.normal(0, 0.003, wave.shape)
