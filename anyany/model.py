@@ -397,7 +397,8 @@ class AnyToAnyModel(nn.Module):
         input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         embeds = self.embed_inputs(input_ids, list(media_slots), media_features or {})
         base = self.llm.get_base_model()
-        split = self.split_frozen_prefix and torch.is_grad_enabled()
+        # Without gradients one pass costs the same, unless the prefix is given (e.g. the evaluation loss).
+        split = prefix_states is not None or (self.split_frozen_prefix and torch.is_grad_enabled())
         lengths = frozen_prefix_lengths(self, input_ids, attention_mask, media_slots) if split else None
         if prefix_states is not None and (lengths is None or not torch.equal(prefix_states.lengths.to(device), lengths)):
             raise ValueError("prefix_states do not fit this batch (cached prefix lengths differ from the batch's "

@@ -212,6 +212,9 @@ def test_stage2_prefix_cache_same_loss_and_gradients_and_the_llm_skips_the_capti
         torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # the evaluation loss reads the cache too
+        torch.testing.assert_close(model(**_batch_from(model, [dataset / "cc3m.json", dataset / "webvid.json"], targets,
+                                                       prefix_cache=prefixes)).loss, ref_loss, rtol=1e-5, atol=1e-6)
     # a prefix cache made by other LLM weights is refused, with what to do
     other = AnyToAnyModel.from_pretrained(tiny_checkpoint)
     with torch.no_grad():
