@@ -36,7 +36,7 @@ class BuildPlan:
     video_minutes: float | None = None
     video_steps: int | None = 1300
     audio_steps: int | None = 1600
-    stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 700})
+    stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 1200})
     stage_lr: dict = field(default_factory=lambda: {"stage1": 3e-3, "stage2": 2e-3, "stage3": 2e-3})
     # Weight decay on the stage-1 bridge: held-out image captions 10/12 -> 12/12 on the same frozen parts.
     stage_weight_decay: dict = field(default_factory=lambda: {"stage1": 0.2, "stage2": 0.0, "stage3": 0.0})

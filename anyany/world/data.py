@@ -154,6 +154,15 @@ def _pick(rng: np.random.Generator, seq):
     return seq[int(rng.integers(len(seq)))]
 
 
+def _partial(item, rng: np.random.Generator) -> str:
+    """``item`` as a person might ask for it, with attributes left out ("a blue square", "a low tone")."""
+    if isinstance(item, spec.ImageItem):
+        return f"a {item.colour} {item.shape}"
+    if isinstance(item, spec.VideoItem):
+        return f"a {item.shape} moving {item.direction}"
+    return _pick(rng, (f"a {item.pitch} tone", f"a {item.pitch} {item.rhythm} tone", f"a {item.loudness} {item.pitch} tone"))
+
+
 def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, str]]],
                    rng: np.random.Generator, prefix: str) -> list[dict]:
     """anyany-native conversation rows. ``media[m]`` lists (item, relative path) of written files."""
@@ -180,19 +189,23 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
             q = _pick(rng, _DESCRIBE[m])
             a = _pick(rng, _ANSWER[m]).format(c=item.caption)
             add([human(q, [(m, path)]), gpt(a)])
-    # 2. text request -> generation, single modality (every item twice)
+    # 2. text request -> generation, single modality (every item twice: by its caption, then as a
+    #    person might ask, with attributes left out; the reply names what was made)
     for m in ("image", "video", "audio"):
-        for item in items[m] * 2:
-            add([human(_pick(rng, _REQUEST[m]).format(c=item.caption)),
+        for k, item in enumerate(items[m] * 2):
+            asked = item.caption if k < len(items[m]) else _partial(item, rng)
+            add([human(_pick(rng, _REQUEST[m]).format(c=asked)),
                  gpt(_HERE[m].format(c=item.caption), [(m, item.caption)])])
-    # 3. two modalities out at once ("draw a blue square on the left and play a quiet low steady tone")
+    # 3. two modalities out at once ("draw a blue square and play a low tone"): every image with a
+    #    video and with a sound, asked for in full or in part
     for item in items["image"]:
-        other_m = _pick(rng, ("video", "audio"))
-        other = _pick(rng, items[other_m])
-        req = f"{_pick(rng, _REQUEST['image']).format(c=item.caption).rstrip('?')} and " \
-              f"{_pick(rng, _REQUEST[other_m]).format(c=other.caption).rstrip('?')}"
-        ans = f"Here is {item.caption} and {'a video of ' if other_m == 'video' else ''}{other.caption}."
-        add([human(req), gpt(ans, [("image", item.caption), (other_m, other.caption)])])
+        for other_m in ("video", "audio"):
+            other = _pick(rng, items[other_m])
+            asked = [x.caption if rng.random() < 0.5 else _partial(x, rng) for x in (item, other)]
+            req = f"{_pick(rng, _REQUEST['image']).format(c=asked[0]).rstrip('?')} and " \
+                  f"{_pick(rng, _REQUEST[other_m]).format(c=asked[1]).rstrip('?')}"
+            ans = f"Here is {item.caption} and {'a video of ' if other_m == 'video' else ''}{other.caption}."
+            add([human(req), gpt(ans, [("image", item.caption), (other_m, other.caption)])])
     # 4. media in AND media out: describe the input, then render the same thing in another modality
     for item, path in media["image"][:: max(1, len(media["image"]) // max(1, len(items["image"])))]:
         options = [v for v in items["video"] if v.colour == item.colour and v.shape == item.shape]
