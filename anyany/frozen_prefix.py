@@ -6,7 +6,7 @@ states) is a frozen function of the caption, just like the decoder text encoder'
 The step therefore runs that pass without autograd, or reads it from a cache
 (:func:`training.features.build_prefix_cache`). Only the signal group runs with gradients,
 and it attends to the prefix through the KV cache. The loss equals the one-pass loss up to
-float rounding; ``tests/test_frozen_prefix.py`` checks this.
+float rounding; ``tests/test_training.py`` checks this (loss, gradients, and what the LLM sees).
 
 A row's prefix is everything before its first new token (signal or placeholder). The split
 applies only when no media are in the batch and nothing in the LLM trains but the new token
