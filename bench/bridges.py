@@ -95,7 +95,7 @@ def ensure_world(home: Path, quick: bool, seed: int, workers: int, progress: boo
     write_world(home / "world", seed=seed)
     times = {"world": time.time() - t}
     plan = BuildPlan.quick() if quick else BuildPlan()
-    times.update({f"pretrain {k}": v for k, v in pretrain_frozen_parts(home, plan, seed, workers, progress).items()})
+    times.update({f"pretrain {k}": v for k, v in pretrain_frozen_parts(home, plan, seed, workers, progress)[0].items()})
     return times
 
 

@@ -241,11 +241,23 @@ def linear_probe_accuracy(train_feats: dict, test_feats: dict, steps: int = 300)
 
 
 # ------------------------------------------------------------------------------- training
+def budget_used(step: int, steps: int | None, start: float, budget_seconds: float | None) -> float | None:
+    """The fraction of the budget used (``steps`` if given, else wall seconds since ``start``),
+    clamped to 1, or None once it is spent. With ``steps`` the clock is ignored, so the
+    result does not depend on how busy the machine is."""
+    if steps is None and budget_seconds is None:
+        raise ValueError("give a step count or a wall-time budget in minutes")
+    elapsed = time.time() - start
+    if (steps is not None and step >= steps) or (steps is None and elapsed > budget_seconds):
+        return None
+    return min(step / steps if steps else elapsed / budget_seconds, 1.0)
+
+
 def train_imagebind(
     out_path,
     *,
     seed: int = 0,
-    minutes: float = 4.0,
+    minutes: float | None = 4.0,
     steps: int | None = None,
     progress: bool = True,
     config: ImageBindConfig | None = None,
@@ -259,8 +271,8 @@ def train_imagebind(
 ) -> Path:
     """Train a small ImageBind contrastively on the world and save it (official layout).
 
-    Stops after ``steps`` optimiser steps or ``minutes`` of wall time (preprocessing
-    included), whichever comes first. ``report`` (a dict), if given, receives the held-out
+    Stops after ``steps`` optimiser steps if given (reproducible), else after ``minutes`` of
+    wall time (preprocessing included). ``report`` (a dict), if given, receives the held-out
     retrieval and linear-probe accuracies per attribute and the timings.
     """
     t0 = time.time()
@@ -277,17 +289,14 @@ def train_imagebind(
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
     params = list(encoder.parameters()) + list(text.parameters()) + [log_scale]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    budget = minutes * 60.0
-    est_total = steps or 10**9
     g = torch.Generator().manual_seed(seed)
     step, losses = 0, []
     encoder.train()
     while True:
-        elapsed = time.time() - t0
-        if (steps is not None and step >= steps) or elapsed > budget * 0.92:
+        # cosine-ish decay on the fraction of the budget used (8 % of the wall budget is kept for saving)
+        frac = budget_used(step, steps, t0, None if minutes is None else minutes * 60.0 * 0.92)
+        if frac is None:
             break
-        # cosine-ish decay on the fraction of the budget used
-        frac = min(step / est_total if steps else elapsed / budget, 1.0)
         for group in opt.param_groups:
             group["lr"] = lr * (min(1.0, (step + 1) / 20)) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         t_all = text(caps)

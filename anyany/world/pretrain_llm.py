@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import spec
+from .pretrain_encoder import budget_used
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<Img>", "</Img>"]
 # whole template markers first, then words, then single punctuation characters
@@ -172,21 +173,12 @@ def _batch(tokenizer, lines, embed, slot_noise: float, generator):
     return embeds, mask, labels
 
 
-def _budget_used(step: int, steps: int | None, start: float, budget_seconds: float) -> float | None:
-    """The fraction of the budget used (``steps`` if given, else wall seconds since ``start``),
-    clamped to 1, or None once it is spent."""
-    elapsed = time.time() - start
-    if (steps is not None and step >= steps) or (steps is None and elapsed > budget_seconds):
-        return None
-    return min(step / steps if steps else elapsed / budget_seconds, 1.0)
-
-
 def train_llm(
     out_folder,
     corpus=None,
     *,
     seed: int = 0,
-    minutes: float = 2.0,
+    minutes: float | None = 2.0,
     steps: int | None = None,
     batch_size: int = 32,
     lr: float = 3e-3,
@@ -208,11 +200,11 @@ def train_llm(
     opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    budget = minutes * 60.0
+    budget = None if minutes is None else minutes * 60.0
     step, losses = 0, []
     llm.train()
     while True:
-        frac = _budget_used(step, steps, t0, budget)
+        frac = budget_used(step, steps, t0, budget)
         if frac is None:
             break
         for group in opt.param_groups:
@@ -276,7 +268,7 @@ def stage1_probe(
     llm_folder,
     *,
     seed: int = 0,
-    minutes: float = 2.0,
+    minutes: float | None = 2.0,
     steps: int | None = None,
     batch_size: int = 32,
     lr: float = 3e-3,
@@ -333,10 +325,10 @@ def stage1_probe(
             proj.bias.copy_(sol[-1])
     opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
-    budget = minutes * 60.0
+    budget = None if minutes is None else minutes * 60.0
     step, losses, t_train = 0, [], time.time()
     while True:
-        frac = _budget_used(step, steps, t_train, budget)
+        frac = budget_used(step, steps, t_train, budget)
         if frac is None:
             break
         for group in opt.param_groups:
