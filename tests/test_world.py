@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from anyany.world import checkers, spec
-from anyany.world.build import MODEL, evaluate_world, world_config
+from anyany.world.build import MODEL, BuildPlan, evaluate_world, world_config
+from anyany.world.pretrain_encoder import budget_used
 
 
 def test_checkers_are_exact_on_ground_truth():
@@ -25,6 +26,19 @@ def test_checkers_are_exact_on_ground_truth():
         assert checkers.audio_pitch(spec.render_audio(item, rng), spec.SAMPLE_RATE) == item.pitch
     blank = np.full((32, 32, 3), spec.BACKGROUND, np.uint8)
     assert checkers.image_colour(blank) is None and checkers.audio_pitch(np.zeros(4000), 16000) is None
+
+
+def test_step_budgets_ignore_the_clock_and_every_build_plan_uses_them():
+    import time
+
+    long_ago = time.time() - 10**6  # a machine so busy that any wall budget would be spent
+    assert budget_used(5, 10, long_ago, 60.0) == 0.5 and budget_used(10, 10, long_ago, 60.0) is None
+    assert budget_used(0, None, long_ago, 60.0) is None and 0.0 <= budget_used(0, None, time.time(), 60.0) < 0.1
+    with pytest.raises(ValueError, match="step count or a wall-time budget"):
+        budget_used(0, None, time.time(), None)
+    for plan in (BuildPlan(), BuildPlan.quick()):  # the reported numbers and CI must not depend on machine load
+        assert all(getattr(plan, f"{part}_steps") for part in ("imagebind", "llm", "image", "video", "audio"))
+        assert not any(getattr(plan, f"{part}_minutes") for part in ("imagebind", "llm", "image", "video"))
 
 
 @pytest.mark.slow

@@ -25,14 +25,16 @@ COMPONENT_MODULES = {"audioldm": ["anyany.world.vocoder"]}
 
 @dataclass
 class BuildPlan:
-    """Budgets of the frozen parts (wall minutes and/or steps) and steps of the stages.
-    ``quick`` is the CI-sized run. The decoders get step counts in the full build, so their
-    quality does not depend on how busy the machine is."""
+    """Budgets of the frozen parts (steps, or wall minutes) and steps of the stages.
+    ``quick`` is the CI-sized run."""
 
-    imagebind_minutes: float | None = 3.5
-    imagebind_steps: int | None = None  # when set, the part stops at this step count (reproducible), not on the clock
-    llm_minutes: float | None = 2.0
-    llm_steps: int | None = None
+    # Steps, not minutes, so that a build gives the same frozen parts on a busy machine as on a quiet one
+    # (1200 / 1750 steps are what 3.5 / 2 minutes gave on a quiet 2-core machine); minutes are used
+    # when the steps are None.
+    imagebind_minutes: float | None = None
+    imagebind_steps: int | None = 1200
+    llm_minutes: float | None = None
+    llm_steps: int | None = 1750
     image_minutes: float | None = None
     image_steps: int | None = 1500
     video_minutes: float | None = None
@@ -47,12 +49,10 @@ class BuildPlan:
 
     @classmethod
     def quick(cls) -> "BuildPlan":
-        # Step budgets only, so the CI world is the same on a busy machine as on a quiet one (wall budgets made
-        # the bridge test's margins move from run to run). The counts are what 1.0 / 0.8 / 0.7 / 0.7 minutes
-        # gave on a quiet 2-core machine; the decoders' VAEs use most of their time, and the CI checks of
-        # stage 3 look at the signal tokens, not at the decoded media.
-        return cls(imagebind_minutes=None, imagebind_steps=330, llm_minutes=None, llm_steps=700, image_minutes=None,
-                   image_steps=20, video_minutes=None, video_steps=20, audio_steps=300, eval_seeds=1)
+        # Step budgets only (wall budgets made the bridge test's margins move from run to run). The counts
+        # are what 1.0 / 0.8 / 0.7 / 0.7 minutes gave on a quiet 2-core machine; the decoders' VAEs use most
+        # of their time, and the CI checks of stage 3 look at the signal tokens, not at the decoded media.
+        return cls(imagebind_steps=330, llm_steps=700, image_steps=20, video_steps=20, audio_steps=300, eval_seeds=1)
 
 
 # ---------------------------------------------------------------------------- frozen parts
