@@ -38,7 +38,7 @@ class BuildPlan:
     image_minutes: float | None = None
     image_steps: int | None = 1500
     video_minutes: float | None = None
-    video_steps: int | None = 1300
+    video_steps: int | None = 1800
     audio_steps: int | None = 1600
     stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 1200})
     stage_lr: dict = field(default_factory=lambda: {"stage1": 3e-3, "stage2": 2e-3, "stage3": 2e-3})

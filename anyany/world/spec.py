@@ -118,13 +118,13 @@ MOTION = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 def render_video(item: VideoItem, rng: np.random.Generator | None = None, size: int = VIDEO_SIZE,
                  frames: int = VIDEO_FRAMES) -> np.ndarray:
-    """uint8 [frames, size, size, 3]: the shape travels from 0.3 to 0.7 of the frame along its direction."""
+    """uint8 [frames, size, size, 3]: the shape travels from the centre to 0.2 of the frame from the
+    edge it moves towards."""
     dx, dy = MOTION[item.direction]
-    start = 0.5 - 0.2 * np.array([dx, dy], np.float32)
     out = []
     for f in range(frames):
         t = f / max(frames - 1, 1)
-        cx, cy = (start + 0.4 * t * np.array([dx, dy])) * size
+        cx, cy = (0.5 + 0.3 * t * np.array([dx, dy])) * size
         out.append(draw(item.colour, item.shape, cx, cy, size, rng))
     return np.stack(out)
 
