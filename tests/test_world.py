@@ -28,6 +28,20 @@ def test_checkers_are_exact_on_ground_truth():
     assert checkers.image_colour(blank) is None and checkers.audio_pitch(np.zeros(4000), 16000) is None
 
 
+def test_videos_start_at_the_centre_and_end_towards_their_named_edge():
+    import numpy as np
+
+    def centroid(frame):  # (x, y) of the shape, as a fraction of the frame
+        ys, xs = np.nonzero(checkers.foreground(frame))
+        return np.array([xs.mean(), ys.mean()]) / frame.shape[1]
+
+    for item in spec.all_videos():
+        frames = spec.render_video(item)
+        start, end = centroid(frames[0]), centroid(frames[-1])
+        assert np.abs(start - 0.5).max() < 0.05, (item, start)  # every direction starts at the same place
+        assert np.allclose(end - start, 0.3 * np.array(spec.MOTION[item.direction]), atol=0.05), (item, end)
+
+
 def test_step_budgets_ignore_the_clock_and_every_build_plan_uses_them():
     import time
 
