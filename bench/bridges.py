@@ -437,6 +437,7 @@ def write_markdown(path: Path, result: dict) -> None:
     full = next((n for n in order if all_modalities(bridges[n])), order[0])
     attrs = [k for k in bridges[full]["trained"] if "/" in k and not k.endswith(("/all", "/mean"))]
     n_held = ", ".join(f"{n} {m}" for m, n in bridges[full]["n_heldout"].items())
+    n_audio = bridges[full]["n_heldout"].get("audio", 0) or 1
     lines = [
         "# Input bridges compared on the miniature world",
         "",
@@ -497,7 +498,7 @@ def write_markdown(path: Path, result: dict) -> None:
     lines += ["", "Reading the numbers: the world's frozen LLM was pretrained to read one soft token per medium (the "
               "mean of the caption's word embeddings, see `docs/miniature.md`), which is the format the pooled `linear` "
               "bridge produces; every other bridge has to find another input the frozen LLM can read. Audio has only "
-              "4 held-out clips (2 attribute combinations), so an audio attribute moves in steps of 0.25 per seed and "
+              f"{n_audio} held-out clips, so an audio attribute moves in steps of {1 / n_audio:.3g} per seed and "
               "audio makes most of the spread. A best lr at either end of the sweep means a wider sweep might still "
               "move that bridge."]
     lines += ["", "Per attribute (trained, best lr; mean over seeds), and the share of captions with every attribute right:",
