@@ -87,25 +87,23 @@ def llm_flops(llm, lm_head, prefix: int, signals: int) -> dict[str, float]:
     with torch.no_grad():
         prefix_pass = flops(lambda: llm(input_ids=ids(prefix), use_cache=True, **kv_cache_kwargs(llm, cache)))
 
-    def signal_pass():
-        embeds = torch.zeros(1, signals, hidden, device="meta", requires_grad=True)  # the trainable rows
+    def signal_pass(train: bool):
+        """The signal group after the cached caption; ``train``: with the backward to its input rows."""
+        embeds = torch.zeros(1, signals, hidden, device="meta", requires_grad=train)
         positions = torch.arange(prefix, prefix + signals, device="meta")[None]
-        out = llm(inputs_embeds=embeds, position_ids=positions, use_cache=True, **kv_cache_kwargs(llm, cache))
-        lm_head(out.last_hidden_state).sum().backward()
+        with torch.set_grad_enabled(train):
+            out = llm(inputs_embeds=embeds, position_ids=positions, use_cache=True, **kv_cache_kwargs(llm, cache))
+            if train:
+                lm_head(out.last_hidden_state).sum().backward()
+        cache.crop(-signals)  # drop the group: the next pass attends to the caption alone again
 
     def one_pass():
         embeds = torch.zeros(1, prefix + signals, hidden, device="meta", requires_grad=True)
         out = llm(inputs_embeds=embeds)
         lm_head(out.last_hidden_state[:, prefix - 1:]).sum().backward()  # LM loss on the signal group
 
-    def signal_forward():
-        with torch.no_grad():
-            embeds = torch.zeros(1, signals, hidden, device="meta")
-            positions = torch.arange(prefix, prefix + signals, device="meta")[None]
-            llm(inputs_embeds=embeds, position_ids=positions, use_cache=True, **kv_cache_kwargs(llm, cache))
-
-    return {"prefix": prefix_pass, "signals": flops(signal_pass), "signals_forward": flops(signal_forward),
-            "one_pass": flops(one_pass)}
+    return {"prefix": prefix_pass, "signals": flops(lambda: signal_pass(True)),
+            "signals_forward": flops(lambda: signal_pass(False)), "one_pass": flops(one_pass)}
 
 
 def projection_flops(modality: str, signals: int) -> float:
@@ -130,9 +128,10 @@ def main() -> None:
     from transformers import LlamaConfig, LlamaModel
 
     from anyany.config import get_preset
+    from anyany.tokens import new_token_strings
 
     signal_counts = get_preset("nextgpt-7b").signals
-    vocab = BASE_VOCAB + 2 + sum(signal_counts.count(m) for m in OUTPUT_PROJECTIONS)  # <Img>, </Img>, signals
+    vocab = BASE_VOCAB + len(new_token_strings(signal_counts))
     with torch.device("meta"):
         llm = LlamaModel(LlamaConfig(vocab_size=vocab, **VICUNA_7B)).requires_grad_(False)
         lm_head = torch.nn.Linear(VICUNA_7B["hidden_size"], vocab, bias=False).requires_grad_(False)
