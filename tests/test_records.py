@@ -1,4 +1,4 @@
-"""Tests for training/records.py: the reference data formats -> typed records, and their errors."""
+"""Tests for training/records/: the reference data formats -> typed records, and their errors."""
 
 from __future__ import annotations
 

@@ -1,0 +1,50 @@
+"""Typed records for the NExT-GPT reference data formats, and their validating readers.
+
+Plain Python + ``json`` only: nothing here imports torch or the model packages.
+
+Readers take the reference's files *as they are* and return ``(records, report)``:
+
+* :func:`read_caption_pairs`  -- stage 1 X-caption pairs (CC3M / WebVid / AudioCaps rows, .json or .jsonl)
+* :func:`read_text_captions`  -- stage 2 captions only (same files, or ``[{"caption", "name"}]``)
+* :func:`read_conversations`  -- stage 3 conversations (LLaVA / Alpaca / T->T+X / MosIT raw / anyany-native,
+  and by name SVIT / LLaVAR)
+* :func:`read_mimicit`        -- stage 3 MIMIC-IT in-context instruction rows (Otter)
+
+A malformed row raises :class:`DataFormatError` naming the file, the row (a 0-based index into the
+top-level list, or into the non-blank lines of a .jsonl file), the field, what was wrong and what is
+accepted.  With ``on_error="skip"`` the row is skipped instead and counted by reason in the
+:class:`ReadReport`; nothing is ever dropped silently.  See docs/data.md.
+
+Modules: ``rows`` (the records), ``report`` (errors, :class:`ReadReport`), ``files`` (JSON / JSON
+Lines reading and :func:`dump_json`), ``common`` (the row loop, field checks), one module per
+format (``caption_pairs``, ``text_captions``, ``conversations``, ``turns`` (LLaVA / Alpaca and what
+the conversation formats share), ``mosit``, ``svit``, ``mimicit``).
+"""
+
+from __future__ import annotations
+
+from .caption_pairs import read_caption_pairs
+from .conversations import read_conversations
+from .files import dump_json
+from .mimicit import read_mimicit
+from .report import DataFormatError, ReadReport
+from .rows import MODALITIES, CaptionPair, Conversation, MediaRef, Modality, OutputRequest, TextCaption, Turn
+from .text_captions import read_text_captions
+
+__all__ = [
+    "MODALITIES",
+    "Modality",
+    "MediaRef",
+    "OutputRequest",
+    "CaptionPair",
+    "TextCaption",
+    "Turn",
+    "Conversation",
+    "DataFormatError",
+    "ReadReport",
+    "read_caption_pairs",
+    "read_text_captions",
+    "read_conversations",
+    "read_mimicit",
+    "dump_json",
+]

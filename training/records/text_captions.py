@@ -1,0 +1,31 @@
+"""Stage 2 captions: the stage 1 files read without media, or a plain ``[{"caption", "name"}]`` list."""
+
+from __future__ import annotations
+
+import os
+
+from .common import _caption, _name_field, _read, _req_str
+from .report import ReadReport, _OnError
+from .rows import TextCaption, _check_modality
+
+
+def read_text_captions(
+    json_path: str | os.PathLike,
+    modality: str | None,
+    *,
+    on_error: _OnError = "raise",
+) -> tuple[list[TextCaption], ReadReport]:
+    """Read captions only (stage 2): the stage 1 files, or a plain ``[{"caption", "name"}]`` list.
+
+    No media file is checked. ``modality`` is required for plain lists; for reference rows it
+    overrides the modality implied by the ``*_name`` key.
+    """
+    if modality is not None:
+        _check_modality(modality)
+
+    def parse(row: dict, index: int) -> TextCaption:
+        mod, name_key = _name_field(row, modality, allow_plain_name=True)
+        name = _req_str(row, name_key, name_key, what="a non-empty media name")
+        return TextCaption(mod, _caption(row), name)
+
+    return _read(json_path, on_error, parse, key_of=lambda r: f"{r.modality}:{r.key}")
