@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from encoders.preprocessing import preprocess_audio, preprocess_image, preprocess_image_native, preprocess_video
-from projections.literature import TiledImage, tile_image
+from encoders.tiling import TiledImage, tile_image
 
 from .media import MediaError, detect_modality, read_audio, read_image, read_video
 

@@ -1,4 +1,4 @@
-"""ImageBind encoder (vision + audio), its preprocessing, kaldi fbank and resampling.
+"""ImageBind encoder (vision + audio), its preprocessing, AnyRes image tiling, kaldi fbank and resampling.
 
 Pure torch/numpy/PIL; never imports ``anyany``.
 """
@@ -26,6 +26,7 @@ from .preprocessing import (
     waveform_to_melspec,
 )
 from .resample import resample
+from .tiling import TiledImage, select_grid, tile_image
 
 __all__ = [
     "AUDIO_MEAN",
@@ -38,6 +39,7 @@ __all__ = [
     "ImageBindEncoder",
     "ImageBindOutput",
     "ImageBindProcessor",
+    "TiledImage",
     "clip_timepoints",
     "expected_state_shapes",
     "kaldi_fbank",
@@ -47,5 +49,7 @@ __all__ = [
     "preprocess_image_native",
     "preprocess_video",
     "resample",
+    "select_grid",
+    "tile_image",
     "waveform_to_melspec",
 ]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from projections import BRIDGE_REGISTRY, build_bridge, load_bridge
-from projections.literature import (
+from projections import (
     ContextContentBridge,
     MLPBridge,
     PatchBridge,

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from projections.literature import TiledImage
+from encoders.tiling import TiledImage
 
 INDEX = "index.json"
 SHARD_SIZE = 4096  # entries per shard
