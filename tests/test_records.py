@@ -125,7 +125,7 @@ def test_file_level_errors(tmp_path, media):
     assert e.row is None
 
     e = raises(read_caption_pairs, write(tmp_path / "obj.json", {"caption": "x"}), media)
-    assert str(e).startswith("obj.json: top-level JSON is an object (a JSON array of row objects")
+    assert str(e).startswith('obj.json: top-level JSON is an object with keys "caption" (a JSON array of row objects')
 
     e = raises(read_caption_pairs, tmp_path / "absent.json", media)
     assert "file not found" in str(e)

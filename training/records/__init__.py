@@ -15,6 +15,12 @@ top-level list, or into the non-blank lines of a .jsonl file), the field, what w
 accepted.  With ``on_error="skip"`` the row is skipped instead and counted by reason in the
 :class:`ReadReport`; nothing is ever dropped silently.  See docs/data.md.
 
+Files may be UTF-8, or UTF-16 / UTF-32 / UTF-8 with a byte-order mark; anything the file as a whole
+gets wrong (not found, not decodable, invalid JSON, the wrong top-level shape, a missing media
+folder) raises even in skip mode. Media names must stay inside the media folder: absolute names and
+names climbing out with ``..`` are refused per row. :func:`parse_data_arg` splits a command-line
+``FILE:MEDIA_FOLDER`` argument.
+
 Modules: ``rows`` (the records), ``report`` (errors, :class:`ReadReport`), ``files`` (JSON / JSON
 Lines reading and :func:`dump_json`), ``common`` (the row loop, field checks), one module per
 format (``caption_pairs``, ``text_captions``, ``conversations``, ``turns`` (LLaVA / Alpaca and what
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 from .caption_pairs import read_caption_pairs
 from .conversations import read_conversations
-from .files import dump_json
+from .files import dump_json, parse_data_arg
 from .mimicit import read_mimicit
 from .report import DataFormatError, ReadReport
 from .rows import MODALITIES, CaptionPair, Conversation, MediaRef, Modality, OutputRequest, TextCaption, Turn
@@ -47,4 +53,5 @@ __all__ = [
     "read_conversations",
     "read_mimicit",
     "dump_json",
+    "parse_data_arg",
 ]

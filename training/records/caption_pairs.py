@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .common import _caption, _media_path, _name_field, _read, _req_str, _root
+from .common import _caption, _check_media_root, _media_path, _name_field, _read, _req_str, _root
 from .report import ReadReport, _OnError
 from .rows import CaptionPair, _check_modality
 
@@ -25,6 +25,7 @@ def read_caption_pairs(
     """
     if modality is not None:
         _check_modality(modality)
+    _check_media_root(media_root, json_path, check_files)
     root = _root(media_root, json_path)
 
     def parse(row: dict, index: int) -> CaptionPair:

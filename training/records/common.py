@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .files import _load_rows
-from .report import DataFormatError, ReadReport, _OnError, _RowError, _check_on_error, _fail, _type_name
+from .report import _PATH_CHARS, DataFormatError, ReadReport, _OnError, _RowError, _check_on_error, _cut, _fail, _shown, _type_name
 from .rows import _ACCEPTED_MODALITIES, _NAME_KEYS, MODALITIES
 
 
@@ -30,10 +30,14 @@ def _read(path: str | os.PathLike, on_error: _OnError, parse: Callable[[dict, in
             try:
                 if not isinstance(row, dict):
                     _fail(None, f"is {_type_name(row)}", "each row must be a JSON object", "not an object")
-                record = parse(row, index)
+                try:
+                    record = parse(row, index)
+                except RecursionError:
+                    _fail(None, "is nested too deeply to check", "rows are objects of strings and short lists",
+                          "too deep")
             except _RowError as e:
                 where = f'field "{e.field}" ' if e.field else "row "
-                label = f"row {index}" if row_ids is None else f"row {index} ({row_ids[index]})"
+                label = f"row {index}" if row_ids is None else f"row {index} ({_cut(row_ids[index])})"
                 message = f"{path.name} {label}: {where}{e.problem} ({e.accepted})"
                 error = DataFormatError(message, file=path, row=index, field=e.field, reason=e.reason)
         if error is not None:
@@ -74,16 +78,25 @@ def _caption(obj: dict, key: str = "caption", field_name: str = "caption") -> st
 
 def _modality_value(value: Any, field_name: str) -> str:
     if value not in MODALITIES:
-        shown = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else _type_name(value)
-        _fail(field_name, f"has unknown modality {shown}", f"accepted: {_ACCEPTED_MODALITIES}",
+                _fail(field_name, f"has unknown modality {_shown(value)}", f"accepted: {_ACCEPTED_MODALITIES}",
               "unknown modality")
     return value
 
 
+_PATH_ACCEPTED = "a file path relative to the media folder, not leaving it, is required"
+
+
 def _media_path(root: Path, name: str, field_name: str, check_files: bool) -> Path:
+    # Refused even without check_files: a data file must not reach files outside its media folder.
+    if "\x00" in name:
+        _fail(field_name, f"is {_shown(name)}, which holds a NUL character", _PATH_ACCEPTED, "unsafe path")
+    if os.path.isabs(name):
+        _fail(field_name, f"is an absolute path {_shown(name)}", _PATH_ACCEPTED, "unsafe path")
+    if posixpath.normpath(name).split("/")[0] == "..":
+        _fail(field_name, f"is {_shown(name)}, which climbs out of the media folder", _PATH_ACCEPTED, "unsafe path")
     path = root / name
-    if check_files and not path.is_file():
-        _fail(field_name, f"names a missing file {os.path.abspath(path)}",
+    if check_files and not os.path.isfile(path):  # (Path.is_file raises on over-long names)
+        _fail(field_name, f"names a missing file {_cut(os.path.abspath(path), _PATH_CHARS)}",
               "the file must exist under the media folder; pass check_files=False to skip this check",
               "missing file")
     return path
@@ -91,6 +104,16 @@ def _media_path(root: Path, name: str, field_name: str, check_files: bool) -> Pa
 
 def _root(media_root: str | os.PathLike | None, json_path: str | os.PathLike) -> Path:
     return Path(json_path).parent if media_root is None else Path(media_root)
+
+
+def _check_media_root(media_root: str | os.PathLike | None, json_path: str | os.PathLike, check_files: bool) -> None:
+    """A media folder that is not there fails the whole file, not each row with a missing file."""
+    if media_root is None or not check_files or Path(media_root).is_dir() or not Path(json_path).is_file():
+        return  # (a missing data file is reported first, by the reader)
+    problem = "is a file, not a folder" if Path(media_root).exists() else "does not exist"
+    raise DataFormatError(f"{Path(json_path).name}: the media folder {_cut(os.path.abspath(media_root), _PATH_CHARS)} {problem} "
+                          "(accepted: an existing folder the rows' media names are relative to)",
+                          file=json_path, reason="missing media folder")
 
 
 def _name_field(row: dict, modality: str | None, *, allow_plain_name: bool) -> tuple[str, str]:

@@ -4,15 +4,14 @@ T->T+X and anyany-native rows here; LLaVA/Alpaca, MosIT, SVIT and MIMIC-IT live 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 
-from .common import _caption, _media_path, _modality_value, _read, _req_str, _root
+from .common import _caption, _check_media_root, _media_path, _modality_value, _read, _req_str, _root
 from .files import _JSONL_SUFFIXES, _load_json, _load_rows
 from .mimicit import _read_mimicit, read_mimicit
 from .mosit import _parse_mosit
-from .report import ReadReport, _OnError, _check_on_error, _fail, _type_name
+from .report import ReadReport, _OnError, _check_on_error, _fail, _shown, _type_name
 from .rows import _ACCEPTED_MODALITIES, _LIST_KEYS, ROLES, Conversation, MediaRef, OutputRequest, Turn
 from .svit import _parse_svit
 from .turns import _check_nonempty, _check_order, _parse_llava, _raw_turns, _row_key, _strip_bare
@@ -29,7 +28,7 @@ def _parse_t2x(row: dict, conv_key: str, raw: list[dict], fallback_key: str) -> 
         if t["from"] == "human":
             if "input_modality" in t and t["input_modality"] != "text":
                 v = t["input_modality"]
-                _fail(f"{prefix}.input_modality", f"is {json.dumps(v) if isinstance(v, str) else _type_name(v)}",
+                _fail(f"{prefix}.input_modality", f"is {_shown(v) if isinstance(v, str) else _type_name(v)}",
                       'T->T+X rows take text input only: "text"', "unsupported input")
             if "output_modality" in t:
                 _fail(f"{prefix}.output_modality", "is set on a human turn",
@@ -64,7 +63,7 @@ def _parse_native(row: dict, root: Path, check_files: bool, fallback_key: str) -
             _fail(prefix, f"is {_type_name(t)}", accepted, "wrong type")
         role = t.get("role")
         if role not in ROLES:
-            problem = "is missing" if "role" not in t else f"is {json.dumps(role) if isinstance(role, str) else _type_name(role)}"
+            problem = "is missing" if "role" not in t else f"is {_shown(role) if isinstance(role, str) else _type_name(role)}"
             _fail(f"{prefix}.role", problem, 'accepted: "human", "gpt"', "unknown role")
         text = _req_str(t, "text", f"{prefix}.text", what="a string", allow_empty=True) if "text" in t else ""
         media_in: list[MediaRef] = []
@@ -127,6 +126,7 @@ def read_conversations(
         raise ValueError(f"unknown format {format!r} (accepted: {', '.join(map(repr, _FORMATS))})")
     _check_on_error(on_error)
     path = Path(json_path)
+    _check_media_root(media_root, path, check_files)
     root = _root(media_root, path)
     file_name = path.name
     if format == "mimicit":

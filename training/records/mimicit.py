@@ -3,14 +3,13 @@ exemplars first, images through an ``{image_id: path}`` mapping."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from .common import _media_path, _read, _req_str, _root
+from .common import _check_media_root, _media_path, _read, _req_str, _root
 from .files import _load_json
-from .report import DataFormatError, ReadReport, _OnError, _check_on_error, _fail, _type_name
+from .report import DataFormatError, ReadReport, _OnError, _check_on_error, _fail, _shown, _type_name
 from .rows import Conversation, MediaRef, Turn
 
 
@@ -41,6 +40,7 @@ def read_mimicit(
     """
     _check_on_error(on_error)
     path = Path(json_path)
+    _check_media_root(media_root, path, check_files)
     return _read_mimicit(path, _load_json(path, _MIMICIT_ACCEPTED), images, media_root, on_error, check_files)
 
 
@@ -74,17 +74,17 @@ def _read_mimicit(path: Path, doc: Any, images: str | os.PathLike | None, media_
             _fail(field_name, f"is {'empty' if image_id == '' else _type_name(image_id)}",
                   "an image id (a key of the images mapping) is required", "wrong type")
         if mapping is None:
-            _fail(field_name, f'names image "{image_id}" but no images mapping was given',
+            _fail(field_name, f'names image {_shown(image_id)} but no images mapping was given',
                   'pass images= (a JSON file {image_id: path}) or add a top-level "images" object', "unknown id")
         if image_id not in mapping:
-            _fail(field_name, f'names image "{image_id}", which is not in {mapping_name}',
+            _fail(field_name, f'names image {_shown(image_id)}, which is not in {mapping_name}',
                   "each image id must be a key of the images mapping", "unknown id")
         value = mapping[image_id]
         if not isinstance(value, str) or not value.strip():
-            _fail(field_name, f'names image "{image_id}", whose path in {mapping_name} is '
+            _fail(field_name, f'names image {_shown(image_id)}, whose path in {mapping_name} is '
                   f"{'empty' if value == '' else _type_name(value)}", "the mapping must give a file path", "wrong type")
         if max(len(part) for part in value.split("/")) > _MAX_NAME:
-            _fail(field_name, f'names image "{image_id}", whose entry in {mapping_name} is not a file path '
+            _fail(field_name, f'names image {_shown(image_id)}, whose entry in {mapping_name} is not a file path '
                   "(it looks like inline image data)",
                   "decode the release's base64 images to files and map each id to its path", "bad field")
         return _media_path(root, value, field_name, check_files)
@@ -122,7 +122,7 @@ def _read_mimicit(path: Path, doc: Any, images: str | os.PathLike | None, media_
         for k, ref in enumerate(refs):
             f = f"rel_ins_ids[{k}]"
             if not isinstance(ref, str) or ref not in data:
-                what = json.dumps(ref) if isinstance(ref, (str, int, float)) else _type_name(ref)
+                what = _shown(ref) if isinstance(ref, (str, int, float)) else _type_name(ref)
                 _fail(f, f'is {what}, which is not an instruction id in "data"',
                       'each in-context exemplar must be a key of "data"', "unknown id")
             turns += pair(data[ref], f"{f}.", shown)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ class DataFormatError(ValueError):
         field: str | None = None,
         reason: str = "malformed row",
     ) -> None:
-        super().__init__(message)
+        # JSON strings may hold lone surrogates ("\ud800"), which stderr cannot encode: the CLI
+        # printing this message would fail with a traceback of its own.
+        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
         self.file = None if file is None else Path(file)
         self.row = row
         self.field = field
@@ -80,6 +83,24 @@ def _type_name(value: Any) -> str:
         return "null"
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+_SHOWN_CHARS = 60
+
+
+def _shown(value: Any) -> str:
+    """A value as a message quotes it: JSON for scalars, cut short; the type for lists and objects."""
+    if not (value is None or isinstance(value, (str, int, float, bool))):
+        return _type_name(value)
+    return _cut(json.dumps(value, ensure_ascii=False))
+
+
+def _cut(text: str, limit: int = _SHOWN_CHARS) -> str:
+    """``text`` cut short, so a 1 MB string in a row does not become a 1 MB message."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+_PATH_CHARS = 400  # paths are shown whole, up to a length no real path reaches
 
 
 def _check_on_error(on_error: str) -> None:

@@ -21,6 +21,8 @@ def _check_boxes(text: str, field_name: str) -> None:
     for m in _BOX_RE.finditer(text):
         box = m.group(0)
         values = [float(v) for v in box.strip("[]").split(",")]
+        if len(box) > 60:
+            box = box[:56] + " ...]"
         problem = None
         if len(values) != 4:
             problem = f"has a box {box} with {len(values)} numbers"

@@ -3,13 +3,12 @@ turn order checks, the row key, and the LLaVA row (which SVIT and LLaVAR rows ar
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .common import _media_path, _req_str
-from .report import _fail, _type_name
+from .report import _fail, _shown, _type_name
 from .rows import ROLES, Conversation, MediaRef, Turn
 
 
@@ -71,7 +70,7 @@ def _raw_turns(row: dict) -> tuple[str, list[dict]]:
                   "wrong type")
         frm = t.get("from")
         if frm not in ROLES:
-            problem = "is missing" if "from" not in t else f"is {json.dumps(frm) if isinstance(frm, str) else _type_name(frm)}"
+            problem = "is missing" if "from" not in t else f"is {_shown(frm) if isinstance(frm, str) else _type_name(frm)}"
             _fail(f"{key}[{j}].from", problem, 'accepted: "human", "gpt"', "unknown role")
         _req_str(t, "value", f"{key}[{j}].value", what="a string", allow_empty=True)
     return key, turns
