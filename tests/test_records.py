@@ -577,3 +577,152 @@ def test_svit_original_format_is_refused(tmp_path):
     e = raises(read_conversations, write(tmp_path / "svit.json", [row]), format="svit")
     assert str(e) == ('svit.json row 0: field "image" is missing (the row looks like SVIT\'s original data/ format: '
                       'image_id and content lists) (read SVIT\'s format/llava-v1.5 files, which are LLaVA rows)')
+
+
+# ------------------------------------------------------------------- robustness (issue 24)
+
+CC3M_ROWS = [{"caption": "un café à Paris", "image_name": "a.png"}]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32"])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_utf16_and_bom_files_are_decoded(tmp_path, media, encoding, suffix):
+    text = json.dumps(CC3M_ROWS, ensure_ascii=False) if suffix == ".json" else json.dumps(CC3M_ROWS[0]) + "\r\n"
+    p = tmp_path / f"cc3m{suffix}"
+    p.write_bytes(text.encode(encoding))  # "utf-16"/"utf-32" write a BOM, the -le/-be forms do not
+    recs, _ = read_caption_pairs(p, media)
+    assert recs == [CaptionPair("image", media / "a.png", "un café à Paris", "a.png")]
+
+
+def test_undecodable_file_says_to_save_as_utf8(tmp_path, media):
+    p = tmp_path / "latin.json"
+    p.write_bytes(('[\n{"caption": "ok", "image_name": "a.png"},\n'
+                   '{"caption": "un café", "image_name": "a.png"}]').encode("latin-1"))
+    e = raises(read_caption_pairs, p, media, on_error="skip")
+    assert str(e) == ("latin.json: is not UTF-8 text (byte 0xe9 at line 3 cannot be decoded); if it is Latin-1 or "
+                      "another legacy encoding, save it as UTF-8 (accepted: UTF-8 text, or UTF-16 / UTF-32 / UTF-8 "
+                      "with a byte-order mark)")
+    assert (e.reason, e.row) == ("bad encoding", None)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty.json: the file is empty ("),
+    ("  \n", "empty.json: the file is empty ("),
+    ("[" * 5000 + "]" * 5000, "empty.json: nested too deeply: more than about "),
+    ("[" + "9" * 5000 + "]", "empty.json: a number is too long to read (Exceeds the limit (4300 digits)"),
+    ('{"caption": "a"}\n{"caption": "b"}\n', "empty.json: invalid JSON at line 2 column 1: Extra data (this looks "
+     "like JSON Lines: one value per line; give the file a .jsonl name) ("),
+    ('{"meta": {}, "data": [], "x": 1, "y": 2, "z": 3}', 'empty.json: top-level JSON is an object with keys '
+     '"meta", "data", "x", "y", ... (a JSON array of row objects'),
+    ("null", "empty.json: top-level JSON is null ("),
+    ("12", "empty.json: top-level JSON is a number ("),
+])
+def test_bad_files_raise_one_sentence(tmp_path, media, text, message):
+    p = tmp_path / "empty.json"
+    p.write_text(text)
+    for read in (lambda: read_caption_pairs(p, media, on_error="skip"), lambda: read_text_captions(p, "image"),
+                 lambda: read_conversations(p, media)):
+        e = raises(read)
+        assert str(e).startswith(message) and "\n" not in str(e)
+
+
+def test_bad_jsonl_lines_are_rows(tmp_path, media):
+    p = tmp_path / "x.jsonl"
+    p.write_text('{"caption": "a", "image_name": "a.png"}\n' + "[" * 5000 + "\n" + '{"caption": 1e999, "image_name": 1}\n'
+                 + "null\n" + '{"caption": "b", "image_name": "b.png"}\n')
+    recs, rep = read_caption_pairs(p, media, on_error="skip")
+    assert [r.key for r in recs] == ["a.png", "b.png"]
+    assert rep.summary() == "kept 2 of 5 rows; skipped 3 (1 invalid JSON, 1 not an object, 1 wrong type)"
+    assert [str(e) for e in rep.errors] == [
+        "x.jsonl row 1: nested too deeply: more than about 1000 levels of lists and objects "
+        "(a JSON array of row objects, or JSON Lines (.jsonl) with one object per line)",
+        'x.jsonl row 2: field "image_name" is a number (a non-empty file name is required)',
+        "x.jsonl row 3: row is null (each row must be a JSON object)"]
+
+
+def test_jsonl_round_trip_keeps_line_separator_characters(tmp_path, media):
+    # U+2028 is valid raw inside a JSON string; str.splitlines() would cut the row in two
+    p = dump_json([{"caption": "one\u2028two\x1cthree", "image_name": "a.png"}], tmp_path / "c.jsonl")
+    recs, _ = read_caption_pairs(p, media)
+    assert recs[0].caption == "one\u2028two\x1cthree"
+
+
+def test_a_folder_or_unreadable_data_path(tmp_path, media):
+    e = raises(read_caption_pairs, media)
+    assert str(e).startswith(f"{media}: is a folder, not a data file (")
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("/etc/passwd", 'is an absolute path "/etc/passwd"'),
+    ("../a.png", 'is "../a.png", which climbs out of the media folder'),
+    ("sub/../../media/a.png", 'is "sub/../../media/a.png", which climbs out of the media folder'),
+    ("a\x00.png", 'is "a\\u0000.png", which holds a NUL character'),
+])
+def test_unsafe_media_names_are_refused_per_row(tmp_path, media, name, problem):
+    p = write(tmp_path / "cc3m.json", [{"caption": "x", "image_name": "a.png"}, {"caption": "y", "image_name": name}])
+    e = raises(read_caption_pairs, p, media, check_files=False)  # refused even when files are not checked
+    assert str(e) == (f'cc3m.json row 1: field "image_name" {problem} '
+                      "(a file path relative to the media folder, not leaving it, is required)")
+    assert e.reason == "unsafe path"
+    recs, rep = read_caption_pairs(p, media, on_error="skip")
+    assert [r.key for r in recs] == ["a.png"] and rep.skipped == {"unsafe path": 1}
+    # the same check guards every format that names media files
+    conv = {"turns": [{"role": "human", "text": "q", "media": [{"modality": "image", "path": name}]},
+                      {"role": "gpt", "text": "a"}]}
+    llava = {"image": name, "conversations": [{"from": "human", "value": "<image>q"}, {"from": "gpt", "value": "a"}]}
+    for row, field in ((conv, "turns[0].media[0].path"), (llava, "image")):
+        e = raises(read_conversations, write(tmp_path / "conv.json", [row]), media)
+        assert (e.field, e.reason) == (field, "unsafe path")
+    mimic = {"data": {"I1": {"instruction": "q", "answer": "a", "image_ids": ["x"]}}, "images": {"x": name}}
+    assert raises(read_mimicit, write(tmp_path / "m.json", mimic), None, media).reason == "unsafe path"
+
+
+def test_inner_dotdot_that_stays_inside_is_fine(tmp_path, media):
+    (media / "sub").mkdir()
+    recs, _ = read_caption_pairs(write(tmp_path / "c.json", [{"caption": "x", "image_name": "sub/../a.png"}]), media)
+    assert recs[0].media == media / "sub/../a.png"
+
+
+def test_missing_media_folder_is_reported_as_such(tmp_path, media):
+    p = write(tmp_path / "cc3m.json", [{"caption": "x", "image_name": "a.png"}])
+    gone = tmp_path / "imgs"
+    message = (f"cc3m.json: the media folder {gone} does not exist "
+               "(accepted: an existing folder the rows' media names are relative to)")
+    # the training CLI tries captions, then conversations: both must name the folder, not a field
+    for read in (read_caption_pairs, read_conversations, read_mimicit):
+        args = (p, None, gone) if read is read_mimicit else (p, gone)
+        e = raises(read, *args, on_error="skip")
+        assert str(e) == message and e.reason == "missing media folder"
+    assert read_caption_pairs(p, gone, check_files=False)[0][0].media == gone / "a.png"
+    e = raises(read_caption_pairs, p, media / "a.png")
+    assert "cc3m.json: the media folder" in str(e) and "is a file, not a folder" in str(e)
+    e = raises(read_caption_pairs, tmp_path / "absent.json", gone)  # the data file is reported first
+    assert "absent.json: file not found" in str(e)
+
+
+def test_messages_cut_long_values_and_survive_lone_surrogates(tmp_path, media):
+    row = {"conversation": [{"from": "x" * 10_000, "value": "q"}, {"from": "gpt", "value": "a"}]}
+    e = raises(read_conversations, write(tmp_path / "c.json", [row]), media)
+    assert len(str(e)) < 300 and "(10002 characters)" in str(e)
+    p = tmp_path / "s.json"
+    p.write_text('[{"caption": "x", "image_name": "\\ud800.png"}]')
+    e = raises(read_caption_pairs, p, media)
+    str(e).encode("utf-8")  # a lone surrogate would make the CLI's print fail
+    assert "\\ud800.png" in str(e)
+
+
+def test_parse_data_arg(tmp_path, monkeypatch):
+    from training.records import parse_data_arg
+
+    monkeypatch.chdir(tmp_path)
+    assert parse_data_arg("cc3m.json:images/") == (Path("cc3m.json"), Path("images"))
+    assert parse_data_arg("cc3m.json") == (Path("cc3m.json"), None)
+    assert parse_data_arg(Path("dir/cc3m.json")) == (Path("dir/cc3m.json"), None)
+    (tmp_path / "odd:name.json").write_text("[]")
+    assert parse_data_arg("odd:name.json") == (Path("odd:name.json"), None)  # an existing file wins
+    assert parse_data_arg("odd:name.json:media:v2") == (Path("odd:name.json"), Path("media:v2"))
+    assert parse_data_arg("a:b.json:media") == (Path("a:b.json"), Path("media"))  # neither exists: last colon
+    for bad, missing in (("cc3m.json:", "media folder after"), (":images", "data file before")):
+        with pytest.raises(DataFormatError) as info:
+            parse_data_arg(bad)
+        assert str(info.value) == f'data argument "{bad}" names no {missing} ":" (accepted: FILE or FILE:MEDIA_FOLDER)'
