@@ -16,6 +16,11 @@ Reproduces ``imagebind/data.py`` without torchvision / torchaudio / pytorchvideo
   mean, kaldi fbank (128 bins, 25/10 ms, hanning, htk_compat), pad/crop to 204 frames,
   normalise ``(x - (-4.268)) / 9.138``. Output ``[clips, 1, 128, 204]``.
 
+Bounded work, whatever the input: :func:`video_frame_indices` names the frames the clips use
+(10 in the real preset) so readers decode only those; :func:`preprocess_audio_source` reads and
+resamples only the three clips' windows; an image of extreme aspect ratio is resampled only
+inside its centre crop.
+
 Deviations from the reference, on purpose: inputs shorter than one clip are handled
 (video frames repeat, audio is zero-padded in the fbank domain like the reference pads
 short clips), and multi-channel audio is reduced by ``channel="first"`` (the
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
-from typing import Any, List, Tuple, Union
+from typing import Any, Callable, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -34,7 +39,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .fbank import kaldi_fbank
-from .resample import resample
+from .resample import resample_range, resampled_length
 
 __all__ = [
     "CLIP_MEAN",
@@ -46,7 +51,11 @@ __all__ = [
     "preprocess_image",
     "preprocess_image_native",
     "preprocess_video",
+    "preprocess_sampled_video",
+    "video_frame_indices",
     "preprocess_audio",
+    "preprocess_audio_source",
+    "audio_clip_ranges",
     "waveform_to_melspec",
     "ImageBindProcessor",
 ]
@@ -56,6 +65,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 AUDIO_MEAN = -4.268
 AUDIO_STD = 9.138
 AUDIO_SAMPLE_RATE = 16000
+#: past this many times the target size, the long side is not resized whole (see preprocess_image).
+_LONG_SIDE_LIMIT = 8
 
 
 def _normalize_chw(x: torch.Tensor) -> torch.Tensor:
@@ -89,11 +100,17 @@ def preprocess_image(image: Image.Image, size: int = 224) -> torch.Tensor:
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
-    if (new_w, new_h) != (w, h):
-        image = image.resize((new_w, new_h), Image.BICUBIC)
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
-    image = image.crop((left, top, left + size, top + size))
+    if max(new_w, new_h) > _LONG_SIDE_LIMIT * size:
+        # Extreme aspect ratios (1 x 30,000 would resize to 224 x 6.7 M): resample only the
+        # centre square's source box. Same filter and scale; pixels may differ by one grey level.
+        sx, sy = w / new_w, h / new_h
+        image = image.resize((size, size), Image.BICUBIC, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+    else:
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        image = image.crop((left, top, left + size, top + size))
     x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255.0
     return _normalize_chw(x)
 
@@ -146,6 +163,74 @@ def _uniform_crop(x: torch.Tensor, size: int, idx: int) -> torch.Tensor:
     return x[..., y0 : y0 + size, x0 : x0 + size]
 
 
+def video_frame_indices(
+    num_frames: int, fps: float, clip_duration: float = 2, clips_per_video: int = 5, frames_per_clip: int = 2
+) -> List[List[int]]:
+    """Which frames each clip uses (per clip, ``frames_per_clip`` indices into ``num_frames``).
+
+    ``ConstantClipsPerVideoSampler`` + ``UniformTemporalSubsample``; readers use it to decode only
+    these frames (10 of a 30,000-frame video in the real preset)."""
+    if num_frames < 1:
+        raise ValueError(f"video has no frames (num_frames={num_frames})")
+    if not (fps and math.isfinite(fps) and fps > 0):
+        raise ValueError(f"video fps must be a positive number, got {fps!r}")
+    if frames_per_clip < 1:
+        raise ValueError(f"frames_per_clip must be >= 1, got {frames_per_clip}")
+    n = int(num_frames)
+    picked: List[List[int]] = []
+    for start, end in clip_timepoints(n / float(fps), clip_duration, clips_per_video):
+        first = min(int(math.ceil(start * fps - 1e-9)), n - 1)
+        last = min(max(int(math.ceil(end * fps - 1e-9)) - 1, first), n - 1)
+        picked.append(torch.linspace(first, last, frames_per_clip).clamp(first, last).long().tolist())
+    return picked
+
+
+def _as_rgb_frame(frame: np.ndarray) -> np.ndarray:
+    arr = np.asarray(frame)
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"a video frame must be an array [H,W,3] with pixels, got shape {arr.shape}")
+    if arr.shape[-1] == 1:
+        return np.repeat(arr, 3, axis=-1)
+    return arr[..., :3]
+
+
+def preprocess_sampled_video(
+    frames: Mapping[int, np.ndarray],
+    picked: Sequence[Sequence[int]],
+    crops: int = 3,
+    size: int = 224,
+    antialias: bool = False,
+) -> torch.Tensor:
+    """Frames already sampled (``{index: [H,W,3]}`` for every index in ``picked``, from
+    :func:`video_frame_indices`) -> ``[clips*crops, 3, frames_per_clip, size, size]``.
+
+    Each frame is scaled and cropped on its own, so memory holds one scaled frame at a time."""
+    if crops not in (1, 3):
+        raise ValueError(f"crops must be 1 or 3, got {crops}")
+    crop_ids = [0, 1, 2] if crops == 3 else [1]
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    cropped = {}
+    for i in sorted({i for clip in picked for i in clip}):
+        if i not in frames:
+            raise ValueError(f"frame {i} was not provided")
+        arr = _as_rgb_frame(frames[i])
+        if arr.dtype == np.uint8:
+            x = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+            if not torch.isfinite(x).all():
+                raise ValueError("video frames contain NaN or infinite values")
+        x = _short_side_scale(x.permute(2, 0, 1)[None], size, antialias)
+        x = (x - mean) / std
+        cropped[i] = [_uniform_crop(x[0], size, c).clone() for c in crop_ids]  # clone: drop the scaled frame
+    out = []
+    for idx in picked:
+        for k in range(len(crop_ids)):
+            out.append(torch.stack([cropped[i][k] for i in idx], dim=1))  # C T H W
+    return torch.stack(out).contiguous()
+
+
 def preprocess_video(
     frames: np.ndarray,
     fps: float,
@@ -164,45 +249,10 @@ def preprocess_video(
         raise ValueError(f"video frames must be an array [F,H,W,3], got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0 or arr.shape[2] == 0:
         raise ValueError(f"video has no frames/pixels (shape {arr.shape})")
-    if not (fps and math.isfinite(fps) and fps > 0):
-        raise ValueError(f"video fps must be a positive number, got {fps!r}")
     if crops not in (1, 3):
         raise ValueError(f"crops must be 1 or 3, got {crops}")
-    if frames_per_clip < 1:
-        raise ValueError(f"frames_per_clip must be >= 1, got {frames_per_clip}")
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif arr.shape[-1] == 4:
-        arr = arr[..., :3]
-    n = arr.shape[0]
-    duration = n / float(fps)
-    picked: List[List[int]] = []
-    for start, end in clip_timepoints(duration, clip_duration, clips_per_video):
-        first = min(int(math.ceil(start * fps - 1e-9)), n - 1)
-        last = min(max(int(math.ceil(end * fps - 1e-9)) - 1, first), n - 1)
-        idx = torch.linspace(first, last, frames_per_clip).clamp(first, last).long().tolist()
-        picked.append(idx)
-    unique = sorted({i for clip in picked for i in clip})
-    sel = arr[unique]
-    if sel.dtype == np.uint8:
-        x = torch.from_numpy(np.ascontiguousarray(sel)).float() / 255.0
-    else:
-        x = torch.from_numpy(np.ascontiguousarray(sel, dtype=np.float32))
-        if not torch.isfinite(x).all():
-            raise ValueError("video frames contain NaN or infinite values")
-    x = x.permute(0, 3, 1, 2)  # T C H W
-    x = _short_side_scale(x, size, antialias)
-    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    pos = {fi: k for k, fi in enumerate(unique)}
-    out = []
-    crop_ids = [0, 1, 2] if crops == 3 else [1]
-    for idx in picked:
-        clip = x[[pos[i] for i in idx]].permute(1, 0, 2, 3)  # C T H W
-        for c in crop_ids:
-            out.append(_uniform_crop(clip, size, c))
-    return torch.stack(out).contiguous()
+    picked = video_frame_indices(arr.shape[0], fps, clip_duration, clips_per_video, frames_per_clip)
+    return preprocess_sampled_video({i: arr[i] for c in picked for i in c}, picked, crops, size, antialias)
 
 
 # --------------------------------------------------------------------------- audio
@@ -218,6 +268,65 @@ def waveform_to_melspec(
     elif p < 0:
         fb = fb[:, :target_length]
     return fb.unsqueeze(0)
+
+
+def audio_clip_ranges(num_samples: int, clip_duration: float = 2, clips_per_video: int = 3,
+                      sample_rate: int = AUDIO_SAMPLE_RATE) -> List[Tuple[int, int]]:
+    """Sample ranges ``[a, b)`` of the clips ImageBind reads from a ``num_samples``-long signal
+    at ``sample_rate`` (``ConstantClipsPerVideoSampler``; a clip past the end takes the tail)."""
+    n, sr = int(num_samples), int(sample_rate)
+    ranges = []
+    for start, end in clip_timepoints(n / sr, clip_duration, clips_per_video):
+        a, b = min(int(start * sr), n), min(int(end * sr), n)
+        if b <= a:  # rounding at the very end: take the tail
+            a, b = max(n - int(clip_duration * sr), 0), n
+        ranges.append((a, b))
+    return ranges
+
+
+def preprocess_audio_source(
+    read: Callable[[int, int], Union[np.ndarray, torch.Tensor]],
+    num_samples: int,
+    sample_rate: int,
+    clip_duration: float = 2,
+    clips_per_video: int = 3,
+    num_mel_bins: int = 128,
+    target_length: int = 204,
+    channel: str = "first",
+    mean: float = AUDIO_MEAN,
+    std: float = AUDIO_STD,
+) -> torch.Tensor:
+    """Like :func:`preprocess_audio`, reading only what the clips need: ``read(i0, i1)`` returns
+    samples ``[i0, i1)`` as float ``[C, i1 - i0]`` at ``sample_rate``. Each 16-kHz clip is
+    resampled from its own window of input (exactly the samples of resampling the whole signal),
+    so an hour-long file costs three 2-second clips."""
+    if not sample_rate or isinstance(sample_rate, bool) or int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    if num_samples < 1:
+        raise ValueError(f"audio waveform is empty ({num_samples} samples): zero-length audio")
+    if channel not in ("first", "mean"):
+        raise ValueError(f"channel must be 'first' or 'mean', got {channel!r}")
+    sample_rate = int(sample_rate)
+
+    def mono(i0: int, i1: int) -> torch.Tensor:
+        x = torch.as_tensor(read(i0, i1))
+        if x.ndim == 1:
+            x = x[None]
+        if not x.is_floating_point():
+            raise ValueError(f"audio waveform must be float (got {x.dtype}); scale integer PCM to [-1, 1] first")
+        x = x.to(torch.float32)
+        if not torch.isfinite(x).all():
+            raise ValueError("audio waveform contains NaN or infinite values")
+        return x[0] if channel == "first" else x.mean(dim=0)
+
+    sr = AUDIO_SAMPLE_RATE
+    total = resampled_length(num_samples, sample_rate, sr)
+    clips = []
+    for a, b in audio_clip_ranges(total, clip_duration, clips_per_video, sr):
+        seg = resample_range(mono, num_samples, sample_rate, sr, a, b)
+        mel = waveform_to_melspec(seg, sr, num_mel_bins, target_length)
+        clips.append((mel - mean) / std)
+    return torch.stack(clips)
 
 
 def preprocess_audio(
@@ -246,29 +355,12 @@ def preprocess_audio(
         raise ValueError(f"audio waveform shape {tuple(x.shape)} looks like [T,C]; pass [C,T]")
     if not x.is_floating_point():
         raise ValueError(f"audio waveform must be float (got {x.dtype}); scale integer PCM to [-1, 1] first")
-    x = x.to(torch.float32)
     if not torch.isfinite(x).all():
         raise ValueError("audio waveform contains NaN or infinite values")
-    if not sample_rate or int(sample_rate) != sample_rate or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-    if channel == "first":
-        mono = x[0]
-    elif channel == "mean":
-        mono = x.mean(dim=0)
-    else:
-        raise ValueError(f"channel must be 'first' or 'mean', got {channel!r}")
-    sr = AUDIO_SAMPLE_RATE
-    if int(sample_rate) != sr:
-        mono = resample(mono, int(sample_rate), sr)
-    duration = mono.shape[0] / sr
-    clips = []
-    for start, end in clip_timepoints(duration, clip_duration, clips_per_video):
-        seg = mono[int(start * sr) : int(end * sr)]
-        if seg.numel() == 0:  # rounding at the very end: take the tail
-            seg = mono[-int(clip_duration * sr):]
-        mel = waveform_to_melspec(seg, sr, num_mel_bins, target_length)
-        clips.append((mel - mean) / std)
-    return torch.stack(clips)
+    return preprocess_audio_source(
+        lambda i0, i1: x[:, i0:i1], x.shape[1], sample_rate, clip_duration, clips_per_video,
+        num_mel_bins, target_length, channel, mean, std,
+    )
 
 
 # --------------------------------------------------------------------------- processor

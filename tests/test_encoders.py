@@ -287,6 +287,99 @@ def test_resample_batched_and_identity():
         resample(x, 0, 16000)
 
 
+def _reference_resample(x: torch.Tensor, orig: int, new: int) -> torch.Tensor:
+    """torchaudio's algorithm written out directly (float64 bank, one strided conv1d), for small banks."""
+    g = math.gcd(orig, new)
+    orig, new = orig // g, new // g
+    base = min(orig, new) * 0.99
+    width = math.ceil(6 * orig / base)
+    idx = torch.arange(-width, width + orig, dtype=torch.float64)[None, None] / orig
+    t = ((torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new + idx) * base).clamp(-6, 6)
+    window = torch.cos(t * math.pi / 12) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.ones_like(t), torch.sin(t) / torch.where(t == 0, torch.ones_like(t), t)) * window * base / orig
+    y = torch.nn.functional.conv1d(torch.nn.functional.pad(x.double()[None, None], (width, width + orig)), kernel, stride=orig)
+    return y[0].T.reshape(-1)[: math.ceil(new * x.shape[-1] / orig)].float()
+
+
+@pytest.mark.parametrize("orig", [44100, 22050, 12000, 8000])
+def test_resample_tap_path_and_ranges_match_the_bank(orig, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("encoders.resample")
+    x = torch.from_numpy(np.random.RandomState(0).randn(orig).astype(np.float32))
+    ref = _reference_resample(x, orig, 16000)
+    torch.testing.assert_close(resample(x, orig, 16000), ref, atol=1e-6, rtol=0)
+    part = mod.resample_range(lambda a, b: x[a:b], x.shape[0], orig, 16000, 3001, 9000)
+    torch.testing.assert_close(part, ref[3001:9000], atol=1e-6, rtol=0)
+    monkeypatch.setattr(mod, "BANK_LIMIT", 0)  # force the tap-by-tap path
+    torch.testing.assert_close(resample(x, orig, 16000), ref, atol=2e-6, rtol=0)
+    part = mod.resample_range(lambda a, b: x[a:b], x.shape[0], orig, 16000, 15000, 16000)
+    torch.testing.assert_close(part, ref[15000:16000], atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("orig", [1, 7999, 11127, 16001, 22051, 44101, 384000])
+def test_resample_coprime_rates_fast_and_bounded(orig):
+    import importlib
+
+    mod = importlib.import_module("encoders.resample")
+    n = max(orig * 2, 3)
+    x = torch.from_numpy(np.sin(np.arange(n) * 2 * np.pi * min(300, orig / 4) / orig).astype(np.float32))
+    t0 = time.perf_counter()
+    y = resample(x, orig, 16000)
+    assert time.perf_counter() - t0 < 5
+    assert y.shape == (math.ceil(n * 16000 / orig),) and torch.isfinite(y).all()
+    if orig > 600:  # a 300 Hz tone survives with its amplitude
+        assert abs(float(y[2000:-2000].abs().max()) - 1.0) < 0.03
+    # a window out of the middle equals the same samples of the whole
+    mid = y.shape[0] // 2
+    part = mod.resample_range(lambda a, b: x[a:b], n, orig, 16000, mid, mid + 100)
+    torch.testing.assert_close(part, y[mid : mid + 100], atol=2e-6, rtol=0)
+
+
+def test_preprocess_audio_source_reads_only_the_clips():
+    """An hour at 44.1 kHz: the three clips are read (and resampled) from small windows."""
+    from encoders.preprocessing import preprocess_audio_source
+
+    sr, hour = 44100, 3600 * 44100
+    reads = []
+
+    def read(a, b):
+        reads.append((a, b))
+        t = np.arange(a, b) / sr
+        return np.sin(2 * np.pi * 440 * t)[None].astype(np.float32)
+
+    t0 = time.perf_counter()
+    x = preprocess_audio_source(read, hour, sr)
+    assert time.perf_counter() - t0 < 5 and x.shape == (3, 1, 128, 204)
+    assert sum(b - a for a, b in reads) < 4 * 2 * sr  # three 2-s clips plus filter margins
+    # the same numbers as preprocessing a short signal in memory, clip by clip
+    short = read(0, 3 * sr)
+    torch.testing.assert_close(preprocess_audio_source(lambda a, b: short[:, a:b], 3 * sr, sr),
+                               preprocess_audio(short, sr))
+
+
+def test_preprocess_image_extreme_aspect_bounded():
+    for size in [(1, 30000), (30000, 1), (3, 5000)]:
+        img = Image.new("RGB", size, (200, 10, 10))
+        t0 = time.perf_counter()
+        x = preprocess_image(img)
+        assert time.perf_counter() - t0 < 2 and x.shape == (3, 224, 224)
+        torch.testing.assert_close(x, preprocess_image(Image.new("RGB", (224, 224), (200, 10, 10))), atol=0.02, rtol=0)
+
+
+def test_video_frame_indices_pick_ten_of_thirty_thousand():
+    from encoders.preprocessing import preprocess_sampled_video, video_frame_indices
+
+    picked = video_frame_indices(30000, 30.0)
+    assert len(picked) == 5 and all(len(c) == 2 for c in picked)
+    assert picked[0] == [0, 59] and picked[-1][-1] == 29999
+    frames = np.random.RandomState(0).randint(0, 255, (90, 16, 24, 3)).astype(np.uint8)
+    sub = video_frame_indices(90, 30.0)
+    torch.testing.assert_close(preprocess_sampled_video({i: frames[i] for c in sub for i in c}, sub),
+                               preprocess_video(frames, 30.0))
+
+
 # --------------------------------------------------------------------------- preprocessing
 @pytest.mark.parametrize("mode,size", [("RGB", (300, 200)), ("RGBA", (50, 400)), ("L", (224, 224)), ("P", (17, 9))])
 def test_preprocess_image_modes_and_sizes(mode, size):
