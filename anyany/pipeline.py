@@ -76,12 +76,22 @@ class AnyToAnyOutput:
         return self.files
 
 
+@dataclass
+class LLMInputs:
+    """What ``prepare_inputs`` hands to ``generate_text``: the merged prompt and where its media sit."""
+
+    inputs_embeds: torch.Tensor  # [1, L, H]
+    media_mask: torch.Tensor  # [1, L] True at media positions (the LLM adapters attend to these)
+
+
 class AnyToAnyPipeline:
-    def __init__(self, model, decoders: dict | None = None, progress: bool = True):
+    def __init__(self, model, decoders: dict | None = None, progress: bool = True, keep_decoders: bool = True):
         self.model = model.eval()
         self._decoders = dict(decoders or {})
         self.progress = progress
-        self._media_mask = None  # (embeds, media mask) of the last prepare_inputs, for the LLM adapters
+        # False: each decoder is released right after its call, so only one is ever resident next to
+        # the LLM (a 7B LLM in 16 bit plus all three decoders does not fit 24 GB; one at a time does)
+        self.keep_decoders = keep_decoders
 
     @classmethod
     def from_pretrained(cls, path_or_preset: str, *, device: str = "cpu", progress: bool = True, config_overrides=None):
@@ -109,6 +119,15 @@ class AnyToAnyPipeline:
                 raise ValueError(f"no decoder configured for {modality}; configured: {sorted(self.model.config.decoders)}")
             self._decoders[modality] = build_decoder(cfg)
         return self._decoders[modality]
+
+    def release_decoder(self, modality: str) -> None:
+        """Drop a built decoder (it is rebuilt on next use) and return its memory."""
+        import gc
+
+        if self._decoders.pop(modality, None) is not None:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ steps
     def check_inputs(self, prompt, messages, media) -> list[Message]:
@@ -147,21 +166,18 @@ class AnyToAnyPipeline:
             turns.append(ChatTurn("human", m.text, refs))
         return turns, {k: batch_media(v) for k, v in features.items()}
 
-    def prepare_inputs(self, turns, features) -> torch.Tensor:
+    def prepare_inputs(self, turns, features) -> LLMInputs:
         segments = self.model.prompts.conversation_segments(turns)
         sequence = self.model.prompts.encode_segments(segments, feature_shapes=media_shapes(features))
         batch = collate_sequences([sequence], self.model.tokenizer.pad_token_id)
         input_ids = batch["input_ids"].to(self.model.device)
         embeds = self.model.embed_inputs(input_ids, batch["media_slots"], features)
-        self._media_mask = (embeds, input_ids == self.model.token_ids.placeholder)
-        return embeds
+        return LLMInputs(embeds, input_ids == self.model.token_ids.placeholder)
 
-    def generate_text(self, inputs_embeds, *, generator, logits_processor, media_mask=None, **gen) -> LLMOutput:
-        if media_mask is None and self._media_mask is not None and self._media_mask[0] is inputs_embeds:
-            media_mask = self._media_mask[1]  # these embeds came from prepare_inputs
+    def generate_text(self, inputs: LLMInputs, *, generator, logits_processor, **gen) -> LLMOutput:
         return generate_with_signals(
-            self.model, inputs_embeds, generator=generator, logits_processor=logits_processor,
-            progress=self.progress, media_mask=media_mask, **gen,
+            self.model, inputs.inputs_embeds, generator=generator, logits_processor=logits_processor,
+            progress=self.progress, media_mask=inputs.media_mask, **gen,
         )
 
     def project_signals(self, llm_output: LLMOutput) -> list[tuple[str, torch.Tensor]]:
@@ -179,6 +195,9 @@ class AnyToAnyPipeline:
             data = decoder.generate(cond, seed=seed + k, progress=self.progress, **kwargs)[0]
             fps = kwargs.get("fps", getattr(decoder.config, "fps", None)) if modality == "video" else None
             results.append(GeneratedMedia(modality, data, decoder.sample_rate, fps, cond.detach()))
+            del decoder  # else the next modality's decoder is built while this one is still referenced
+            if not self.keep_decoders:
+                self.release_decoder(modality)
         return results
 
     # ------------------------------------------------------------------ the call
@@ -207,10 +226,10 @@ class AnyToAnyPipeline:
         gen_cfg = self.model.config.generation
         messages = self.check_inputs(prompt, messages, media)
         turns, features = self.encode_media(messages)
-        inputs_embeds = self.prepare_inputs(turns, features)
+        llm_inputs = self.prepare_inputs(turns, features)
         generator = torch.Generator().manual_seed(seed)
         llm_output = self.generate_text(
-            inputs_embeds,
+            llm_inputs,
             generator=generator,
             logits_processor=logits_processor,
             max_new_tokens=max_new_tokens or gen_cfg.max_new_tokens,

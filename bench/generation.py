@@ -50,7 +50,7 @@ def main():
 
     turns, feats = pipe.encode_media(pipe.check_inputs("draw and play", None, []))
     with torch.no_grad():
-        embeds = pipe.prepare_inputs(turns, feats)
+        embeds = pipe.prepare_inputs(turns, feats).inputs_embeds
         t_llm, llm_out = timed(lambda: generate_with_signals(model, embeds, max_new_tokens=model.config.generation.max_new_tokens,
                                                              logits_processor=processors()), args.repeats)
         t_proj, cond = timed(lambda: pipe.project_signals(llm_out), args.repeats)

@@ -459,8 +459,7 @@ def test_variable_count_pipeline_answers_about_an_image(kind, image_files):
                logits_processor=[ScriptedTokens(tok("noise", add_special_tokens=False).input_ids, tok.eos_token_id)])
     assert out.text == "noise" and out.media == []
     turns, features = pipe.encode_media(pipe.check_inputs("What?", None, [str(image_files["wide"])]))
-    pipe.prepare_inputs(turns, features)
-    reserved = int(pipe._media_mask[1].sum())
+    reserved = int(pipe.prepare_inputs(turns, features).media_mask.sum())
     assert reserved == pipe.model.bridge.num_tokens("image", media_shape(features["image"][0]))
 
 
