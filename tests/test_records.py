@@ -726,3 +726,16 @@ def test_parse_data_arg(tmp_path, monkeypatch):
         with pytest.raises(DataFormatError) as info:
             parse_data_arg(bad)
         assert str(info.value) == f'data argument "{bad}" names no {missing} ":" (accepted: FILE or FILE:MEDIA_FOLDER)'
+
+
+def test_llava_row_starting_with_gpt_is_a_row_error(tmp_path, media):
+    row = {"image": "a.png", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "q"}]}
+    e = raises(read_conversations, write(tmp_path / "l.json", [row]), media)
+    assert str(e) == 'l.json row 0: field "conversations[0].from" is "gpt" (the first turn must be "human")'
+
+
+def test_media_name_naming_the_folder_itself_is_refused(tmp_path, media):
+    e = raises(read_caption_pairs, write(tmp_path / "c.json", [{"caption": "x", "image_name": "sub/.."}]), media,
+               check_files=False)
+    assert str(e) == ('c.json row 0: field "image_name" is "sub/..", which names the media folder itself '
+                      "(a file path relative to the media folder, not leaving it, is required)")

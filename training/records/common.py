@@ -92,8 +92,11 @@ def _media_path(root: Path, name: str, field_name: str, check_files: bool) -> Pa
         _fail(field_name, f"is {_shown(name)}, which holds a NUL character", _PATH_ACCEPTED, "unsafe path")
     if os.path.isabs(name):
         _fail(field_name, f"is an absolute path {_shown(name)}", _PATH_ACCEPTED, "unsafe path")
-    if posixpath.normpath(name).split("/")[0] == "..":
+    normal = posixpath.normpath(name)
+    if normal.split("/")[0] == "..":
         _fail(field_name, f"is {_shown(name)}, which climbs out of the media folder", _PATH_ACCEPTED, "unsafe path")
+    if normal == ".":
+        _fail(field_name, f"is {_shown(name)}, which names the media folder itself", _PATH_ACCEPTED, "unsafe path")
     path = root / name
     if check_files and not os.path.isfile(path):  # (Path.is_file raises on over-long names)
         _fail(field_name, f"names a missing file {_cut(os.path.abspath(path), _PATH_CHARS)}",

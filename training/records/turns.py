@@ -120,7 +120,8 @@ def _parse_llava(row: dict, conv_key: str, raw: list[dict], root: Path, check_fi
         if n and not media:
             _fail(f"{conv_key}[{j}].value", 'has an "<image>" marker but the row names no image',
                   'add "image_name" (or LLaVA\'s "image") or remove the marker', "unmatched media")
-        turns.append(Turn(t["from"], text, media if j == 0 else ()))
+        # (a gpt first turn cannot hold the image; _check_order then reports the order)
+        turns.append(Turn(t["from"], text, media if j == 0 and t["from"] == "human" else ()))
     _check_order([t.role for t in turns], conv_key, "from")
     _check_nonempty(turns, conv_key, "value")
     return Conversation(tuple(turns), _row_key(row, fallback_key), "llava" if media else "alpaca")
