@@ -240,8 +240,8 @@ def heldout_accuracy(model, media, cache, instruction: str, max_new_tokens: int 
     kind = model.bridge.feature_kind
     for modality, item, path in media:
         feats = cached_medium(cache, path, kind)
-        embeds = pipe.prepare_inputs([ChatTurn("human", instruction, [(modality, 0)])], {modality: feats})
-        out = pipe.generate_text(embeds, generator=None, logits_processor=None, max_new_tokens=max_new_tokens,
+        inputs = pipe.prepare_inputs([ChatTurn("human", instruction, [(modality, 0)])], {modality: feats})
+        out = pipe.generate_text(inputs, generator=None, logits_processor=None, max_new_tokens=max_new_tokens,
                                  temperature=0.0)
         per.setdefault(modality, []).append(words_match(out.text, item, modality))
     model.train(was_training)
@@ -320,7 +320,7 @@ def measure_bridge(config_dict: dict, bridge: dict, caches: dict, media, repeats
             captured.update(args=args, kwargs=kwargs, tokens=output.shape[1])
 
         handle = model.bridge.register_forward_hook(hook, with_kwargs=True)
-        embeds = pipe.prepare_inputs([ChatTurn("human", model.config.stage1_instruction, [(modality, 0)])], {modality: feats})
+        embeds = pipe.prepare_inputs([ChatTurn("human", model.config.stage1_instruction, [(modality, 0)])], {modality: feats}).inputs_embeds
         handle.remove()
         out["tokens"][modality] = int(captured["tokens"])
         out["prompt_tokens"][modality] = int(embeds.shape[1])
@@ -360,7 +360,7 @@ def image_only_bridges(config_dict: dict, media) -> tuple[dict, dict]:
                 feats = encode_file(model, image)
                 feats = feats[None] if isinstance(feats, torch.Tensor) else [feats]
                 pipe = AnyToAnyPipeline(model, progress=False)
-                embeds = pipe.prepare_inputs([ChatTurn("human", "Describe this.", [("image", 0)])], {"image": feats})
+                embeds = pipe.prepare_inputs([ChatTurn("human", "Describe this.", [("image", 0)])], {"image": feats}).inputs_embeds
                 model.llm.get_base_model().model(inputs_embeds=embeds)
             usable[name] = {**spec, "modalities": ("image",)}
         except Exception as err:  # noqa: BLE001 - reported, not hidden
