@@ -5,14 +5,20 @@ from pathlib import Path
 
 import torch
 
-from encoders.preprocessing import preprocess_audio, preprocess_image, preprocess_image_native, preprocess_video
+from encoders.preprocessing import (
+    preprocess_audio_source, preprocess_image, preprocess_image_native, preprocess_sampled_video, video_frame_indices,
+)
 from encoders.tiling import TiledImage, tile_image
 
-from .media import MediaError, detect_modality, read_audio, read_image, read_video
+from .media import AudioSource, MediaError, MediaLimits, detect_modality, probe_video, read_image, read_video_frames
 
 
-def load_media(path, modality: str | None = None, feature_kind: str = "pooled", **image_options) -> tuple[str, object]:
+def load_media(path, modality: str | None = None, feature_kind: str = "pooled", *, limits: MediaLimits | None = None,
+               **image_options) -> tuple[str, object]:
     """Read ``path`` and return ``(modality, inputs)`` ready for the encoder (or the bridge).
+
+    Only what preprocessing uses is decoded (the sampled video frames, the audio clips), within
+    ``limits`` (``anyany.media.MediaLimits``; None: the defaults, docs/limits.md).
 
     image: [3, 224, 224]; video: [clips*crops, 3, T, 224, 224]; audio: [clips, 1, mel, frames].
     ``feature_kind`` (the bridge's) changes how *images* are prepared, with the bridge's
@@ -33,7 +39,7 @@ def load_media(path, modality: str | None = None, feature_kind: str = "pooled", 
         raise MediaError(f"{path}: expected a {modality} file, but its extension says {detected}")
     try:
         if detected == "image":
-            image = read_image(path)
+            image = read_image(path, limits)
             if feature_kind == "pixels":
                 return detected, preprocess_image_native(image, image_options.get("max_image_size"))
             if feature_kind == "tiles":
@@ -41,10 +47,12 @@ def load_media(path, modality: str | None = None, feature_kind: str = "pooled", 
                 return detected, TiledImage(views, grid)
             return detected, preprocess_image(image)
         if detected == "video":
-            frames, fps = read_video(path)
-            return detected, preprocess_video(frames, fps)
-        wave, rate = read_audio(path)
-        return detected, preprocess_audio(wave, rate)
+            info = probe_video(path, limits)
+            picked = video_frame_indices(info.num_frames, info.fps)
+            frames, _ = read_video_frames(path, [i for clip in picked for i in clip], limits)
+            return detected, preprocess_sampled_video(frames, picked)
+        with AudioSource(path, limits) as source:
+            return detected, preprocess_audio_source(source.read, source.frames, source.sample_rate)
     except MediaError:
         raise
     except ValueError as err:  # preprocessing rejects e.g. silent NaNs, empty streams

@@ -1,7 +1,9 @@
 """Reading and writing media files (images, videos, audio) with clear errors.
 
-Readers decode fully (a truncated or mislabelled file fails here, not later) and raise
-:class:`MediaError` naming the file, what was wrong and what is accepted. Writers refuse
+Readers check sizes, durations and rates from the headers against :class:`MediaLimits` before
+decoding, decode only what is asked (video frames by index with seeking, audio by sample range
+through :class:`AudioSource`) and raise :class:`MediaError` naming the file, what was wrong and
+what is accepted. Writers refuse
 to overwrite unless ``overwrite=True``, create parent folders and write atomically (a
 temporary file in the target folder, then ``os.replace``).
 
@@ -16,14 +18,21 @@ import tempfile
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Dict, Iterator, Tuple, Union
 
 import numpy as np
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image, ImageOps
 
 __all__ = [
     "ACCEPTED_EXTENSIONS",
+    "AudioSource",
     "MediaError",
+    "MediaLimits",
+    "VideoInfo",
+    "probe_video",
+    "read_video_frames",
+    "set_default_limits",
     "detect_modality",
     "read_audio",
     "read_image",
@@ -87,17 +96,67 @@ def detect_modality(path: PathLike) -> str:
     raise MediaError(f"{str(p)!r}: cannot tell the media type from extension {ext or '(none)'!r}; accepted: {accepted}")
 
 
+# --------------------------------------------------------------------------- limits
+@dataclass(frozen=True)
+class MediaLimits:
+    """What the readers accept, checked from headers before anything is decoded (docs/limits.md).
+
+    Reading is bounded by what ImageBind's preprocessing uses: 10 video frames are decoded (by
+    seeking), three 2-second audio clips are read, so long files cost little; these limits catch
+    what would still be unreasonable (giant frames, absurd rates, lying headers)."""
+
+    max_image_pixels: int = 50_000_000  # width x height of an image (a 48-MP photo passes)
+    max_aspect_ratio: float = 100.0  # long side / short side, images and video frames
+    max_frame_pixels: int = 3840 * 2160  # one video / GIF frame (4K UHD)
+    max_decoded_frames: int = 10_000  # frames decoded to sample one video (seeks land on keyframes)
+    max_video_seconds: float = 4 * 3600.0
+    max_audio_seconds: float = 4 * 3600.0  # longest audio accepted (only its clips are read)
+    min_sample_rate: int = 1_000  # below this no audible content survives
+    max_sample_rate: int = 768_000
+    max_audio_channels: int = 64
+    max_whole_video_bytes: int = 1 << 30  # read_video / read_audio decode everything: capped
+    max_whole_audio_seconds: float = 600.0
+
+
+DEFAULT_LIMITS = MediaLimits()
+
+
+def set_default_limits(limits: MediaLimits) -> MediaLimits:
+    """Replace the limits used when a reader gets ``limits=None``; returns the previous ones."""
+    global DEFAULT_LIMITS
+    if not isinstance(limits, MediaLimits):
+        raise TypeError(f"expected MediaLimits, got {type(limits).__name__}")
+    previous, DEFAULT_LIMITS = DEFAULT_LIMITS, limits
+    return previous
+
+
+def _check_size(p: Path, w: int, h: int, what: str, max_pixels: int, limits: MediaLimits) -> None:
+    if w < 1 or h < 1:
+        raise MediaError(f"{str(p)!r}: {what} has no pixels ({w}x{h}); expected at least 1x1")
+    if w * h > max_pixels:
+        raise MediaError(f"{str(p)!r}: {what} is {w}x{h} = {w * h / 1e6:.1f} megapixels; "
+                         f"the limit is {max_pixels / 1e6:.1f} megapixels (MediaLimits), please downscale it")
+    if max(w, h) / min(w, h) > limits.max_aspect_ratio:
+        raise MediaError(f"{str(p)!r}: {what} is {w}x{h}, an aspect ratio of {max(w, h) / min(w, h):.0f}:1; "
+                         f"accepted up to {limits.max_aspect_ratio:g}:1 (MediaLimits.max_aspect_ratio)")
+
+
 # --------------------------------------------------------------------------- readers
-def read_image(path: PathLike) -> Image.Image:
-    """Decode an image file to an RGB ``PIL.Image`` (first frame of a GIF; EXIF rotation applied)."""
+def read_image(path: PathLike, limits: MediaLimits | None = None) -> Image.Image:
+    """Decode an image file to an RGB ``PIL.Image`` (first frame of a GIF; EXIF rotation applied).
+    Its size is checked from the header first (``MediaLimits.max_image_pixels``, aspect ratio)."""
     p = _check_file(path, "image")
+    limits = limits or DEFAULT_LIMITS
     try:
         with Image.open(p) as im:
+            _check_size(p, *im.size, "image", limits.max_image_pixels, limits)
             im.seek(0)
             im.load()
             im = ImageOps.exif_transpose(im) or im
             rgb = im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except MediaError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise MediaError(
             f"{str(p)!r}: not a readable image ({type(exc).__name__}: {exc}); accepted: {_accepted('image')}"
         ) from exc
@@ -106,72 +165,267 @@ def read_image(path: PathLike) -> Image.Image:
     return rgb
 
 
-def _read_gif_frames(p: Path) -> Tuple[np.ndarray, float]:
-    frames, durations = [], []
-    with Image.open(p) as im:
-        for frame in ImageSequence.Iterator(im):
-            frame.load()
-            frames.append(np.asarray(frame.convert("RGB"), dtype=np.uint8))
-            durations.append(frame.info.get("duration", im.info.get("duration", 100)) or 100)
-    fps = 1000.0 / float(np.mean(durations)) if durations else 10.0
-    return np.stack(frames), fps
+@dataclass(frozen=True)
+class VideoInfo:
+    """From the header: frame count (estimated from duration x rate when not stored), rate, size."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
 
 
-def read_video(path: PathLike) -> Tuple[np.ndarray, float]:
-    """Decode all frames: ``(frames uint8 [F,H,W,3], fps)``. MP4/WebM/MOV/AVI/MKV via PyAV, GIF via Pillow."""
-    p = _check_file(path, "video")
-    try:
-        if p.suffix.lower() == ".gif":
-            frames, fps = _read_gif_frames(p)
-        else:
-            import av
+def _skip_sub_blocks(f) -> None:
+    while True:
+        n = f.read(1)
+        if not n or n[0] == 0:
+            return
+        f.seek(n[0], 1)
 
-            with av.open(str(p)) as container:
-                if not container.streams.video:
-                    raise MediaError(f"{str(p)!r}: contains no video stream; accepted: {_accepted('video')}")
-                fmt_name = container.format.name or ""
-                if fmt_name.endswith("_pipe") or fmt_name.startswith("image2"):
-                    raise MediaError(
-                        f"{str(p)!r}: is a still image ({container.format.long_name}), not a video; "
-                        f"accepted: {_accepted('video')}"
-                    )
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-                out = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
-            if not out:
-                raise MediaError(f"{str(p)!r}: video stream has no decodable frames")
-            frames = np.stack(out)
+
+def _gif_delays(p: Path) -> list:
+    """Display time (ms) of every GIF frame, from the Graphic Control Extensions, decoding nothing.
+    0 or missing delays count as 100 ms (what browsers show)."""
+    delays, pending = [], None
+    with open(p, "rb") as f:
+        head = f.read(13)
+        if len(head) < 13 or not head.startswith(b"GIF"):
+            raise ValueError("no GIF header")
+        if head[10] & 0x80:
+            f.seek(3 << ((head[10] & 7) + 1), 1)
+        while True:
+            b = f.read(1)
+            if b == b"!":
+                label = f.read(1)
+                if label == b"\xf9":
+                    size = f.read(1)
+                    body = f.read(size[0]) if size else b""
+                    pending = int.from_bytes(body[1:3], "little") * 10 if len(body) >= 3 else None
+                _skip_sub_blocks(f)
+            elif b == b",":
+                desc = f.read(9)
+                if len(desc) < 9:
+                    break
+                if desc[8] & 0x80:
+                    f.seek(3 << ((desc[8] & 7) + 1), 1)
+                f.read(1)  # LZW minimum code size
+                _skip_sub_blocks(f)
+                delays.append(pending or 100)
+                pending = None
+            else:  # trailer, end of file or garbage: stop
+                break
+    return delays
+
+
+def _probe(p: Path, limits: MediaLimits):
+    """(VideoInfo, extra) from headers; for GIF ``extra`` is the frame delays."""
+    if p.suffix.lower() == ".gif":
+        delays = _gif_delays(p)
+        if not delays:
+            raise MediaError(f"{str(p)!r}: GIF has no frames")
+        with Image.open(p) as im:
+            w, h = im.size
+        info = VideoInfo(len(delays), 1000.0 / float(np.mean(delays)), w, h)
+    else:
+        import av
+
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise MediaError(f"{str(p)!r}: contains no video stream; accepted: {_accepted('video')}")
+            fmt_name = container.format.name or ""
+            if fmt_name.endswith("_pipe") or fmt_name.startswith("image2"):
+                raise MediaError(f"{str(p)!r}: is a still image ({container.format.long_name}), not a video; "
+                                 f"accepted: {_accepted('video')}")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             fps = float(rate) if rate else 0.0
             if not (fps > 0 and math.isfinite(fps)):
                 fps = 25.0
+            seconds = None
+            if stream.duration and stream.time_base:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration:
+                seconds = container.duration / 1e6
+            n = stream.frames or (round(seconds * fps) if seconds else 0)
+            if seconds is None:
+                seconds = n / fps
+            if seconds > limits.max_video_seconds:
+                raise MediaError(f"{str(p)!r}: video is {seconds / 60:.0f} minutes long; accepted up to "
+                                 f"{limits.max_video_seconds / 60:.0f} minutes (MediaLimits.max_video_seconds)")
+            ctx = stream.codec_context
+            info = VideoInfo(max(int(n), 1), fps, int(ctx.width or 0), int(ctx.height or 0))
+    _check_size(p, info.width, info.height, "video frame", limits.max_frame_pixels, limits)
+    return info
+
+
+def probe_video(path: PathLike, limits: MediaLimits | None = None) -> VideoInfo:
+    """Frame count, rate and size from the headers (nothing decoded), checked against the limits."""
+    p = _check_file(path, "video")
+    return _guard(p, "video", lambda: _probe(p, limits or DEFAULT_LIMITS))
+
+
+def _guard(p: Path, modality: str, fn):
+    try:
+        return fn()
     except MediaError:
         raise
     except Exception as exc:  # av.error.*, OSError, ValueError, ...
-        raise MediaError(
-            f"{str(p)!r}: not a readable video ({type(exc).__name__}: {exc}); accepted: {_accepted('video')}"
-        ) from exc
-    if frames.shape[0] == 0:
-        raise MediaError(f"{str(p)!r}: video has no frames")
-    return frames, float(fps)
+        raise MediaError(f"{str(p)!r}: not a readable {modality} ({type(exc).__name__}: {exc}); "
+                         f"accepted: {_accepted(modality)}") from exc
 
 
-def read_audio(path: PathLike) -> Tuple[np.ndarray, int]:
-    """Decode audio: ``(waveform float32 [C,T] in [-1,1], sample_rate)``. WAV/FLAC/OGG/MP3 via soundfile."""
-    p = _check_file(path, "audio")
-    import soundfile as sf
+def _too_many(p: Path, limits: MediaLimits) -> MediaError:
+    return MediaError(f"{str(p)!r}: sampling this video needs more than {limits.max_decoded_frames} decoded frames "
+                      "(keyframes too far apart, or too many GIF frames); re-encode it shorter or with more "
+                      "keyframes (MediaLimits.max_decoded_frames)")
 
-    try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as exc:  # sf.LibsndfileError, RuntimeError, ...
-        raise MediaError(
-            f"{str(p)!r}: not a readable audio file ({type(exc).__name__}: {exc}); accepted: {_accepted('audio')}"
-        ) from exc
-    if data.shape[0] == 0:
-        raise MediaError(f"{str(p)!r}: audio file contains no samples")
-    if not np.isfinite(data).all():
-        raise MediaError(f"{str(p)!r}: audio contains NaN or infinite samples")
-    return np.ascontiguousarray(data.T), int(sr)
+
+def _gif_frames(p: Path, targets: list, info: VideoInfo, limits: MediaLimits) -> dict:
+    if targets and targets[-1] + 1 > limits.max_decoded_frames:
+        raise _too_many(p, limits)
+    out = {}
+    with Image.open(p) as im:
+        for i in targets:
+            try:
+                im.seek(i)  # GIF frames build on the previous ones: Pillow decodes its way forward
+            except EOFError:
+                break
+            out[i] = np.asarray(im.convert("RGB").resize((info.width, info.height)) if im.size != (info.width, info.height)
+                                else im.convert("RGB"), dtype=np.uint8)
+    return out
+
+
+def _av_frames(p: Path, targets: list, info: VideoInfo, limits: MediaLimits) -> dict:
+    """Decode the frames at ``targets`` (ascending indices): seek near each far-away target, decode
+    forward to it. A frame's index is its timestamp x rate, so an index is the frame shown then."""
+    import av
+
+    out, decoded, gap = {}, 0, 120
+    with av.open(str(p)) as container:
+        stream = container.streams.video[0]
+        tb, start = stream.time_base, stream.start_time or 0
+        frames, last_idx, last, k, seeked_for, seek_ok, just_seeked = None, -1, None, 0, None, True, False
+        while k < len(targets):
+            t = targets[k]
+            if frames is None or (seek_ok and tb and t - last_idx > gap and seeked_for != t):
+                if t > gap and tb and seek_ok:
+                    container.seek(start + int(t / info.fps / tb), stream=stream, backward=True, any_frame=False)
+                    seeked_for, just_seeked = t, True
+                frames = container.decode(stream)
+            frame = next(frames, None)
+            if frame is None:
+                break
+            decoded += 1
+            if decoded > limits.max_decoded_frames:
+                raise _too_many(p, limits)
+            idx = last_idx + 1 if frame.pts is None or not tb else round(float((frame.pts - start) * tb) * info.fps)
+            if just_seeked and idx < last_idx - gap:
+                seek_ok = False  # keyframes are sparse (the seek fell far behind us): decode forward from here on
+            just_seeked = False
+            last_idx, last = idx, frame
+            arr = None
+            while k < len(targets) and targets[k] <= idx:
+                if arr is None:
+                    arr = frame.to_ndarray(format="rgb24", width=info.width, height=info.height)
+                out[targets[k]] = arr
+                k += 1
+        if k < len(targets) and last is not None:  # the header promised more frames than there are
+            arr = last.to_ndarray(format="rgb24", width=info.width, height=info.height)
+            out.update({t: arr for t in targets[k:]})
+    return out
+
+
+def read_video_frames(path: PathLike, indices, limits: MediaLimits | None = None) -> Tuple[Dict[int, np.ndarray], VideoInfo]:
+    """Decode only the frames at ``indices`` (e.g. ``encoders.preprocessing.video_frame_indices``):
+    ``({index: uint8 [H,W,3]}, VideoInfo)``. Indices past the real end get the last frame."""
+    p = _check_file(path, "video")
+    limits = limits or DEFAULT_LIMITS
+
+    def run():
+        info = _probe(p, limits)
+        targets = sorted({min(max(int(i), 0), info.num_frames - 1) for i in indices})
+        got = (_gif_frames if p.suffix.lower() == ".gif" else _av_frames)(p, targets, info, limits)
+        if not got:
+            raise MediaError(f"{str(p)!r}: video stream has no decodable frames")
+        last = got[max(got)]
+        return {int(i): got.get(min(max(int(i), 0), info.num_frames - 1), last) for i in indices}, info
+
+    return _guard(p, "video", run)
+
+
+def read_video(path: PathLike, limits: MediaLimits | None = None) -> Tuple[np.ndarray, float]:
+    """Decode all frames: ``(frames uint8 [F,H,W,3], fps)``, refused past ``max_whole_video_bytes``
+    (the encoder path reads sampled frames with :func:`read_video_frames` instead)."""
+    p = _check_file(path, "video")
+    limits = limits or DEFAULT_LIMITS
+    info = probe_video(p, limits)
+    size = info.num_frames * info.width * info.height * 3
+    if size > limits.max_whole_video_bytes:
+        raise MediaError(f"{str(p)!r}: decoding all {info.num_frames} frames would take {size / 1e9:.1f} GB; "
+                         f"the limit is {limits.max_whole_video_bytes / 1e9:.1f} GB (read_video_frames samples frames)")
+    every = replace(limits, max_decoded_frames=max(limits.max_decoded_frames, 2 * info.num_frames))  # bytes bound it
+    frames, _ = read_video_frames(p, range(info.num_frames), every)
+    return np.stack([frames[i] for i in range(info.num_frames)]), float(info.fps)
+
+
+class AudioSource:
+    """An open audio file: ``frames``, ``sample_rate``, ``channels`` from the header (checked
+    against the limits) and ``read(i0, i1)`` -> float32 ``[C, i1 - i0]`` (zeros past the real end)."""
+
+    def __init__(self, path: PathLike, limits: MediaLimits | None = None):
+        import soundfile as sf
+
+        self.path = p = _check_file(path, "audio")
+        limits = limits or DEFAULT_LIMITS
+        self._file = _guard(p, "audio", lambda: sf.SoundFile(str(p)))
+        try:
+            self.frames, self.sample_rate, self.channels = int(self._file.frames), int(self._file.samplerate), int(self._file.channels)
+            if not limits.min_sample_rate <= self.sample_rate <= limits.max_sample_rate:
+                raise MediaError(f"{str(p)!r}: sample rate {self.sample_rate} Hz is outside the accepted "
+                                 f"{limits.min_sample_rate}-{limits.max_sample_rate} Hz (MediaLimits)")
+            if not 1 <= self.channels <= limits.max_audio_channels:
+                raise MediaError(f"{str(p)!r}: {self.channels} channels; accepted 1 to {limits.max_audio_channels}")
+            if self.frames < 1:
+                raise MediaError(f"{str(p)!r}: audio file contains no samples")
+            if self.frames / self.sample_rate > limits.max_audio_seconds:
+                raise MediaError(f"{str(p)!r}: audio is {self.frames / self.sample_rate / 3600:.1f} hours long; accepted up "
+                                 f"to {limits.max_audio_seconds / 3600:g} hours (MediaLimits.max_audio_seconds)")
+        except BaseException:
+            self._file.close()
+            raise
+
+    def read(self, i0: int, i1: int) -> np.ndarray:
+        def run():
+            self._file.seek(int(i0))
+            data = self._file.read(int(i1) - int(i0), dtype="float32", always_2d=True)
+            if data.shape[0] < i1 - i0:
+                data = np.pad(data, ((0, i1 - i0 - data.shape[0]), (0, 0)))
+            if not np.isfinite(data).all():
+                raise MediaError(f"{str(self.path)!r}: audio contains NaN or infinite samples")
+            return np.ascontiguousarray(data.T)
+
+        return _guard(self.path, "audio", run)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "AudioSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_audio(path: PathLike, limits: MediaLimits | None = None) -> Tuple[np.ndarray, int]:
+    """Decode audio: ``(waveform float32 [C,T] in [-1,1], sample_rate)``. WAV/FLAC/OGG/MP3 via soundfile.
+    Refused past ``max_whole_audio_seconds`` (the encoder path reads clips with :class:`AudioSource`)."""
+    limits = limits or DEFAULT_LIMITS
+    with AudioSource(path, limits) as src:
+        if src.frames / src.sample_rate > limits.max_whole_audio_seconds:
+            raise MediaError(f"{str(src.path)!r}: audio is {src.frames / src.sample_rate:.0f} s long; read_audio decodes "
+                             f"at most {limits.max_whole_audio_seconds:g} s (AudioSource reads parts)")
+        data = src.read(0, src.frames)
+    return data, src.sample_rate
 
 
 def read_media(path: PathLike):

@@ -205,30 +205,38 @@ def preprocess_sampled_video(
     :func:`video_frame_indices`) -> ``[clips*crops, 3, frames_per_clip, size, size]``.
 
     Each frame is scaled and cropped on its own, so memory holds one scaled frame at a time."""
+    if not picked or len({len(c) for c in picked}) != 1:
+        raise ValueError("picked must be clips of equal length (video_frame_indices)")
     if crops not in (1, 3):
         raise ValueError(f"crops must be 1 or 3, got {crops}")
     crop_ids = [0, 1, 2] if crops == 3 else [1]
     mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    cropped = {}
-    for i in sorted({i for clip in picked for i in clip}):
+    t_len = len(picked[0]) if picked else 0
+    out = torch.empty(len(picked) * len(crop_ids), 3, t_len, size, size)
+    where: dict = {}  # frame index -> [(clip, position in clip)]
+    for c, idx in enumerate(picked):
+        for k, i in enumerate(idx):
+            where.setdefault(i, []).append((c, k))
+    for i in sorted(where):
         if i not in frames:
             raise ValueError(f"frame {i} was not provided")
         arr = _as_rgb_frame(frames[i])
+        if not arr.flags.writeable:  # PIL-backed arrays are read-only; torch wants to own a copy
+            arr = arr.copy()
         if arr.dtype == np.uint8:
             x = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
         else:
             x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
             if not torch.isfinite(x).all():
                 raise ValueError("video frames contain NaN or infinite values")
-        x = _short_side_scale(x.permute(2, 0, 1)[None], size, antialias)
-        x = (x - mean) / std
-        cropped[i] = [_uniform_crop(x[0], size, c).clone() for c in crop_ids]  # clone: drop the scaled frame
-    out = []
-    for idx in picked:
-        for k in range(len(crop_ids)):
-            out.append(torch.stack([cropped[i][k] for i in idx], dim=1))  # C T H W
-    return torch.stack(out).contiguous()
+        x = _short_side_scale(x.permute(2, 0, 1)[None], size, antialias)  # one frame at a time bounds memory
+        x = ((x - mean) / std)[0]
+        for n, crop in enumerate(crop_ids):
+            view = _uniform_crop(x, size, crop)
+            for c, k in where[i]:
+                out[c * len(crop_ids) + n, :, k] = view
+    return out
 
 
 def preprocess_video(
