@@ -60,6 +60,32 @@ class ModelOutput:
     conditioning: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def quantization_possible(cfg: LLMConfig, device) -> bool:
+    """Whether ``cfg.quantization`` can be honoured on ``device``. bitsandbytes 4/8-bit needs CUDA, so on a
+    CPU (or without bitsandbytes) the LLM loads unquantized in ``cfg.torch_dtype``, with a warning, instead of failing."""
+    if cfg.quantization not in ("none", "4bit", "8bit"):
+        raise ValueError(f"LLMConfig.quantization {cfg.quantization!r} is not supported; use 'none', '4bit' or '8bit'")
+    if cfg.quantization == "none":
+        return False
+    reason = None
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        reason = f"bitsandbytes {cfg.quantization} needs a CUDA device, the LLM goes to {str(device)!r}"
+    else:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            reason = "bitsandbytes is not installed (pip install bitsandbytes)"
+    if reason is None and cfg.name_or_path is None:
+        reason = "a random_init LLM is built unquantized"
+    if reason:
+        import warnings
+
+        warnings.warn(f"LLM quantization {cfg.quantization!r} skipped: {reason}; loading it unquantized in {cfg.torch_dtype}",
+                      stacklevel=2)
+        return False
+    return True
+
+
 def load_tokenizer_and_llm(cfg: LLMConfig, signals, device="cpu"):
     """Tokenizer (extended with the added tokens) and the base causal LM, resized to it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -70,9 +96,10 @@ def load_tokenizer_and_llm(cfg: LLMConfig, signals, device="cpu"):
     tokenizer = AutoTokenizer.from_pretrained(tok_source) if tok_source else byte_level_tokenizer()
     extend_tokenizer(tokenizer, signals)
     torch.manual_seed(cfg.seed)
+    quantize = quantization_possible(cfg, device)
     if cfg.name_or_path is not None:
         kwargs = {"dtype": torch_dtype(cfg.torch_dtype)}
-        if cfg.quantization in ("4bit", "8bit"):
+        if quantize:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
