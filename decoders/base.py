@@ -229,7 +229,15 @@ class Decoder(abc.ABC):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipeline.text_encoder.dtype
+        # A pipeline may be built without its text encoder (the LLM supplies the conditioning);
+        # the UNet's dtype is then what prompt_embeds must have.
+        encoder = getattr(self.pipeline, "text_encoder", None)
+        return (encoder if encoder is not None else self.pipeline.unet).dtype
+
+    def _require_text_encoder(self, what: str) -> None:
+        if getattr(self.pipeline, "text_encoder", None) is None:
+            raise ValueError(f"{type(self).__name__} was built without a text encoder, so it cannot {what}; "
+                             "pass negative_prompt_embeds (or guidance_scale <= 1) and conditioning tensors instead")
 
     @property
     @abc.abstractmethod
@@ -266,6 +274,7 @@ class Decoder(abc.ABC):
             captions = [captions]
         if not captions:
             raise ValueError("encode_text needs at least one caption")
+        self._require_text_encoder("embed captions")
         return self._encode(list(captions))
 
     @torch.no_grad()
@@ -275,6 +284,7 @@ class Decoder(abc.ABC):
         does: a batch-1 result repeated differs from it in the last float bits.)"""
         cached = self._negative_cache.get(batch)
         if cached is None:
+            self._require_text_encoder('embed the unconditional "" prompt for classifier-free guidance')
             cached = self._negative_cache[batch] = self._encode([""] * batch, negative=True)
         return cached
 
@@ -370,7 +380,8 @@ class ClipConditionedDecoder(Decoder):
     def conditioning_shape(self) -> tuple[int, int]:
         return (
             int(self.pipeline.tokenizer.model_max_length),
-            int(self.pipeline.text_encoder.config.hidden_size),
+            int(self.pipeline.text_encoder.config.hidden_size) if self.pipeline.text_encoder is not None
+            else int(self.pipeline.unet.config.cross_attention_dim),
         )
 
     def _encode(self, captions: list[str], *, negative: bool = False) -> torch.Tensor:
