@@ -508,7 +508,7 @@ def test_mimicit_skip_mode_counts(tmp_path, mimicit):
 
 def test_mimicit_conversation_builds_stage3_item(tmp_path, mimicit, tiny_model):
     """Each media of a MIMIC-IT sample (exemplars' images, several images, frames) gets one placeholder group."""
-    from training.cli import build_dataset
+    from training.data import build_dataset
     from training.data import Collator
 
     recs, _ = read_mimicit(mimicit)
@@ -739,3 +739,18 @@ def test_media_name_naming_the_folder_itself_is_refused(tmp_path, media):
                check_files=False)
     assert str(e) == ('c.json row 0: field "image_name" is "sub/..", which names the media folder itself '
                       "(a file path relative to the media folder, not leaving it, is required)")
+
+
+def test_marker_soup_and_blank_runs_read_in_linear_time(tmp_path, media):
+    import time
+
+    # each unclosed tag, and each blank of a long run, used to rescan the rest of the text:
+    # this row took minutes before
+    text = "Look " + "<Image>" * 30_000 + " " * 100_000 + "here"
+    p = write(tmp_path / "m.json", [{"conversation": [{"from": "human", "value": text}, {"from": "gpt", "value": "ok"}],
+                                     "image_list": [{"image_name": "a.png", "caption": "a"}]}])
+    start = time.perf_counter()
+    e = raises(read_conversations, p, media)
+    assert time.perf_counter() - start < 3.0
+    assert str(e).startswith('m.json row 0: field "conversation[0].value" has a <Image> tag but "image_list" has no '
+                             "entry left for it")

@@ -13,9 +13,13 @@ from .rows import ROLES, Conversation, MediaRef, Turn
 
 
 # Paired MosIT placeholders "<Image>caption</Image>" and bare markers "<image>" (LLaVA, T->T+X).
-_TAG_RE = re.compile(r"[ \t]*(?:<(image|video|audio)>(.*?)</\1>|<(image|video|audio)>)[ \t]*",
-                     re.IGNORECASE | re.DOTALL)
-_BARE_RE = re.compile(r"[ \t]*<(image|video|audio)>[ \t]*", re.IGNORECASE)
+# A paired caption stops at the next opening tag: with ".*?" alone, each unclosed tag would scan
+# to the end of the text, and a turn of many bare tags would take quadratic time. Leading blanks
+# are taken only from the start of a run of blanks, for the same reason.
+_BLANKS = r"(?:(?<![ \t])[ \t]+)?"
+_TAG_RE = re.compile(_BLANKS + r"(?:<(image|video|audio)>((?:(?!<(?:image|video|audio)>).)*?)</\1>"
+                     r"|<(image|video|audio)>)[ \t]*", re.IGNORECASE | re.DOTALL)
+_BARE_RE = re.compile(_BLANKS + r"<(image|video|audio)>[ \t]*", re.IGNORECASE)
 
 
 _GAP = "\x00"
