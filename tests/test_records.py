@@ -754,3 +754,18 @@ def test_marker_soup_and_blank_runs_read_in_linear_time(tmp_path, media):
     assert time.perf_counter() - start < 3.0
     assert str(e).startswith('m.json row 0: field "conversation[0].value" has a <Image> tag but "image_list" has no '
                              "entry left for it")
+
+
+def test_mosit_matching_is_linear_in_list_length(tmp_path, media):
+    import time
+
+    n = 5000  # each tag used to rescan (and re-normalise) the whole list: minutes at this size
+    items = [{"image_name": f"{k}.png", "caption": f"picture {k}"} for k in range(n)]
+    value = " ".join(f"<Image>Picture {k}.</Image>" for k in reversed(range(n)))
+    p = write(tmp_path / "m.json", [{"image_list": items, "conversation": [
+        {"from": "human", "value": value}, {"from": "gpt", "value": "ok"}]}])
+    start = time.perf_counter()
+    recs, _ = read_conversations(p, media, check_files=False)
+    assert time.perf_counter() - start < 3.0
+    # tags come in reverse list order and are matched by caption, not position
+    assert [ref.path.name for ref in recs[0].turns[0].media_in] == [f"{k}.png" for k in reversed(range(n))]

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from pathlib import Path
 
 from .common import _media_path, _req_str
@@ -56,19 +57,23 @@ def _parse_mosit(row: dict, conv_key: str, raw: list[dict], root: Path, check_fi
     for mod in MODALITIES:
         mod_tags = [g for g in tags if g["mod"] == mod]
         used = [False] * len(items[mod])
+        # unused entries per caption, in list order (one pass, not one per tag: rows may list thousands)
+        by_caption: dict[str, deque[int]] = {}
+        for k, (_, cap) in enumerate(items[mod]):
+            if cap:
+                by_caption.setdefault(_norm_caption(cap), deque()).append(k)
         for g in mod_tags:
-            if g["text"]:
-                for k, (_, cap) in enumerate(items[mod]):
-                    if not used[k] and cap and _norm_caption(cap) == _norm_caption(g["text"]):
-                        used[k] = True
-                        g["item"] = k
-                        break
+            same = by_caption.get(_norm_caption(g["text"])) if g["text"] else None
+            if same:
+                g["item"] = same.popleft()
+                used[g["item"]] = True
+        free = (k for k in range(len(used)) if not used[k])  # lazy: sees the entries taken below
         for g in mod_tags:
             if g["item"] is None:
-                free = [k for k in range(len(used)) if not used[k]]
-                if free:
-                    used[free[0]] = True
-                    g["item"] = free[0]
+                k = next(free, None)
+                if k is not None:
+                    used[k] = True
+                    g["item"] = k
         if mod_tags:
             for k, u in enumerate(used):
                 if not u:
@@ -77,12 +82,15 @@ def _parse_mosit(row: dict, conv_key: str, raw: list[dict], root: Path, check_fi
                           "each list entry must match one tag, by caption or else by order", "unmatched media")
 
     # 4. build the turns
+    tags_of_turn: dict[int, list[dict]] = {}
+    for g in tags:
+        tags_of_turn.setdefault(g["turn"], []).append(g)
     turns = []
     for j, t in enumerate(raw):
         prefix = f"{conv_key}[{j}]"
         media_in: list[MediaRef] = []
         media_out: list[OutputRequest] = []
-        for g in (g for g in tags if g["turn"] == j):
+        for g in tags_of_turn.get(j, ()):
             mod, k = g["mod"], g["item"]
             tag = f"<{mod.capitalize()}>"
             if t["from"] == "human":
