@@ -130,12 +130,16 @@ def set_default_limits(limits: MediaLimits) -> MediaLimits:
     return previous
 
 
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} megapixels" if n >= 100_000 else f"{n:,} pixels"
+
+
 def _check_size(p: Path, w: int, h: int, what: str, max_pixels: int, limits: MediaLimits) -> None:
     if w < 1 or h < 1:
         raise MediaError(f"{str(p)!r}: {what} has no pixels ({w}x{h}); expected at least 1x1")
     if w * h > max_pixels:
-        raise MediaError(f"{str(p)!r}: {what} is {w}x{h} = {w * h / 1e6:.1f} megapixels; "
-                         f"the limit is {max_pixels / 1e6:.1f} megapixels (MediaLimits), please downscale it")
+        raise MediaError(f"{str(p)!r}: {what} is {w}x{h} = {_pixels(w * h)}; "
+                         f"the limit is {_pixels(max_pixels)} (MediaLimits), please downscale it")
     if max(w, h) / min(w, h) > limits.max_aspect_ratio:
         raise MediaError(f"{str(p)!r}: {what} is {w}x{h}, an aspect ratio of {max(w, h) / min(w, h):.0f}:1; "
                          f"accepted up to {limits.max_aspect_ratio:g}:1 (MediaLimits.max_aspect_ratio)")
@@ -156,7 +160,9 @@ def read_image(path: PathLike, limits: MediaLimits | None = None) -> Image.Image
             rgb = im.convert("RGB")
     except MediaError:
         raise
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+    except Image.DecompressionBombError as exc:  # Pillow's own guard, raised while reading the header
+        raise _bomb(p, "image", limits.max_image_pixels, exc) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise MediaError(
             f"{str(p)!r}: not a readable image ({type(exc).__name__}: {exc}); accepted: {_accepted('image')}"
         ) from exc
@@ -264,11 +270,18 @@ def probe_video(path: PathLike, limits: MediaLimits | None = None) -> VideoInfo:
     return _guard(p, "video", lambda: _probe(p, limits or DEFAULT_LIMITS))
 
 
+def _bomb(p: Path, what: str, max_pixels: int, exc: Exception) -> MediaError:
+    return MediaError(f"{str(p)!r}: {what} is too large to decode ({exc}); the limit is "
+                      f"{_pixels(max_pixels)} (MediaLimits), please downscale it")
+
+
 def _guard(p: Path, modality: str, fn):
     try:
         return fn()
     except MediaError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise _bomb(p, "video frame", DEFAULT_LIMITS.max_frame_pixels, exc) from exc
     except Exception as exc:  # av.error.*, OSError, ValueError, ...
         raise MediaError(f"{str(p)!r}: not a readable {modality} ({type(exc).__name__}: {exc}); "
                          f"accepted: {_accepted(modality)}") from exc

@@ -244,3 +244,156 @@ def test_media_does_not_import_encoders():
     for f in enc_dir.glob("*.py"):
         assert "import anyany" not in f.read_text() and "from anyany" not in f.read_text(), f.name
     assert os.path.isdir(enc_dir)
+
+
+# --------------------------------------------------------------------------- bounded reading (MediaLimits)
+def _png_with_header_size(path: Path, width: int, height: int) -> Path:
+    """A valid 1x1 PNG whose IHDR then claims ``width`` x ``height`` (CRC fixed): a "huge header"."""
+    import struct
+    import zlib
+
+    Image.new("RGB", (1, 1), (1, 2, 3)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _long_mp4(path: Path, n: int, size: int = 16, fps: int = 30) -> Path:
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        s.options = {"preset": "ultrafast", "g": "250"}
+        for i in range(n):
+            frame = np.full((size, size, 3), (i * 7) % 256, np.uint8)
+            for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    return path
+
+
+def test_image_size_checked_from_the_header(tmp_path):
+    import time
+
+    from anyany.media import MediaLimits
+
+    huge = _png_with_header_size(tmp_path / "huge.png", 100_000, 100_000)
+    t0 = time.perf_counter()
+    with pytest.raises(MediaError, match=r"huge\.png.*too large to decode.*the limit is 50\.0 megapixels"):
+        read_image(huge)  # Pillow's own guard fires first at this size
+    huge = _png_with_header_size(tmp_path / "big.png", 8000, 8000)
+    with pytest.raises(MediaError, match=r"big\.png.*8000x8000 = 64\.0 megapixels; the limit is 50\.0"):
+        read_image(huge)
+    assert time.perf_counter() - t0 < 1
+    write_image(Image.new("RGB", (200, 100)), tmp_path / "small.png")
+    with pytest.raises(MediaError, match=r"small\.png.*200x100 = 20,000 pixels; the limit is 10,000 pixels"):
+        read_image(tmp_path / "small.png", MediaLimits(max_image_pixels=10_000))
+    strip = write_image(Image.new("RGB", (1, 30000), (9, 9, 9)), tmp_path / "strip.png")
+    with pytest.raises(MediaError, match=r"strip\.png.*aspect ratio of 30000:1; accepted up to 100:1"):
+        read_image(strip)
+    from anyany.inputs import load_media
+
+    _, x = load_media(strip, limits=MediaLimits(max_aspect_ratio=1e6))  # allowed: bounded all the same
+    assert x.shape == (3, 224, 224)
+    tiny = write_image(Image.new("RGB", (1, 1), (255, 0, 0)), tmp_path / "dot.png")
+    assert load_media(tiny)[1].shape == (3, 224, 224)
+
+
+def test_long_mp4_reads_only_the_sampled_frames(tmp_path):
+    import time
+
+    from anyany.inputs import load_media
+    from anyany.media import MediaLimits, probe_video
+
+    path = _long_mp4(tmp_path / "long.mp4", 6_000)  # bench/robustness.py reads a 30,000-frame one
+    info = probe_video(path)
+    assert (info.num_frames, info.fps, info.width, info.height) == (6_000, 30.0, 16, 16)
+    t0 = time.perf_counter()
+    # 5 clips x 2 frames: with keyframes every 250 frames, about 1,200 decodes suffice (of 6,000)
+    _, x = load_media(path, limits=MediaLimits(max_decoded_frames=1_500))
+    assert time.perf_counter() - t0 < 10 and x.shape == (15, 3, 2, 224, 224)
+    frames, fps = read_video(path)  # the whole-file path, for the reference numbers
+    torch.testing.assert_close(x, preprocess_video(frames, fps))
+    with pytest.raises(MediaError, match=r"long\.mp4.*more than 100 decoded frames"):
+        load_media(path, limits=MediaLimits(max_decoded_frames=100))
+    with pytest.raises(MediaError, match=r"long\.mp4.*decoding all 6000 frames"):
+        read_video(path, MediaLimits(max_whole_video_bytes=1_000_000))
+
+
+def test_many_frame_gif_and_frame_size_from_header(tmp_path):
+    from anyany.inputs import load_media
+    from anyany.media import MediaLimits
+
+    frames = [Image.new("RGB", (24, 16), ((i * 5) % 256, 0, 0)) for i in range(1500)]
+    gif = tmp_path / "many.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=40, loop=0)
+    _, x = load_media(gif)
+    every, fps = read_video(gif)
+    assert every.shape[0] == 1500 and fps == 25.0
+    torch.testing.assert_close(x, preprocess_video(every, fps))
+    with pytest.raises(MediaError, match=r"many\.gif.*more than 1000 decoded frames"):
+        load_media(gif, limits=MediaLimits(max_decoded_frames=1000))
+    with pytest.raises(MediaError, match=r"many\.gif.*video frame is 24x16 = 384 pixels; the limit is 100 pixels"):
+        load_media(gif, limits=MediaLimits(max_frame_pixels=100))
+
+
+def test_hour_long_flac_is_read_clip_by_clip(tmp_path):
+    import time
+
+    from anyany.inputs import load_media
+    from anyany.media import AudioSource, MediaLimits
+
+    path = tmp_path / "hour.flac"
+    with sf.SoundFile(str(path), "w", samplerate=8000, channels=1, format="FLAC", subtype="PCM_16") as f:
+        minute = (np.random.RandomState(0).randn(8000 * 60) * 0.1).astype(np.float32)  # energy in every mel bin
+        for _ in range(60):
+            f.write(minute)
+    t0 = time.perf_counter()
+    _, x = load_media(path)
+    assert time.perf_counter() - t0 < 5 and x.shape == (3, 1, 128, 204)
+    with AudioSource(path) as src:  # the middle clip: the same numbers as from the whole signal
+        assert (src.frames, src.sample_rate) == (3600 * 8000, 8000)
+        window = src.read(1798 * 8000, 1802 * 8000)[0]  # with neighbours, as in the whole signal
+    from encoders.preprocessing import AUDIO_MEAN, AUDIO_STD, waveform_to_melspec
+    from encoders import resample
+
+    clip = resample(torch.from_numpy(window), 8000, 16000)[16000:48000]
+    # float32 noise in the log of the near-empty bins above 4 kHz (upsampled from 8 kHz)
+    torch.testing.assert_close(x[1], (waveform_to_melspec(clip, 16000) - AUDIO_MEAN) / AUDIO_STD, atol=5e-4, rtol=0)
+    with pytest.raises(MediaError, match=r"hour\.flac.*1\.0 hours long; accepted up to 0\.5 hours"):
+        load_media(path, limits=MediaLimits(max_audio_seconds=1800))
+    with pytest.raises(MediaError, match=r"hour\.flac.*3600 s long; read_audio decodes at most 600 s"):
+        read_audio(path)
+
+
+@pytest.mark.parametrize("rate", [7999, 11127, 16001, 22051, 44101])
+def test_odd_sample_rates_are_fast(tmp_path, rate):
+    import time
+
+    from anyany.inputs import load_media
+
+    path = write_audio(_tone(rate, 3.0, 2), rate, tmp_path / f"r{rate}.wav")
+    t0 = time.perf_counter()
+    _, x = load_media(path)
+    assert time.perf_counter() - t0 < 5 and x.shape == (3, 1, 128, 204) and torch.isfinite(x).all()
+    wav, sr = read_audio(path)
+    torch.testing.assert_close(x, preprocess_audio(wav, sr))
+
+
+def test_one_hertz_wav_refused_or_read_by_setting(tmp_path):
+    from anyany.inputs import load_media
+    from anyany.media import MediaLimits
+
+    path = tmp_path / "slow.wav"
+    sf.write(str(path), np.linspace(-0.5, 0.5, 30).astype(np.float32), 1)
+    with pytest.raises(MediaError, match=r"slow\.wav.*sample rate 1 Hz is outside the accepted 1000-768000 Hz"):
+        load_media(path)
+    _, x = load_media(path, limits=MediaLimits(min_sample_rate=1))
+    assert x.shape == (3, 1, 128, 204) and torch.isfinite(x).all()
