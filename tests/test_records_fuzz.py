@@ -46,7 +46,8 @@ ROWS = [
         {"from": "human", "value": "<image>\nWhere is the man?"},
         {"from": "gpt", "value": "The man [0.1, 0.2, 0.3, 0.4] waves."}]},
     {"conversation": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4"}]},
-    {"image_list": [{"image_name": "a.png", "caption": "a dog"}], "audio_list": [{"audio_name": "s.wav", "caption": "rain"}],
+    {"image_list": [{"image_name": "a.png", "caption": "a dog"}],
+     "audio_list": [{"audio_name": "s.wav", "caption": "rain"}],
      "conversation": [{"from": "human", "value": "Look: <Image>a dog</Image> and <Audio>rain</Audio>"},
                       {"from": "gpt", "value": "A video: <Video>a dog running</Video>"}]},
     {"id": "n1", "turns": [

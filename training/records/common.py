@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .files import _load_rows
-from .report import _PATH_CHARS, DataFormatError, ReadReport, _OnError, _RowError, _check_on_error, _cut, _fail, _shown, _type_name
+from .report import (_PATH_CHARS, DataFormatError, ReadReport, _OnError, _RowError, _check_on_error, _cut, _fail,
+                     _shown, _type_name)
 from .rows import _ACCEPTED_MODALITIES, _NAME_KEYS, MODALITIES
 
 
@@ -111,10 +112,12 @@ def _root(media_root: str | os.PathLike | None, json_path: str | os.PathLike) ->
 
 def _check_media_root(media_root: str | os.PathLike | None, json_path: str | os.PathLike, check_files: bool) -> None:
     """A media folder that is not there fails the whole file, not each row with a missing file."""
-    if media_root is None or not check_files or Path(media_root).is_dir() or not Path(json_path).is_file():
+    # os.path's checks, unlike Path's, answer False for names the OS refuses (too long, a NUL)
+    if media_root is None or not check_files or os.path.isdir(media_root) or not os.path.isfile(json_path):
         return  # (a missing data file is reported first, by the reader)
-    problem = "is a file, not a folder" if Path(media_root).exists() else "does not exist"
-    raise DataFormatError(f"{Path(json_path).name}: the media folder {_cut(os.path.abspath(media_root), _PATH_CHARS)} {problem} "
+    problem = "is a file, not a folder" if os.path.exists(media_root) else "does not exist"
+    folder = _cut(os.path.abspath(media_root), _PATH_CHARS)
+    raise DataFormatError(f"{Path(json_path).name}: the media folder {folder} {problem} "
                           "(accepted: an existing folder the rows' media names are relative to)",
                           file=json_path, reason="missing media folder")
 

@@ -11,11 +11,8 @@ from typing import Any, Iterable
 
 from .report import DataFormatError, _shown, _type_name
 
-
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _FILE_ACCEPTED = "a JSON array of row objects, or JSON Lines (.jsonl) with one object per line"
-
-
 _ENCODINGS_ACCEPTED = "UTF-8 text, or UTF-16 / UTF-32 / UTF-8 with a byte-order mark"
 
 
@@ -44,27 +41,35 @@ def _read_text(path: Path) -> str:
             problem = (f"is not UTF-8 text ({where} cannot be decoded); if it is Latin-1 or another "
                        "legacy encoding, save it as UTF-8")
         else:
-            problem = f"starts like {encoding.upper()} text but is not valid {encoding.upper()} ({where}); save it as UTF-8"
+            label = encoding.upper()
+            problem = f"starts like {label} text but is not valid {label} ({where}); save it as UTF-8"
         raise DataFormatError(f"{name}: {problem} (accepted: {_ENCODINGS_ACCEPTED})", file=path,
                               reason="bad encoding") from None
 
 
+class _BeyondLimits(ValueError):
+    """Valid JSON that Python's reader will not take (a limit, not a syntax error; no position)."""
+
+
 def _parse(text: str) -> Any:
-    """``json.loads``, with the failures it has besides JSONDecodeError turned into one."""
+    """``json.loads``; its failures other than JSONDecodeError become :class:`_BeyondLimits`."""
     try:
         return json.loads(text)
     except RecursionError:
-        raise json.JSONDecodeError(
-            f"nested too deeply: more than about {sys.getrecursionlimit()} levels of lists and objects", text, 0) from None
+        raise _BeyondLimits(f"nested too deeply: more than about {sys.getrecursionlimit()} levels of lists "
+                            "and objects") from None
     except json.JSONDecodeError:
         raise
     except ValueError as e:  # an integer longer than Python converts (sys.get_int_max_str_digits)
-        raise json.JSONDecodeError(f"a number is too long to read ({str(e).split(':')[0]})", text, 0) from None
+        raise _BeyondLimits(f"a number is too long to read ({str(e).split(':')[0]})") from None
 
 
-def _json_error(e: json.JSONDecodeError) -> str:
-    if e.msg.startswith(("nested too deeply", "a number is too long")):
-        return e.msg
+def _json_error(e: json.JSONDecodeError | _BeyondLimits, lineno: int | None = None) -> str:
+    """What was wrong with a file's (or, given ``lineno``, a JSON Lines line's) JSON."""
+    if isinstance(e, _BeyondLimits):
+        return str(e)
+    if lineno is not None:
+        return f"invalid JSON at line {lineno} column {e.colno}: {e.msg}"
     if not e.doc.strip():
         return "the file is empty"
     text = f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}"
@@ -78,7 +83,7 @@ def _load_json(path: Path, accepted: str = _FILE_ACCEPTED) -> Any:
     text = _read_text(path)
     try:
         return _parse(text)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, _BeyondLimits) as e:
         raise DataFormatError(f"{path.name}: {_json_error(e)} ({accepted})", file=path,
                               reason="invalid JSON") from None
 
@@ -98,11 +103,9 @@ def _load_rows(path: Path, data: Any = None) -> list[tuple[int, Any, DataFormatE
             index = len(rows)
             try:
                 rows.append((index, _parse(line), None))
-            except json.JSONDecodeError as e:
-                problem = _json_error(e) if e.msg.startswith(("nested", "a number")) else \
-                    f"invalid JSON at line {lineno} column {e.colno}: {e.msg}"
-                err = DataFormatError(f"{name} row {index}: {problem} ({_FILE_ACCEPTED})", file=path, row=index,
-                                      reason="invalid JSON")
+            except (json.JSONDecodeError, _BeyondLimits) as e:
+                err = DataFormatError(f"{name} row {index}: {_json_error(e, lineno)} ({_FILE_ACCEPTED})", file=path,
+                                      row=index, reason="invalid JSON")
                 rows.append((index, None, err))
         return rows
     if data is None:

@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from anyany.tokens import MODALITIES
+
 
 Modality = Literal["image", "video", "audio"]
-MODALITIES: tuple[str, ...] = ("image", "video", "audio")
 ROLES: tuple[str, ...] = ("human", "gpt")
 _NAME_KEYS = {"image": "image_name", "video": "video_name", "audio": "audio_name"}
 _LIST_KEYS = {"image": "image_list", "video": "video_list", "audio": "audio_list"}
