@@ -709,6 +709,9 @@ def test_messages_cut_long_values_and_survive_lone_surrogates(tmp_path, media):
     e = raises(read_caption_pairs, p, media)
     str(e).encode("utf-8")  # a lone surrogate would make the CLI's print fail
     assert "\\ud800.png" in str(e)
+    e = raises(read_caption_pairs, p, tmp_path / "new\nline\x00")  # control characters are escaped
+    assert str(e).endswith("new\\x0aline\\x00 does not exist (accepted: an existing folder the rows' media names are "
+                           "relative to)")
 
 
 def test_parse_data_arg(tmp_path, monkeypatch):

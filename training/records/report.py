@@ -12,6 +12,9 @@ from typing import Any, Literal
 _OnError = Literal["raise", "skip"]
 
 
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F]}
+
+
 class DataFormatError(ValueError):
     """A malformed data file or row. ``row`` is the 0-based row index (None for file-level errors)."""
 
@@ -25,8 +28,10 @@ class DataFormatError(ValueError):
         reason: str = "malformed row",
     ) -> None:
         # JSON strings may hold lone surrogates ("\ud800"), which stderr cannot encode: the CLI
-        # printing this message would fail with a traceback of its own.
-        super().__init__(message.encode("utf-8", "backslashreplace").decode("utf-8"))
+        # printing this message would fail with a traceback of its own. Control characters (from a
+        # path, say) are escaped too, so the message stays one printable line.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8").translate(_CONTROL_ESCAPES)
+        super().__init__(message)
         self.file = None if file is None else Path(file)
         self.row = row
         self.field = field
