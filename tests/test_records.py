@@ -772,3 +772,17 @@ def test_mosit_matching_is_linear_in_list_length(tmp_path, media):
     assert time.perf_counter() - start < 3.0
     # tags come in reverse list order and are matched by caption, not position
     assert [ref.path.name for ref in recs[0].turns[0].media_in] == [f"{k}.png" for k in reversed(range(n))]
+
+
+def test_caption_modality(tmp_path):
+    from training.records import caption_modality
+
+    assert caption_modality(write(tmp_path / "w.jsonl", [None, {"caption": "x", "video_name": "v.mp4"}])) == "video"
+    assert caption_modality(write(tmp_path / "a.json", [{"audio_name": "s.wav", "image_name": "a.png"},
+                                                         {"audio_name": "s.wav"}])) == "audio"  # first unambiguous row
+    assert caption_modality(write(tmp_path / "p.json", [{"caption": "x", "name": "k"}])) is None
+    assert caption_modality(write(tmp_path / "e.json", [])) is None
+    p = tmp_path / "u16.json"
+    p.write_bytes(json.dumps([{"caption": "x", "image_name": "a.png"}]).encode("utf-16"))
+    assert caption_modality(p) == "image"
+    assert str(raises(caption_modality, write(tmp_path / "o.json", {"a": 1}))).startswith("o.json: top-level JSON is")

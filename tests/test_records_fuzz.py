@@ -19,11 +19,13 @@ from pathlib import Path
 import pytest
 
 from training.records import (
+    MODALITIES,
     CaptionPair,
     Conversation,
     DataFormatError,
     ReadReport,
     TextCaption,
+    caption_modality,
     read_caption_pairs,
     read_conversations,
     read_mimicit,
@@ -178,6 +180,8 @@ def readers(rng: random.Random, path: Path, media: Path, others: list[Path]):
     yield [path], lambda: read_caption_pairs(path, media, rng.choice([None, modality]), on_error=on_error,
                                              check_files=check)
     yield [path], lambda: read_text_captions(path, modality, on_error=on_error)
+    # caption_modality gives no rows: a valid answer becomes an empty read, anything else fails the unpacking
+    yield [path], lambda: ([], ReadReport(path, read=0)) if caption_modality(path) in (None, *MODALITIES) else None
     fmt = rng.choice(["auto", "auto", "svit", "llavar", "mimicit"])
     yield [path], lambda: read_conversations(path, media, format=fmt, on_error=on_error, check_files=check)
     images = rng.choice([None, None, rng.choice(others)])  # another case as the {image_id: path} mapping file

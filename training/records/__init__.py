@@ -35,7 +35,7 @@ from .files import dump_json, parse_data_arg
 from .mimicit import read_mimicit
 from .report import DataFormatError, ReadReport
 from .rows import MODALITIES, CaptionPair, Conversation, MediaRef, Modality, OutputRequest, TextCaption, Turn
-from .text_captions import read_text_captions
+from .text_captions import caption_modality, read_text_captions
 
 __all__ = [
     "MODALITIES",
@@ -50,6 +50,7 @@ __all__ = [
     "ReadReport",
     "read_caption_pairs",
     "read_text_captions",
+    "caption_modality",
     "read_conversations",
     "read_mimicit",
     "dump_json",

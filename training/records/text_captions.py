@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from .common import _caption, _name_field, _read, _req_str
+from .files import _load_rows
 from .report import ReadReport, _OnError
-from .rows import TextCaption, _check_modality
+from .rows import _NAME_KEYS, MODALITIES, TextCaption, _check_modality
 
 
 def read_text_captions(
@@ -29,3 +31,14 @@ def read_text_captions(
         return TextCaption(mod, _caption(row), name)
 
     return _read(json_path, on_error, parse, key_of=lambda r: f"{r.modality}:{r.key}")
+
+
+def caption_modality(json_path: str | os.PathLike) -> str | None:
+    """The modality a caption file's rows name: that of the first row with exactly one of
+    ``image_name`` / ``video_name`` / ``audio_name``; None when no row has one (a plain caption
+    list, which needs the modality given). File-level problems raise :class:`DataFormatError`."""
+    for _, row, _ in _load_rows(Path(json_path)):
+        present = [m for m in MODALITIES if isinstance(row, dict) and _NAME_KEYS[m] in row]
+        if len(present) == 1:
+            return present[0]
+    return None
