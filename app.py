@@ -13,22 +13,7 @@ import signal
 
 import gradio as gr
 
-from anyany.app_logic import ChatApp, Settings
-
-# (Settings field, label, component kind, minimum, maximum, step) in API argument order.
-SETTING_FIELDS = [
-    ("seed", "Seed", "int", 0, 2**31 - 1, 1),
-    ("max_new_tokens", "Max new text tokens", "int", 1, 1024, 1),
-    ("temperature", "Temperature (0 = greedy)", "float", 0.0, 2.0, 0.05),
-    ("image_steps", "Image: denoising steps", "int", 1, 200, 1),
-    ("image_guidance", "Image: guidance scale", "float", 0.0, 30.0, 0.5),
-    ("video_steps", "Video: denoising steps", "int", 1, 200, 1),
-    ("video_guidance", "Video: guidance scale", "float", 0.0, 30.0, 0.5),
-    ("video_frames", "Video: frames", "int", 1, 128, 1),
-    ("audio_steps", "Audio: denoising steps", "int", 1, 400, 1),
-    ("audio_guidance", "Audio: guidance scale", "float", 0.0, 30.0, 0.5),
-    ("audio_seconds", "Audio: length (seconds)", "float", 0.5, 30.0, 0.5),
-]
+from anyany.app_logic import SETTING_FIELDS, ChatApp, Settings
 
 EXAMPLES = [
     "Show me a picture of a red fox in the snow.",
@@ -42,13 +27,15 @@ def _settings(values) -> Settings:
     return Settings(**{name: v for (name, *_), v in zip(SETTING_FIELDS, values)})
 
 
-def build_demo(pipe, *, max_file_mb: float = 50, logits_processor_factory=None, title: str = "anyany") -> gr.Blocks:
+def build_demo(pipe, *, max_file_mb: float = 50, logits_processor_factory=None, title: str = "anyany",
+               session_ttl_s: float | None = 1800) -> gr.Blocks:
     """The Gradio app around one loaded pipeline. ``demo.chat_app`` is the :class:`ChatApp`.
 
     ``logits_processor_factory``: optional zero-argument callable returning a logits processor
     (or a list) for each request; tests use it to make the untrained model emit signal tokens.
     """
-    app = ChatApp(pipe, max_file_mb=max_file_mb, logits_processor_factory=logits_processor_factory)
+    app = ChatApp(pipe, max_file_mb=max_file_mb, logits_processor_factory=logits_processor_factory,
+                  session_ttl_s=session_ttl_s)
     defaults = app.defaults
 
     with gr.Blocks(title=title) as demo:
@@ -83,6 +70,9 @@ def build_demo(pipe, *, max_file_mb: float = 50, logits_processor_factory=None, 
             api_out_files = gr.File(label="generated files", file_count="multiple")
             api_button = gr.Button("api")
             api_reset_button = gr.Button("api-reset")
+            # Settings arrive untouched (JSON): the app checks type and range itself and answers
+            # a bad one with a sentence, where a Number / Slider would fail in gradio's preprocessing.
+            api_settings = [gr.JSON(value=getattr(defaults, name), label=name) for name, *_ in SETTING_FIELDS]
 
         def on_submit(message, state, seed, max_new_tokens, temperature, image_steps, image_guidance, video_steps,
                       video_guidance, video_frames, audio_steps, audio_guidance, audio_seconds, request: gr.Request):
@@ -126,7 +116,7 @@ def build_demo(pipe, *, max_file_mb: float = 50, logits_processor_factory=None, 
             reply = app.respond(state, text, list(files or []), _settings(values))
             return reply.text, reply.files, state
 
-        api_button.click(chat, [api_text, api_files, *setting_inputs, session],
+        api_button.click(chat, [api_text, api_files, *api_settings, session],
                          [api_reply, api_out_files, session], api_name="chat")
         api_reset_button.click(reset, [session], [session], api_name="reset")
 
@@ -155,6 +145,8 @@ def main(argv=None) -> None:
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     parser.add_argument("--max-file-mb", type=float, default=50, help="upload size limit per file")
     parser.add_argument("--concurrency", type=int, default=2, help="requests handled at once (generation itself is serialized)")
+    parser.add_argument("--session-ttl", type=float, default=1800,
+                        help="seconds after which an idle conversation is closed and its files deleted")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
 
@@ -162,7 +154,7 @@ def main(argv=None) -> None:
 
     source = args.checkpoint or args.preset or "tiny"
     pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
-    demo = build_demo(pipe, max_file_mb=args.max_file_mb)
+    demo = build_demo(pipe, max_file_mb=args.max_file_mb, session_ttl_s=args.session_ttl)
     demo.queue(default_concurrency_limit=args.concurrency)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     # Gradio's own upload cap is a safety net well above ours, so that a file just over the

@@ -4,28 +4,33 @@
   in, generated files are written there), the model-facing history (``Message`` list whose
   assistant turns keep ``raw_text`` with the signal tokens, as in training) and the chat as
   shown (messages-format dicts: ``{"role", "content": str | {"path": p}}``).
-* :class:`ChatApp` - the one loaded pipeline plus limits; :meth:`ChatApp.respond` validates the
-  uploads, runs the pipeline and returns a :class:`Reply`. Problems (bad file, empty message,
-  a failing generation) become a clear assistant message, never an exception, so the app
-  keeps serving.
+* :class:`ChatApp` - the one loaded pipeline plus limits; :meth:`ChatApp.respond` checks every
+  argument (text, files, settings: type and range) and the uploads before the model runs, drops
+  the oldest turns when the conversation outgrows the context, runs the pipeline and returns a
+  :class:`Reply`. Problems become one clear assistant sentence, never an exception, so the app
+  keeps serving. Idle sessions expire (``session_ttl_s``) and their folders are deleted.
 """
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
+import math
+import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .media import ACCEPTED_EXTENSIONS, MediaError, detect_modality, unique_path
 from .pipeline import Message
+from .tokens import MODALITIES
 
 log = logging.getLogger(__name__)
 
 EMPTY_MESSAGE = "Please type a message or attach an image, video or audio file."
-MODALITIES = ("image", "video", "audio")
 
 
 def accepted_summary() -> str:
@@ -39,6 +44,104 @@ def upload_extensions() -> list[str]:
 
 def _mb(n_bytes: float) -> str:
     return f"{n_bytes / 1e6:.3g} MB"
+
+
+# --------------------------------------------------------------------------- arguments
+class ArgumentError(ValueError):
+    """API arguments that cannot be used; the message has one sentence per problem."""
+
+
+#: (Settings field, label, kind, minimum, maximum, step) in API argument order (app.py's widgets).
+SETTING_FIELDS = [
+    ("seed", "Seed", "int", 0, 2**31 - 1, 1),
+    ("max_new_tokens", "Max new text tokens", "int", 1, 1024, 1),
+    ("temperature", "Temperature (0 = greedy)", "float", 0.0, 2.0, 0.05),
+    ("image_steps", "Image: denoising steps", "int", 1, 200, 1),
+    ("image_guidance", "Image: guidance scale", "float", 0.0, 30.0, 0.5),
+    ("video_steps", "Video: denoising steps", "int", 1, 200, 1),
+    ("video_guidance", "Video: guidance scale", "float", 0.0, 30.0, 0.5),
+    ("video_frames", "Video: frames", "int", 1, 128, 1),
+    ("audio_steps", "Audio: denoising steps", "int", 1, 400, 1),
+    ("audio_guidance", "Audio: guidance scale", "float", 0.0, 30.0, 0.5),
+    ("audio_seconds", "Audio: length (seconds)", "float", 0.5, 30.0, 0.5),
+]
+
+
+def _show(value) -> str:
+    return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+
+
+def check_number(name: str, value, kind: str, lo: float, hi: float):
+    """``value`` as an int / float within ``[lo, hi]``; ``None`` (or "") stays ``None`` (the default).
+
+    Numeric strings are accepted ("7", "0.5"), as form posts send them; anything else raises
+    :class:`ArgumentError` with one sentence naming the argument and what is accepted."""
+    what = f"a whole number from {lo} to {hi}" if kind == "int" else f"a number from {lo:g} to {hi:g}"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ArgumentError(f"{name}: got {type(value).__name__} {_show(value)}; use {what}.")
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ArgumentError(f"{name}: {_show(value)} is not a number; use {what}.") from None
+    if not math.isfinite(number):
+        raise ArgumentError(f"{name}: {_show(value)} is not a finite number; use {what}.")
+    if kind == "int":
+        if number != int(number):
+            raise ArgumentError(f"{name}: {_show(value)} is not a whole number; use {what}.")
+        number = int(number)
+    else:
+        number = float(number)
+    if not lo <= number <= hi:
+        raise ArgumentError(f"{name}: {_show(value)} is out of range; use {what}.")
+    return number
+
+
+def check_text(text, max_chars: int) -> str:
+    """The message as a str (UTF-8 bytes decoded), else :class:`ArgumentError`."""
+    if text is None:
+        return ""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ArgumentError(f"text: the message is not valid UTF-8 (byte {err.start}); send UTF-8 text.") from None
+    if not isinstance(text, str):
+        raise ArgumentError(f"text: got {type(text).__name__} {_show(text)}; send the message as a string.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates, e.g. from a JSON "\udcff"
+        raise ArgumentError(f"text: character {err.start} is not valid Unicode text (a lone surrogate); "
+                            "send UTF-8 text.") from None
+    if len(text) > max_chars:
+        raise ArgumentError(f"text: the message is {len(text):,} characters long; the limit is {max_chars:,}.")
+    return text
+
+
+def check_files(files, max_files: int) -> list[str]:
+    """Upload paths from what an API client may send: None, a path, a list of paths or of
+    ``{"path": ...}`` dicts (gradio's FileData)."""
+    if files is None or files == "":
+        return []
+    if isinstance(files, (str, os.PathLike, dict)):
+        files = [files]
+    if not isinstance(files, (list, tuple)):
+        raise ArgumentError(f"files: got {type(files).__name__} {_show(files)}; send a list of file paths.")
+    paths = []
+    for item in files:
+        if isinstance(item, dict):
+            item = item.get("path") or item.get("name")
+        if item is None or item == "":
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise ArgumentError(f"files: {_show(item)} is not a file path; send a list of file paths.")
+        paths.append(os.fspath(item))
+    if len(paths) > max_files:
+        raise ArgumentError(f"files: {len(paths)} files attached; the limit is {max_files} per message.")
+    return paths
 
 
 # --------------------------------------------------------------------------- settings
@@ -78,19 +181,26 @@ class Settings:
             audio_seconds=get("audio", "audio_length_s"),
         )
 
-    def decoder_kwargs(self) -> dict:
-        def _int(v):
-            return None if v is None else int(v)
+    def checked(self) -> "Settings":
+        """Every field's type and range checked (:data:`SETTING_FIELDS`); ``None`` keeps the default.
+        Raises :class:`ArgumentError` listing every bad argument, one sentence each."""
+        values, problems = {}, []
+        for name, _label, kind, lo, hi, _step in SETTING_FIELDS:
+            try:
+                values[name] = check_number(name, getattr(self, name), kind, lo, hi)
+            except ArgumentError as err:
+                problems.append(str(err))
+        if problems:
+            raise ArgumentError(" ".join(problems))
+        return Settings(**values)
 
-        def _float(v):
-            return None if v is None else float(v)
-
+    def decoder_kwargs(self) -> dict:  # from checked settings: ints and floats already
         return {
-            "image": {"num_inference_steps": _int(self.image_steps), "guidance_scale": _float(self.image_guidance)},
-            "video": {"num_inference_steps": _int(self.video_steps), "guidance_scale": _float(self.video_guidance),
-                      "num_frames": _int(self.video_frames)},
-            "audio": {"num_inference_steps": _int(self.audio_steps), "guidance_scale": _float(self.audio_guidance),
-                      "audio_length_s": _float(self.audio_seconds)},
+            "image": {"num_inference_steps": self.image_steps, "guidance_scale": self.image_guidance},
+            "video": {"num_inference_steps": self.video_steps, "guidance_scale": self.video_guidance,
+                      "num_frames": self.video_frames},
+            "audio": {"num_inference_steps": self.audio_steps, "guidance_scale": self.audio_guidance,
+                      "audio_length_s": self.audio_seconds},
         }
 
 
@@ -141,15 +251,84 @@ def validate_upload(path, max_bytes: int | None, name: str | None = None, bridge
     return None
 
 
+# --------------------------------------------------------------------------- context
+@dataclass
+class ContextFit:
+    history: list  # the earlier messages kept (the oldest exchanges dropped first)
+    dropped: int  # messages dropped from the front of the history
+    tokens: int  # prompt tokens of the kept history plus the new message
+    budget: int  # prompt tokens that fit
+
+
+def context_budget(model, max_new_tokens: int) -> tuple[int, int]:
+    """``(prompt tokens that fit, context size)``: the LLM's context (the config's ``max_length``
+    and the model's positions, whichever is smaller) minus the reply's tokens, plus one signal
+    group the decoder may complete past ``max_new_tokens``."""
+    sizes = [getattr(model.config.llm, "max_length", None),
+             getattr(model.llm.get_base_model().config, "max_position_embeddings", None)]
+    context = min(int(n) for n in sizes if n)
+    group = max((len(g) for g in model.token_ids.signals.values()), default=0)
+    return context - int(max_new_tokens) - group, context
+
+
+def prompt_tokens(model, messages, shape_of) -> int:
+    """Length of the prompt the pipeline builds for ``messages``; ``shape_of(path)`` gives a
+    medium's ``(modality, shape)`` (its token count may depend on the shape)."""
+    from .tokens import ChatTurn
+
+    shapes: dict[str, list] = {}
+    turns = []
+    for m in messages:
+        if m.role == "assistant":
+            turns.append(ChatTurn("gpt", m.text))
+            continue
+        refs = []
+        for path in m.media:
+            modality, shape = shape_of(path)
+            shapes.setdefault(modality, []).append(shape)
+            refs.append((modality, len(shapes[modality]) - 1))
+        turns.append(ChatTurn("human", m.text, refs))
+    counter = copy.copy(model.prompts)
+    counter.max_length = None  # measure instead of refusing
+    return len(counter.encode_segments(model.prompts.conversation_segments(turns), feature_shapes=shapes).input_ids)
+
+
+def fit_history(model, history, message, max_new_tokens: int, shape_of) -> ContextFit:
+    """Drop the oldest exchanges (a user message and the reply to it, with their media) until
+    ``history + [message]`` fits the context; ``tokens > budget`` when even ``message`` alone does not."""
+    budget, _ = context_budget(model, max_new_tokens)
+    kept, dropped = list(history), 0
+    tokens = prompt_tokens(model, kept + [message], shape_of)
+    while tokens > budget and kept:
+        n = 2 if len(kept) >= 2 and kept[0].role == "user" and kept[1].role == "assistant" else 1
+        kept, dropped = kept[n:], dropped + n
+        tokens = prompt_tokens(model, kept + [message], shape_of)
+    return ContextFit(kept, dropped, tokens, budget)
+
+
 # --------------------------------------------------------------------------- session
 class ChatSession:
     """One conversation: temp folder, model history, displayed chat."""
 
     def __init__(self, root: str | None = None):
-        self.folder = Path(tempfile.mkdtemp(prefix="anyany-", dir=root))
+        self._root = root
+        self._folder: Path | None = None  # made on first use: a refused request leaves no folder
         self.history: list[Message] = []
         self.chat: list[dict] = []
         self.closed = False
+        self.last_used = time.monotonic()
+        self.busy = 0  # requests in flight (never expired while > 0)
+        self.context_note_shown = False
+        self.media_shapes: dict[str, tuple] = {}  # path -> (modality, shape), for prompt lengths
+
+    @property
+    def folder(self) -> Path:
+        if self._folder is None:
+            self._folder = Path(tempfile.mkdtemp(prefix="anyany-", dir=self._root))
+        return self._folder
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
 
     @property
     def uploads(self) -> Path:
@@ -172,10 +351,12 @@ class ChatSession:
         self.closed = True
         self.history = []
         self.chat = []
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self.media_shapes = {}
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def __repr__(self):  # gradio may log state values
-        return f"ChatSession({str(self.folder)!r}, turns={len(self.history)})"
+        return f"ChatSession({str(self._folder)!r}, turns={len(self.history)})"
 
 
 @dataclass
@@ -188,13 +369,22 @@ class Reply:
 
 # --------------------------------------------------------------------------- the app
 class ChatApp:
-    """The loaded pipeline, upload limits and the live sessions (closed on exit)."""
+    """The loaded pipeline, upload limits and the live sessions (closed when idle past
+    ``session_ttl_s``, and on exit).
 
-    def __init__(self, pipe, *, max_file_mb: float = 50, logits_processor_factory=None, temp_root: str | None = None):
+    ``session_ttl_s``: an idle session (no request for that long) is closed and its folder
+    deleted by a background sweep (None: never). ``max_text_chars`` / ``max_files``: per message.
+    """
+
+    def __init__(self, pipe, *, max_file_mb: float = 50, logits_processor_factory=None, temp_root: str | None = None,
+                 session_ttl_s: float | None = 1800, max_text_chars: int = 20_000, max_files: int = 8):
         self.pipe = pipe
         self.max_bytes = None if max_file_mb is None else int(max_file_mb * 1e6)
         self.logits_processor_factory = logits_processor_factory
         self.temp_root = temp_root
+        self.session_ttl_s = session_ttl_s
+        self.max_text_chars = max_text_chars
+        self.max_files = max_files
         self.defaults = Settings.defaults_for(pipe)
         # Generation is serialized: diffusers pipelines keep per-call scheduler state and the
         # decoders are loaded lazily, so two threads must not run the model at the same time.
@@ -202,7 +392,33 @@ class ChatApp:
         self._sessions: set[ChatSession] = set()  # strong refs: every folder is deleted at exit
         self._by_key: dict[str, ChatSession] = {}
         self._registry_lock = threading.Lock()
+        self._stop = threading.Event()
+        if session_ttl_s is not None:
+            # API clients never say goodbye: only a sweep removes their sessions.
+            interval = max(0.05, min(session_ttl_s / 4, 60.0))
+            threading.Thread(target=self._sweep, args=(interval,), name="anyany-session-ttl", daemon=True).start()
         atexit.register(self.close_all)
+
+    def _sweep(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.expire_idle()
+            except Exception:  # the sweep must outlive any one bad session
+                log.exception("session sweep failed")
+
+    def expire_idle(self, now: float | None = None) -> int:
+        """Close sessions idle for longer than ``session_ttl_s`` (folders deleted); returns how many."""
+        if self.session_ttl_s is None:
+            return 0
+        now = time.monotonic() if now is None else now
+        with self._registry_lock:
+            idle = [s for s in self._sessions if not s.busy and now - s.last_used > self.session_ttl_s]
+            for s in idle:
+                s.close()
+                self._sessions.discard(s)
+            for key in [k for k, s in self._by_key.items() if s.closed]:
+                del self._by_key[key]
+        return len(idle)
 
     # sessions --------------------------------------------------------------
     def new_session(self, key: str | None = None) -> ChatSession:
@@ -218,9 +434,10 @@ class ChatApp:
         return session
 
     def session_for(self, session: ChatSession | None, key: str | None = None) -> ChatSession:
-        """The live session, creating one when there is none yet (or it was closed)."""
+        """The live session, creating one when there is none yet (or it was closed or expired)."""
         if session is None or session.closed:
             return self.new_session(key)
+        session.touch()
         if key is not None:
             with self._registry_lock:
                 self._by_key.setdefault(key, session)
@@ -235,8 +452,7 @@ class ChatApp:
                     s.close()
                     self._sessions.discard(s)
 
-    def close_key(self, key: str) -> None:
-        """A browser tab went away (gradio ``unload``)."""
+    def close_key(self, key: str) -> None:  # a browser tab went away (gradio ``unload``)
         self.reset(None, key)
 
     def live_sessions(self) -> list[ChatSession]:
@@ -244,6 +460,7 @@ class ChatApp:
             return [s for s in self._sessions if not s.closed]
 
     def close_all(self) -> None:
+        self._stop.set()
         with self._registry_lock:
             for s in list(self._sessions):
                 s.close()
@@ -256,11 +473,34 @@ class ChatApp:
         session.chat.extend(entries)
         return Reply(message, [], ok=False, entries=entries)
 
-    def respond(self, session: ChatSession, text: str | None, files=(), settings: Settings | None = None) -> Reply:
+    def _shape_of(self, session: ChatSession):
+        from .inputs import media_shape
+
+        def shape_of(path):
+            if path not in session.media_shapes:
+                modality, inputs = self.pipe.model.load_media(path)
+                session.media_shapes[path] = (modality, media_shape(inputs))
+            return session.media_shapes[path]
+
+        return shape_of
+
+    def respond(self, session: ChatSession, text=None, files=(), settings: Settings | None = None) -> Reply:
         """Validate, generate, record. Never raises for user errors; returns the reply."""
-        text = (text or "").strip()
-        files = [f for f in (files or []) if f]
-        settings = settings or self.defaults
+        session.busy += 1
+        session.touch()
+        try:
+            return self._respond(session, text, files, settings)
+        finally:
+            session.busy -= 1
+            session.touch()
+
+    def _respond(self, session: ChatSession, text, files, settings: Settings | None) -> Reply:
+        try:
+            text = check_text(text, self.max_text_chars).strip()
+            files = check_files(files, self.max_files)
+            settings = (settings or self.defaults).checked()
+        except ArgumentError as err:
+            return self._error(session, [], str(err))
         names = [Path(f).name for f in files]
         user_entries = ([{"role": "user", "content": text}] if text else [])
         if not text and not files:
@@ -287,6 +527,26 @@ class ChatApp:
                        "Nothing was generated; remove or replace the file and send the message again.")
             return self._error(session, user_entries, message)
 
+        message = Message("user", text, [str(p) for p in stored])
+        max_new = settings.max_new_tokens or self.pipe.model.config.generation.max_new_tokens
+        try:
+            fit = fit_history(self.pipe.model, session.history, message, max_new, self._shape_of(session))
+        except MediaError as err:  # an earlier upload vanished from the session folder
+            return self._error(session, user_entries, f"I could not re-read an earlier file of this conversation: {err}. "
+                               "Clear the conversation to start afresh.")
+        if fit.tokens > fit.budget:
+            for p in stored:
+                Path(p).unlink(missing_ok=True)
+            return self._error(session, user_entries, self._too_long(text, stored, fit, max_new))
+        note = ""
+        if fit.dropped:
+            session.history = fit.history  # the dropped turns stay visible in the chat, not in the prompt
+            if not session.context_note_shown:
+                session.context_note_shown = True
+                _, context = context_budget(self.pipe.model, max_new)
+                note = (f"(This conversation no longer fits the model's context of {context} tokens, so I have "
+                        "forgotten its oldest turns; from here on the oldest turns are dropped as it grows.)\n\n")
+
         processors = None
         if self.logits_processor_factory is not None:
             made = self.logits_processor_factory()
@@ -295,8 +555,8 @@ class ChatApp:
             with self.model_lock:
                 out = self.pipe(
                     text, media=[str(p) for p in stored], messages=list(session.history),
-                    seed=int(settings.seed or 0), max_new_tokens=settings.max_new_tokens and int(settings.max_new_tokens),
-                    temperature=None if settings.temperature is None else float(settings.temperature),
+                    seed=int(settings.seed or 0), max_new_tokens=max_new,
+                    temperature=settings.temperature,
                     decoder_kwargs=settings.decoder_kwargs(), logits_processor=processors,
                     output_dir=session.outputs,
                 )
@@ -308,15 +568,29 @@ class ChatApp:
         except Exception as err:  # keep serving; the log has the traceback
             log.exception("generation failed")
             return self._error(session, user_entries,
-                               f"Sorry, generation failed ({type(err).__name__}: {err}). Please try again.")
+                               f"Sorry, something failed inside the model ({type(err).__name__}: {err}); "
+                               "the full traceback is in the server log.")
 
-        session.history.append(Message("user", text, [str(p) for p in stored]))
+        session.history.append(message)
         session.history.append(Message("assistant", out.raw_text))
         media_files = [str(p) for p in out.files if Path(p).suffix.lower() != ".txt"]
         reply_text = out.text if out.text.strip() else ("(no text)" if not media_files else "")
+        reply_text = (note + reply_text).strip()
         entries = list(user_entries)
         if reply_text:
             entries.append({"role": "assistant", "content": reply_text})
         entries += [{"role": "assistant", "content": {"path": p}} for p in media_files]
         session.chat.extend(entries)
-        return Reply(out.text, media_files, ok=True, entries=entries)
+        return Reply(note + out.text, media_files, ok=True, entries=entries)
+
+    def _too_long(self, text: str, stored, fit: ContextFit, max_new: int) -> str:
+        excess = fit.tokens - fit.budget
+        text_tokens = len(self.pipe.model.tokenizer(text, add_special_tokens=False).input_ids) if text else 0
+        _, context = context_budget(self.pipe.model, max_new)
+        how = f"about {excess} tokens"
+        if text_tokens >= excess:
+            how += f" (about {math.ceil(excess * len(text) / max(text_tokens, 1)):,} characters of its {len(text):,})"
+        elif stored:
+            how += " (attach fewer files)"
+        return (f"This message is too long for the model: it needs {fit.tokens} tokens, but {fit.budget} fit "
+                f"(a context of {context} minus {context - fit.budget} kept for the reply); shorten it by {how}.")
