@@ -348,12 +348,12 @@ class ChatSession:
 
     def close(self) -> None:
         """Delete the temp folder and forget the conversation (idempotent)."""
-        self.closed = True
         self.history = []
         self.chat = []
         self.media_shapes = {}
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
+        self.closed = True  # last, so whoever sees it closed finds the folder gone
 
     def __repr__(self):  # gradio may log state values
         return f"ChatSession({str(self._folder)!r}, turns={len(self.history)})"

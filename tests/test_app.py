@@ -244,3 +244,146 @@ def test_upload_of_a_modality_the_bridge_cannot_read_is_refused_up_front(tmp_pat
     assert "images only" in message
     assert validate_upload(png, None, "pic.png", bridge=patches) is None
     assert validate_upload(wav, None, "tone.wav", bridge=build_bridge({"type": "linear", "input_dim": 4, "llm_dim": 8})) is None
+
+
+# --------------------------------------------------------------------------- arguments, expiry, context
+@pytest.mark.parametrize("field,value,expected", [
+    ("seed", "abc", "seed: 'abc' is not a number; use a whole number from 0 to 2147483647."),
+    ("seed", 2**40, "seed: 1099511627776 is out of range; use a whole number from 0 to 2147483647."),
+    ("seed", True, "seed: got bool True; use a whole number from 0 to 2147483647."),
+    ("temperature", float("nan"), "temperature: nan is not a finite number; use a number from 0 to 2."),
+    ("temperature", [0.5], "temperature: got list [0.5]; use a number from 0 to 2."),
+    ("image_steps", 2.5, "image_steps: 2.5 is not a whole number; use a whole number from 1 to 200."),
+    ("audio_seconds", "-inf", "audio_seconds: '-inf' is not a finite number; use a number from 0.5 to 30."),
+])
+def test_bad_settings_get_one_sentence_before_the_model_runs(pipe, field, value, expected):
+    from anyany.app_logic import Settings
+
+    calls = []
+    app = ChatApp(pipe, logits_processor_factory=lambda: calls.append(1) or [], session_ttl_s=None)
+    session = app.new_session()
+    reply = app.respond(session, "hello", [], Settings(**{field: value}))
+    assert not reply.ok and reply.text == expected and not calls and session.history == []
+    assert session._folder is None  # a refused request made no folder
+    app.close_all()
+
+
+def test_settings_accept_numeric_strings_and_missing_values(pipe):
+    from anyany.app_logic import Settings
+
+    s = Settings(seed="7", max_new_tokens=" 5 ", temperature=None, image_steps=3.0, audio_seconds="").checked()
+    assert (s.seed, s.max_new_tokens, s.temperature, s.image_steps, s.audio_seconds) == (7, 5, None, 3, None)
+    assert isinstance(s.image_steps, int)
+    app = ChatApp(pipe, session_ttl_s=None)
+    reply = app.respond(app.new_session(), "hello", [], Settings(seed="7", max_new_tokens="3"))
+    assert reply.ok, reply.text
+    app.close_all()
+
+
+@pytest.mark.parametrize("text,files,expected", [
+    (b"caf\xe9", [], "text: the message is not valid UTF-8 (byte 3); send UTF-8 text."),
+    ("bad \udcff char", [], "text: character 4 is not valid Unicode text (a lone surrogate); send UTF-8 text."),
+    ({"a": 1}, [], "text: got dict {'a': 1}; send the message as a string."),
+    ("x" * 20_001, [], "text: the message is 20,001 characters long; the limit is 20,000."),
+    ("hi", 42, "files: got int 42; send a list of file paths."),
+    ("hi", [3.5], "files: 3.5 is not a file path; send a list of file paths."),
+    ("hi", ["a.png"] * 9, "files: 9 files attached; the limit is 8 per message."),
+])
+def test_bad_text_and_files_arguments(pipe, text, files, expected):
+    app = ChatApp(pipe, session_ttl_s=None)
+    reply = app.respond(app.new_session(), text, files)
+    assert not reply.ok and reply.text == expected
+    app.close_all()
+
+
+def test_utf8_bytes_are_decoded(pipe):
+    app = ChatApp(pipe, session_ttl_s=None)
+    session = app.new_session()
+    reply = app.respond(session, "café".encode(), [], None)
+    assert reply.ok and session.history[0].text == "café"
+    app.close_all()
+
+
+def test_idle_sessions_expire_and_their_folders_go(pipe, files):
+    import time
+
+    app = ChatApp(pipe, session_ttl_s=0.4)
+    idle, active = app.new_session(), app.new_session()
+    assert app.respond(idle, "hello", [files / "photo.png"]).ok
+    folder = idle.folder
+    assert folder.is_dir()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not idle.closed:
+        app.session_for(active)  # a client that keeps coming back stays
+        time.sleep(0.05)
+    assert idle.closed and not folder.exists() and idle.history == []
+    assert app.live_sessions() == [active]
+    # an expired gradio state gets a fresh session
+    fresh = app.session_for(idle, "tab-1")
+    assert fresh is not idle and not fresh.closed
+    app.close_all()
+    assert app.live_sessions() == []
+
+
+def test_expire_idle_spares_sessions_in_a_request(pipe):
+    import time
+
+    app = ChatApp(pipe, session_ttl_s=60)
+    s = app.new_session()
+    s.busy = 1
+    assert app.expire_idle(now=time.monotonic() + 120) == 0 and not s.closed
+    s.busy = 0
+    assert app.expire_idle(now=time.monotonic() + 120) == 1 and s.closed
+    app.close_all()
+
+
+def test_long_conversation_drops_oldest_turns_and_says_so_once(pipe, files):
+    from anyany.app_logic import Settings, context_budget
+
+    app = ChatApp(pipe, session_ttl_s=None)
+    session = app.new_session()
+    settings = Settings(max_new_tokens=8)
+    budget, context = context_budget(pipe.model, 8)
+    notes = []
+    first = app.respond(session, "look at this " + "a" * 100, [files / "photo.png"], settings)
+    assert first.ok
+    for turn in range(6):
+        reply = app.respond(session, f"turn {turn} " + "b" * 140, [], settings)
+        assert reply.ok, reply.text
+        notes.append(f"no longer fits the model's context of {context} tokens" in reply.text)
+    assert sum(notes) == 1 and notes.index(True) >= 1  # said once, when it first happened
+    shown = [e["content"] for e in session.chat if e["role"] == "assistant" and isinstance(e["content"], str)]
+    assert sum("no longer fits" in c for c in shown) == 1  # the chat shows it once too
+    h = session.history
+    assert h[0].role == "user" and [m.role for m in h] == ["user", "assistant"] * (len(h) // 2)
+    assert all(not m.media for m in h)  # the image's turn went with its media
+    assert not h[0].text.startswith("look at this")
+    from anyany.app_logic import prompt_tokens
+
+    assert prompt_tokens(pipe.model, h, app._shape_of(session)) <= budget  # what the model saw fitted
+    app.close_all()
+
+
+def test_a_message_too_long_for_the_context_says_how_much_to_cut(pipe):
+    from anyany.app_logic import Settings, context_budget
+
+    app = ChatApp(pipe, session_ttl_s=None)
+    session = app.new_session()
+    budget, context = context_budget(pipe.model, 8)
+    reply = app.respond(session, "z" * (context + 50), [], Settings(max_new_tokens=8))
+    assert not reply.ok and session.history == []
+    assert reply.text.startswith("This message is too long for the model: it needs ")
+    assert f"but {budget} fit (a context of {context} minus {context - budget} kept for the reply)" in reply.text
+    assert "shorten it by about" in reply.text and "characters of its" in reply.text
+    app.close_all()
+
+
+def test_api_bad_settings_answered_by_the_app_not_gradio(client):
+    for kwargs, expected in [({"seed": "abc"}, "seed: 'abc' is not a number"),
+                             ({"temperature": "hot"}, "temperature: 'hot' is not a number"),
+                             ({"image_steps": 2.5}, "image_steps: 2.5 is not a whole number"),
+                             ({"max_new_tokens": 10**9}, "max_new_tokens: 1000000000 is out of range")]:
+        reply, out_files = client.predict(text="hi", files=[], api_name="/chat", **kwargs)
+        assert reply.startswith(expected) and not out_files, reply
+    reply, _ = client.predict(text="hi", files=[], seed="3", max_new_tokens="4", api_name="/chat")
+    assert "not a number" not in reply
