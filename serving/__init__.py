@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP serving of an anyany pipeline (``anyany serve``; docs/server.md)."""

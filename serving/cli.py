@@ -1,0 +1,84 @@
+"""``anyany serve``: the OpenAI-compatible server on uvicorn (or on Ray Serve with ``--ray``)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(sub) -> None:
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server: chat completions with images, audio and video (docs/server.md)")
+    add_arguments(s)
+    s.set_defaults(func=cmd_serve)
+
+
+def add_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--checkpoint", help="folder written by save_pretrained / a training stage (overrides --preset)")
+    s.add_argument("--preset", default="tiny", help="named preset when no --checkpoint is given (default tiny)")
+    s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: the ANYANY_API_KEY variable, else open)")
+    s.add_argument("--model-name", help="model id clients send and /v1/models lists (default: the preset or folder name)")
+    s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting before the server answers 429 (default 64)")
+    s.add_argument("--batch-window-ms", type=float, default=10.0, help="how long the first request of a batch waits for others (default 10)")
+    s.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    s.add_argument("--media-root", help="folder whose files clients may name with file:// URLs (default: none allowed)")
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    s.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (pip install 'anyany[ray]')")
+    s.add_argument("--replicas", type=int, default=1, help="with --ray: number of replicas, each a whole model (default 1)")
+
+
+def build_app(args):
+    """The pipeline, its engine and the FastAPI app for ``args`` (also what each Ray replica runs)."""
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from anyany.engine import Engine
+    from anyany.pipeline import AnyToAnyPipeline
+
+    from .app import create_app
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.checkpoint and not Path(args.checkpoint).is_dir():
+        raise FileNotFoundError(f"{args.checkpoint}: checkpoint folder not found")
+    source = args.checkpoint or args.preset
+    pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
+    engine = Engine(pipe, max_batch=args.max_batch, max_queue=args.max_queue, batch_window_s=args.batch_window_ms / 1000).start()
+    name = args.model_name or (Path(args.checkpoint).name if args.checkpoint else f"anyany-{args.preset}")
+    key = args.api_key or os.environ.get("ANYANY_API_KEY") or None
+    return create_app(engine, model_name=name, api_key=key, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+                      media_root=args.media_root)
+
+
+def cmd_serve(args) -> int:
+    if args.max_batch < 1 or args.max_queue < 1 or args.replicas < 1:
+        raise ValueError("--max-batch, --max-queue and --replicas must be at least 1")
+    if args.ray:
+        from .ray_app import serve_with_ray
+
+        return serve_with_ray(args)
+    import uvicorn
+
+    app = build_app(args)
+    print(f"anyany: serving {app.title} model on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.cli", description="anyany serve")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return cmd_serve(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"anyany serve: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
