@@ -129,19 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generation_args(c)
     c.set_defaults(func=cmd_chat)
 
-    for register in _EXTRA_COMMANDS:
+    for register in _registered_commands():
         register(sub)
     return parser
 
 
-# Other modules (training, evaluation, conversion) add their subcommands here.
-_EXTRA_COMMANDS: list = []
+COMMAND_GROUP = "anyany.commands"
+
+
+def _registered_commands() -> list:
+    """``register(subparsers)`` functions of the installed packages that add subcommands (train,
+    cache-features, convert-nextgpt, world, serve, ...): an entry-point group, so this core module
+    never imports the layers that own them."""
+    from importlib.metadata import entry_points
+
+    found = sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
+    return [ep.load() for ep in found]
 
 
 def main(argv=None) -> int:
     from .media import MediaError
 
-    _load_extra_commands()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -149,20 +157,6 @@ def main(argv=None) -> int:
     except (MediaError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"anyany: error: {err}", file=sys.stderr)
         return 2
-
-
-def _load_extra_commands() -> None:
-    import importlib
-
-    for module in ("training.cli", "anyany.convert", "anyany.world.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name and module.startswith(err.name):
-                continue
-            raise
-        if mod.register not in _EXTRA_COMMANDS:
-            _EXTRA_COMMANDS.append(mod.register)
 
 
 if __name__ == "__main__":

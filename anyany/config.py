@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from decoders.base import DecoderConfig
+from decoders import DecoderConfig
 from decoders.tiny import tiny_sizes
 from encoders.imagebind import ImageBindConfig
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from decoders import resolve_dtype
 from encoders.imagebind import ImageBindEncoder
 from projections import OutputProjection, TiledImage, build_bridge, generation_distance, load_bridge
 
@@ -43,15 +44,6 @@ STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
 STAGE_EXCLUDED_BY: dict[str, dict[str, tuple[str, ...]]] = {
     "llm_adapters_replace_lora": {"stage3": ("lora",)},
 }
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
 
 @dataclass
 class ModelOutput:
@@ -98,21 +90,21 @@ def load_tokenizer_and_llm(cfg: LLMConfig, signals, device="cpu"):
     torch.manual_seed(cfg.seed)
     quantize = quantization_possible(cfg, device)
     if cfg.name_or_path is not None:
-        kwargs = {"dtype": torch_dtype(cfg.torch_dtype)}
+        kwargs = {"dtype": resolve_dtype(cfg.torch_dtype)}
         if quantize:
             from transformers import BitsAndBytesConfig
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=cfg.quantization == "4bit",
                 load_in_8bit=cfg.quantization == "8bit",
-                bnb_4bit_compute_dtype=torch_dtype(cfg.torch_dtype),
+                bnb_4bit_compute_dtype=resolve_dtype(cfg.torch_dtype),
                 bnb_4bit_quant_type="nf4",
             )
             kwargs["device_map"] = {"": device}
         llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
     else:
         llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **cfg.random_init))
-        llm.to(torch_dtype(cfg.torch_dtype))
+        llm.to(resolve_dtype(cfg.torch_dtype))
     if llm.get_input_embeddings().weight.shape[0] != len(tokenizer):
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     llm.requires_grad_(False)
@@ -156,7 +148,7 @@ def load_encoder(cfg, device="cpu") -> ImageBindEncoder:
     else:
         torch.manual_seed(cfg.seed)
         encoder = ImageBindEncoder.from_config(cfg.imagebind)
-    return encoder.to(device=device, dtype=torch_dtype(cfg.torch_dtype)).requires_grad_(False).eval()
+    return encoder.to(device=device, dtype=resolve_dtype(cfg.torch_dtype)).requires_grad_(False).eval()
 
 
 class AnyToAnyModel(nn.Module):

@@ -86,8 +86,10 @@ class LLMInputs:
 
 class AnyToAnyPipeline:
     def __init__(self, model, decoders: dict | None = None, progress: bool = True, keep_decoders: bool = True):
+        from decoders import DecoderSet
+
         self.model = model.eval()
-        self._decoders = dict(decoders or {})
+        self.decoders = DecoderSet(model.config.decoders, decoders, progress=progress)
         self.progress = progress
         # False: each decoder is released right after its call, so only one is ever resident next to
         # the LLM (a 7B LLM in 16 bit plus all three decoders does not fit 24 GB; one at a time does)
@@ -110,21 +112,15 @@ class AnyToAnyPipeline:
 
     # ------------------------------------------------------------------ decoders (lazy)
     def decoder(self, modality: str):
-        """Decoders are loaded on first use and kept (the reference reloaded them every call)."""
-        if modality not in self._decoders:
-            from decoders import build_decoder
-
-            cfg = self.model.config.decoders.get(modality)
-            if cfg is None:
-                raise ValueError(f"no decoder configured for {modality}; configured: {sorted(self.model.config.decoders)}")
-            self._decoders[modality] = build_decoder(cfg)
-        return self._decoders[modality]
+        """The modality's decoder, loaded on first use and kept (the reference reloaded it every call)."""
+        return self.decoders(modality)
 
     def release_decoder(self, modality: str) -> None:
         """Drop a built decoder (it is rebuilt on next use) and return its memory."""
         import gc
 
-        if self._decoders.pop(modality, None) is not None:
+        if modality in self.decoders:
+            self.decoders.release(modality)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -5,13 +5,15 @@ sees ids, masks and slots produced by :class:`PromptBuilder`.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
 
+from encoders import MODALITIES  # noqa: F401 - one definition, re-exported for the layers above
+
 IGNORE_INDEX = -100
-MODALITIES = ("image", "video", "audio")
 
 # The reference wraps every medium (image, video and audio alike) in <Img> ... </Img>.
 MEDIA_START = "<Img>"
@@ -147,8 +149,8 @@ class Segment:
 class EncodedSequence:
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
-    media: list[tuple] = field(default_factory=list)  # start, length, modality, feature_index, instruction span
-    signals: list[tuple[int, str, int]] = field(default_factory=list)  # start, modality, target_index
+    media: list[MediaSlot] = field(default_factory=list)  # row 0: the sequence's own positions
+    signals: list[SignalSlot] = field(default_factory=list)
 
 
 class PromptBuilder:
@@ -183,7 +185,7 @@ class PromptBuilder:
                 shapes = (feature_shapes or {}).get(modality, ())
                 n = self.media_tokens(modality, shapes[index] if index < len(shapes) else None)
                 ids = [self.ids.media_start] + [self.ids.placeholder] * n + [self.ids.media_end]
-                seq.media.append((len(seq.input_ids) + 1, n, modality, index, None))
+                seq.media.append(MediaSlot(0, len(seq.input_ids) + 1, n, modality, index))
                 turn_media.append(len(seq.media) - 1)
                 seq.input_ids += ids
                 seq.labels += [IGNORE_INDEX] * len(ids)
@@ -191,20 +193,20 @@ class PromptBuilder:
             ids = self._text_ids(seg.text or "")
             if seg.instruction:
                 for k in turn_media:
-                    seq.media[k] = (*seq.media[k][:4], (len(seq.input_ids), len(ids)))
+                    seq.media[k].instruction = (len(seq.input_ids), len(ids))
                 turn_media = []
             if seg.signal is not None:
                 modality, target_index = seg.signal
                 expected = list(self.ids.signals[modality])
                 if ids != expected:
                     raise ValueError(f"signal text for {modality} did not tokenize to its group: {ids} != {expected}")
-                seq.signals.append((len(seq.input_ids), modality, target_index))
+                seq.signals.append(SignalSlot(0, len(seq.input_ids), modality, target_index))
             seq.input_ids += ids
             seq.labels += ids if seg.trained else [IGNORE_INDEX] * len(ids)
         if self.max_length is not None and len(seq.input_ids) > self.max_length:
             per: dict[str, list[int]] = {}
-            for _, n, m, *_ in seq.media:
-                per.setdefault(m, []).append(n)
+            for slot in seq.media:
+                per.setdefault(slot.modality, []).append(slot.length)
             detail = ", ".join(
                 f"{m}: {counts[0]} tokens each" if len(set(counts)) == 1 else f"{m}: {' + '.join(map(str, counts))} tokens"
                 for m, counts in sorted(per.items())
@@ -283,8 +285,8 @@ def collate_sequences(sequences: Sequence[EncodedSequence], pad_id: int) -> dict
         input_ids[row, :n] = torch.tensor(s.input_ids)
         labels[row, :n] = torch.tensor(s.labels)
         attention_mask[row, :n] = 1
-        media += [MediaSlot(row, start, length_, m, i, instr) for start, length_, m, i, instr in s.media]
-        signals += [SignalSlot(row, start, m, i) for start, m, i in s.signals]
+        media += [dataclasses.replace(slot, row=row) for slot in s.media]
+        signals += [dataclasses.replace(slot, row=row) for slot in s.signals]
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, "media_slots": media, "signal_slots": signals}
 
 

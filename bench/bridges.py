@@ -3,7 +3,7 @@
     python bench/bridges.py --home DIR [--quick] [--seeds 3] [--lrs 3e-3,1e-2] [--steps 180] [--out docs/]
 
 What is held fixed: the frozen world ImageBind and LLM (``DIR/frozen``, built with
-``anyany.world.build`` if missing), the data (the world's stage-1 caption pairs: CC3M-, WebVid- and
+``miniature.build`` if missing), the data (the world's stage-1 caption pairs: CC3M-, WebVid- and
 AudioCaps-style JSON), one frozen-feature cache per feature kind shared by every bridge of that kind,
 the number of steps, the batch size, the schedule, and the seeds. What varies: the bridge (its own
 learning rate is the best of a small sweep, picked by mean held-out accuracy over the seeds).
@@ -11,7 +11,7 @@ learning rate is the best of a small sweep, picked by mean held-out accuracy ove
 Measured per bridge: LLM tokens per image / video / audio, trainable parameters (stage 1 trains only
 the bridge), bridge latency and LLM prefill latency for one prompt with one medium (median of
 ``--repeats`` runs on one thread), and held-out stage-1 caption accuracy per attribute (greedy
-captions of held-out media, judged word by word as ``anyany.world.evaluate`` does), for the
+captions of held-out media, judged word by word as ``miniature.evaluate`` does), for the
 trained bridge (mean and min-max over seeds) and for the untrained bridge (the baseline).
 
 Writes ``bench/bridges.json`` and, in ``--out``, ``bridges_comparison.md`` and ``bridges_comparison.png``
@@ -95,9 +95,9 @@ def has_frozen_parts(home: Path) -> bool:
 
 
 def ensure_world(home: Path, quick: bool, seed: int, workers: int, progress: bool) -> dict:
-    """The world and its frozen parts, built with ``anyany.world.build`` when ``home`` has none."""
-    from anyany.world.build import BuildPlan, pretrain_frozen_parts
-    from anyany.world.data import write_world
+    """The world and its frozen parts, built with ``miniature.build`` when ``home`` has none."""
+    from miniature.build import BuildPlan, pretrain_frozen_parts
+    from miniature.data import write_world
 
     if has_frozen_parts(home):
         return {}
@@ -123,7 +123,7 @@ def heldout_media(home: Path) -> list[tuple[str, object, Path]]:
     """(modality, world item, file) of every held-out stage-1 medium, as ``evaluate_world`` reads them."""
     from training.records import read_caption_pairs
 
-    from anyany.world.data import split_items
+    from miniature.data import split_items
 
     lookup = {it.caption: it for items in split_items("heldout").values() for it in items}
     out = []
@@ -150,7 +150,7 @@ def build_caches(home: Path, config_dict: dict, bridges: dict[str, dict], progre
     ``pooled`` and ``tokens`` are the two outputs of one ImageBind pass, so each file is encoded once
     for both; ``pixels`` and ``tiles`` go through the model's own media path (``encode_file``).
     """
-    from training.cli import _media_meta
+    from training.features import media_cache_meta
     from training.features import build_media_cache
 
     paths = [p.media for p in stage1_pairs(home, "train")] + [p for _, _, p in heldout_media(home)]
@@ -169,7 +169,7 @@ def build_caches(home: Path, config_dict: dict, bridges: dict[str, dict], progre
         else:
             def encode(path, model=model):
                 return encode_file(model, path)
-        build_media_cache(folder, use, encode, kind, _media_meta(model), progress=progress)
+        build_media_cache(folder, use, encode, kind, media_cache_meta(model), progress=progress)
         folders[kind] = str(folder)
     return folders
 
@@ -188,7 +188,7 @@ def _imagebind(model, path, memo: dict) -> dict:
 
 def encode_file(model, path):
     """One file -> what the media cache stores for ``model``'s bridge (the training CLI's own encoder)."""
-    from training.cli import encode_media_file
+    from training.features import encode_media_file
 
     return encode_media_file(model, path)
 
@@ -232,7 +232,7 @@ def heldout_accuracy(model, media, cache, instruction: str, max_new_tokens: int 
     """Greedy captions of held-out media from cached features, judged as ``evaluate.stage1_caption_accuracy``."""
     from anyany.pipeline import AnyToAnyPipeline
     from anyany.tokens import ChatTurn
-    from anyany.world.evaluate import _summarise, words_match
+    from miniature.evaluate import _summarise, words_match
 
     was_training = model.training
     pipe = AnyToAnyPipeline(model, progress=False)
@@ -250,14 +250,15 @@ def heldout_accuracy(model, media, cache, instruction: str, max_new_tokens: int 
 
 def run_job(job: dict) -> dict:
     """Train one (bridge, lr, seed) in stage 1 and evaluate it (and, if asked, its untrained self)."""
-    from training.cli import _media_meta, build_dataset
+    from training.data import build_dataset
+    from training.features import media_cache_meta
     from training.loop import train_stage
     from training.recipes import TrainConfig
 
     t0 = time.time()
     model = make_model(job["config"], job["bridge"], job["seed"])
     kind = model.bridge.feature_kind
-    cache = _cached_features(job["cache"], kind, _media_meta(model))
+    cache = _cached_features(job["cache"], kind, media_cache_meta(model))
     media = [(m, it, Path(p)) for m, it, p in job["heldout"]]
     instruction = model.config.stage1_instruction
     result = {"name": job["name"], "lr": job["lr"], "seed": job["seed"]}
@@ -293,7 +294,7 @@ def _median_ms(fn, repeats: int) -> float:
 @torch.no_grad()
 def measure_bridge(config_dict: dict, bridge: dict, caches: dict, media, repeats: int) -> dict:
     """Tokens, trainable parameters, and one-thread latency of the bridge and of the LLM prefill."""
-    from training.cli import _media_meta
+    from training.features import media_cache_meta
 
     from anyany.pipeline import AnyToAnyPipeline
     from anyany.tokens import ChatTurn
@@ -303,7 +304,7 @@ def measure_bridge(config_dict: dict, bridge: dict, caches: dict, media, repeats
     params = sum(p.numel() for p in model.trainable_parameters())
     model.set_stage(None)
     kind = model.bridge.feature_kind
-    cache = _cached_features(caches[kind], kind, _media_meta(model))
+    cache = _cached_features(caches[kind], kind, media_cache_meta(model))
     pipe = AnyToAnyPipeline(model, progress=False)
     base = model.llm.get_base_model()
     out = {"feature_kind": kind, "trainable_params": params, "tokens": {}, "bridge_ms": {}, "prefill_ms": {},
@@ -387,7 +388,7 @@ def compare(home, *, bridges=None, seeds: int = 3, lrs=DEFAULT_LRS, steps=180, b
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        from anyany.world.build import world_config
+        from miniature.build import world_config
 
         config_dict = world_config(home).to_dict()
         media = heldout_media(home)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-MODALITIES = ("image", "video", "audio")
+from encoders import MODALITIES  # noqa: F401 - re-exported to bench/bridges.py
 
 
 def mean_attribute_accuracy(report: dict) -> float:
@@ -119,7 +119,7 @@ def write_markdown(path: Path, result: dict) -> None:
         "optimistic, alike.",
         "",
         f"Accuracy: greedy captions of the held-out media ({n_held}: attribute combinations never seen in "
-        "training), judged word by word as `anyany.world.evaluate.stage1_caption_accuracy` does. *mean attribute* is "
+        "training), judged word by word as `miniature.evaluate.stage1_caption_accuracy` does. *mean attribute* is "
         "the mean of the per-attribute accuracies (nine: colour, shape, position / colour, shape, direction / pitch, "
         "loudness, rhythm); *image* etc. is the mean over that modality's three attributes. Cells give the mean over "
         "seeds and the min-max range. *untrained* is the same bridge before training (same seeds), through the same "

@@ -225,7 +225,7 @@ def build_sd15(sz: dict, dtype, device, offload: bool):
     from transformers import CLIPTextConfig, CLIPTextModel
 
     import decoders.image  # noqa: F401  (registers the stable_diffusion decoder)
-    from decoders.base import DECODER_REGISTRY, DecoderConfig
+    from decoders import DECODER_REGISTRY, DecoderConfig
     from decoders.tiny import _clip_tokenizer
 
     # built on the CPU and cast there, so the GPU never holds fp32 copies (the Decoder moves or offloads it)

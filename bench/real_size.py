@@ -300,7 +300,7 @@ def build_real_decoder(modality: str, sz: dict, settings: dict, report: Report |
     from diffusers import (AudioLDMPipeline, AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline,
                            TextToVideoSDPipeline, UNet2DConditionModel, UNet3DConditionModel)
 
-    from decoders.base import DECODER_REGISTRY, DecoderConfig
+    from decoders import AudioLDMDecoder, DecoderConfig, StableDiffusionDecoder, TextToVideoDecoder
     from decoders.tiny import _clip_tokenizer, _roberta_tokenizer
 
     kind = DECODER_KIND[modality]
@@ -338,7 +338,8 @@ def build_real_decoder(modality: str, sz: dict, settings: dict, report: Report |
              "audioldm": dict(audio_length_s=settings["audio_s"])}[kind]
     cfg = DecoderConfig(kind=kind, name_or_path=f"{kind}-real-size-random", torch_dtype="bfloat16", device="cpu",
                         num_inference_steps=settings["steps"], guidance_scale=settings["guidance"], **extra)
-    decoder = DECODER_REGISTRY[kind](pipe, cfg)
+    cls = {"stable_diffusion": StableDiffusionDecoder, "text_to_video_sd": TextToVideoDecoder, "audioldm": AudioLDMDecoder}[kind]
+    decoder = cls(pipe, cfg)
     bad = sorted({str(p.dtype) for p in modules.parameters()} - {"torch.bfloat16"})
     if report is not None:
         report.check(not bad, f"{modality} decoder dtype", f"parameters in {bad}, expected bfloat16 only")
@@ -349,13 +350,12 @@ def real_size_pipeline(model, sz, settings, report, keep_decoders: bool):
     """AnyToAnyPipeline whose decoders are the real-size random ones, built on first use."""
     from anyany.pipeline import AnyToAnyPipeline
 
-    class RealSizePipeline(AnyToAnyPipeline):
-        def decoder(self, modality):
-            if modality not in self._decoders:
-                self._decoders[modality] = build_real_decoder(modality, sz, settings, report)
-            return self._decoders[modality]
+    from decoders import DecoderSet
 
-    return RealSizePipeline(model, progress=False, keep_decoders=keep_decoders)
+    pipe = AnyToAnyPipeline(model, progress=False, keep_decoders=keep_decoders)
+    pipe.decoders = DecoderSet(model.config.decoders, progress=False,
+                               build=lambda modality, cfg: build_real_decoder(modality, sz, settings, report))
+    return pipe
 
 
 # ---- inputs -----------------------------------------------------------------------------------------
@@ -452,8 +452,8 @@ def generation(model, pipe, sz, settings, report, media_paths, cache_dir, eager_
         with report.phase(f"{m} decoder: {settings['steps']} steps"):
             media = pipe.decode([(m, cond)], seed=k, decoder_kwargs={m: kwargs})[0]
         check_decoded(report, m, media, decoder, settings)
-        report.check((m in pipe._decoders) == eager_decoders, f"{m} decoder release",
-                     "kept after use" if m in pipe._decoders else "released in mode all")
+        report.check((m in pipe.decoders) == eager_decoders, f"{m} decoder release",
+                     "kept after use" if m in pipe.decoders else "released in mode all")
         del decoder, media
     return result
 

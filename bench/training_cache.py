@@ -26,7 +26,9 @@ from PIL import Image
 
 from anyany.config import get_preset
 from anyany.model import AnyToAnyModel
-from training.cli import LazyDecoders, _media_meta, build_dataset, encode_media_file, target_sources
+from decoders import DecoderSet
+from training.data import build_dataset, target_sources
+from training.features import encode_media_file, media_cache_meta
 from training.data import Collator, resolve_frozen
 from training.features import build_media_cache, build_prefix_cache, build_target_cache
 from training.records import read_caption_pairs, read_text_captions
@@ -78,7 +80,7 @@ def main():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     model = AnyToAnyModel.from_config(get_preset("tiny"))
-    decoders = LazyDecoders(model)
+    decoders = DecoderSet(model.config.decoders, progress=False)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -87,7 +89,7 @@ def main():
         random.Random(0).shuffle(pairs)  # each batch mixes images, videos and sounds
         captions, _ = read_text_captions(files[0], "image")
         kind = model.bridge.feature_kind
-        build_media_cache(tmp / "media", [p.media for p in pairs], lambda p: encode_media_file(model, p), kind, _media_meta(model), progress=False)
+        build_media_cache(tmp / "media", [p.media for p in pairs], lambda p: encode_media_file(model, p), kind, media_cache_meta(model), progress=False)
         with torch.no_grad():
             build_target_cache(tmp / "targets", [c.caption for c in captions], decoders("image").encode_text,
                                target_sources(model)["image"], {}, progress=False)

@@ -6,8 +6,10 @@
 """
 
 from .audio import AudioLDMDecoder
-from .base import DECODER_REGISTRY, KINDS, ClipConditionedDecoder, Decoder, DecoderConfig, build_decoder, register_decoder
+from .base import ClipConditionedDecoder, Decoder
+from .config import KINDS, DecoderConfig, resolve_dtype
 from .image import StableDiffusionDecoder
+from .registry import DECODER_REGISTRY, DecoderSet, build_decoder, register_decoder
 from .tiny import build_tiny_pipeline, write_tiny_pipeline
 from .video import TextToVideoDecoder
 
@@ -18,10 +20,12 @@ __all__ = [
     "ClipConditionedDecoder",
     "Decoder",
     "DecoderConfig",
+    "DecoderSet",
     "StableDiffusionDecoder",
     "TextToVideoDecoder",
     "build_decoder",
     "build_tiny_pipeline",
     "register_decoder",
+    "resolve_dtype",
     "write_tiny_pipeline",
 ]

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import Decoder, register_decoder
+from .base import Decoder
 
 
-@register_decoder
 class AudioLDMDecoder(Decoder):
     """``generate`` returns a list of mono ``np.ndarray`` float32 [samples] at ``sample_rate``."""
 

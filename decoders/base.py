@@ -1,4 +1,4 @@
-"""Decoder configuration, the common ``Decoder`` interface, and the registry.
+"""The common ``Decoder`` interface over one frozen diffusers pipeline.
 
 A ``Decoder`` wraps one frozen diffusers text-to-X pipeline. The core of anyany only ever talks
 to this interface (``modality``, ``conditioning_shape``, ``encode_text``, ``generate``), so it never
@@ -12,121 +12,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import importlib
 import dataclasses
-import json
-from dataclasses import dataclass
+import importlib
 from typing import Any, ClassVar
 
 import torch
 
-KINDS = ("stable_diffusion", "text_to_video_sd", "audioldm")
-OFFLOAD_MODES = ("none", "model", "sequential")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-# Per-kind generation defaults (the reference's values: guidance 7.5, 50 steps, SD 512x512,
-# Zeroscope 320x576 x 24 frames at 8 fps, AudioLDM 9 s).
-_KIND_DEFAULTS: dict[str, dict[str, Any]] = {
-    "stable_diffusion": dict(height=512, width=512),
-    "text_to_video_sd": dict(height=320, width=576, num_frames=24, fps=8),
-    "audioldm": dict(audio_length_s=9.0),
-}
-_TINY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "stable_diffusion": dict(height=32, width=32),
-    "text_to_video_sd": dict(height=32, width=32, num_frames=4, fps=8),
-    "audioldm": dict(audio_length_s=1.0),
-}
-
-
-def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return _DTYPES[name.removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unsupported torch_dtype {name!r}; expected one of {sorted(_DTYPES)}") from None
-
-
-@dataclass
-class DecoderConfig:
-    """Everything needed to build a decoder; JSON round-trips via ``to_dict`` / ``from_dict``.
-
-    ``name_or_path``: hub id or local folder (``save_pretrained`` layout). ``None`` builds random
-    tiny components with ``decoders.tiny.build_tiny_pipeline(kind, **random_init)`` (``random_init``
-    may hold ``seed`` and any tiny size knob).
-
-    Generation defaults left as ``None`` are filled per kind (image 512x512; video 320x576 x 24
-    frames at 8 fps; audio 9 s). Fields that do not apply to a kind stay ``None``.
-    """
-
-    kind: str
-    name_or_path: str | None = None
-    random_init: dict[str, Any] | None = None
-    torch_dtype: str = "float32"
-    device: str = "cpu"
-    offload: str = "none"
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
-    height: int | None = None
-    width: int | None = None
-    num_frames: int | None = None
-    audio_length_s: float | None = None
-    fps: int | None = None
-    # Modules defining custom pipeline components (e.g. a vocoder class named in model_index.json):
-    # diffusers loads such classes only once their module is imported, so the config says which.
-    component_modules: list[str] = dataclasses.field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown decoder kind {self.kind!r}; expected one of {KINDS}")
-        if self.offload not in OFFLOAD_MODES:
-            raise ValueError(f"offload must be one of {OFFLOAD_MODES}, got {self.offload!r}")
-        resolve_dtype(self.torch_dtype)
-        for key, value in _KIND_DEFAULTS[self.kind].items():
-            if getattr(self, key) is None:
-                setattr(self, key, value)
-
-    # ---- serialisation -------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DecoderConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown DecoderConfig keys: {sorted(unknown)}")
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> "DecoderConfig":
-        return cls.from_dict(json.loads(text))
-
-    # ---- presets -------------------------------------------------------------------------
-    @classmethod
-    def stable_diffusion_v1_5(cls, **kw: Any) -> "DecoderConfig":
-        return cls(kind="stable_diffusion", name_or_path="runwayml/stable-diffusion-v1-5", **kw)
-
-    @classmethod
-    def zeroscope_v2_576w(cls, **kw: Any) -> "DecoderConfig":
-        return cls(kind="text_to_video_sd", name_or_path="cerspense/zeroscope_v2_576w", **kw)
-
-    @classmethod
-    def audioldm_l_full(cls, **kw: Any) -> "DecoderConfig":
-        return cls(kind="audioldm", name_or_path="cvssp/audioldm-l-full", **kw)
-
-    @classmethod
-    def tiny(cls, kind: str, seed: int = 0, **kw: Any) -> "DecoderConfig":
-        """Random tiny components (no hub), 2 steps, 32x32 images, 4-frame 32x32 video, 1 s audio."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown decoder kind {kind!r}; expected one of {KINDS}")
-        random_init = {"seed": seed, **kw.pop("random_init", {})}
-        defaults = dict(num_inference_steps=2, guidance_scale=7.5, **_TINY_DEFAULTS[kind])
-        defaults.update(kw)
-        return cls(kind=kind, name_or_path=None, random_init=random_init, **defaults)
+from .config import DecoderConfig, resolve_dtype
 
 
 @contextlib.contextmanager
@@ -145,6 +37,36 @@ def _quiet_loading(quiet: bool):
     finally:
         dlog.enable_progress_bar()
         tlog.enable_progress_bar()
+
+
+def _import_component_module(module: str, source: str) -> None:
+    """Import a module that defines a custom pipeline component (diffusers finds the class only then)."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and module.startswith(err.name):
+            raise ValueError(
+                f"{source}: a component of this pipeline is defined in module {module!r}, which this version of "
+                "anyany does not have (it moved or was removed); rebuild the folder with the code that made it "
+                "(for the miniature world: anyany world build)"
+            ) from None
+        raise
+
+
+def _custom_component_modules(name_or_path: str) -> list[str]:
+    """Modules outside diffusers/transformers that a local pipeline folder's ``model_index.json`` names."""
+    import json
+    from pathlib import Path
+
+    index = Path(name_or_path) / "model_index.json"
+    if not index.is_file():
+        return []
+    try:
+        entries = json.loads(index.read_text()).values()
+    except (OSError, ValueError):
+        return []  # diffusers reports an unreadable index itself
+    libraries = {e[0] for e in entries if isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)}
+    return sorted(lib for lib in libraries if lib.split(".")[0] not in ("diffusers", "transformers"))
 
 
 class Decoder(abc.ABC):
@@ -192,8 +114,8 @@ class Decoder(abc.ABC):
             config = DecoderConfig(kind=cls.kind, name_or_path=name_or_path)
         elif config.name_or_path != name_or_path:
             config = dataclasses.replace(config, name_or_path=name_or_path)
-        for module in config.component_modules:
-            importlib.import_module(module)
+        for module in [*config.component_modules, *_custom_component_modules(name_or_path)]:
+            _import_component_module(module, name_or_path)
         with _quiet_loading(not progress):
             pipe = cls.pipeline_class().from_pretrained(
                 name_or_path, dtype=resolve_dtype(config.torch_dtype), **cls._from_pretrained_kwargs()
@@ -404,41 +326,4 @@ class ClipConditionedDecoder(Decoder):
         return out
 
 
-DECODER_REGISTRY: dict[str, type[Decoder]] = {}
-
-
-def register_decoder(cls: type[Decoder]) -> type[Decoder]:
-    """Class decorator: ``DECODER_REGISTRY[cls.kind] = cls``."""
-    DECODER_REGISTRY[cls.kind] = cls
-    return cls
-
-
-def build_decoder(config: DecoderConfig | dict[str, Any], *, progress: bool = True) -> Decoder:
-    """Build the decoder of ``config.kind``: load ``config.name_or_path`` (hub id or folder) or,
-    when it is ``None``, build random tiny components from ``config.random_init``."""
-    if isinstance(config, dict):
-        config = DecoderConfig.from_dict(config)
-    # make sure the built-in decoders are registered
-    from . import audio, image, video  # noqa: F401
-
-    try:
-        cls = DECODER_REGISTRY[config.kind]
-    except KeyError:
-        raise ValueError(f"no decoder registered for kind {config.kind!r}; known: {sorted(DECODER_REGISTRY)}") from None
-    if config.name_or_path is None:
-        decoder = cls.from_random(config)
-        decoder.pipeline.set_progress_bar_config(disable=not progress)
-        return decoder
-    return cls.from_pretrained(config.name_or_path, config, progress=progress)
-
-
-__all__ = [
-    "DECODER_REGISTRY",
-    "ClipConditionedDecoder",
-    "Decoder",
-    "DecoderConfig",
-    "KINDS",
-    "build_decoder",
-    "register_decoder",
-    "resolve_dtype",
-]
+__all__ = ["ClipConditionedDecoder", "Decoder"]

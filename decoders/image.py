@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import ClipConditionedDecoder, register_decoder
+from .base import ClipConditionedDecoder
 
 
-@register_decoder
 class StableDiffusionDecoder(ClipConditionedDecoder):
     """``StableDiffusionPipeline``; ``generate`` returns a list of ``PIL.Image`` (RGB, height x width)."""
 

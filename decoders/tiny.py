@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-KINDS = ("stable_diffusion", "text_to_video_sd", "audioldm")
+from .config import KINDS
 
 # Default sizes per kind. Every entry can be overridden through ``build_tiny_pipeline(**sizes)``.
 TINY_SIZES: dict[str, dict[str, Any]] = {

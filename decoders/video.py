@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import ClipConditionedDecoder, register_decoder
+from .base import ClipConditionedDecoder
 
 
 def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
@@ -18,7 +18,6 @@ def frames_to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-@register_decoder
 class TextToVideoDecoder(ClipConditionedDecoder):
     """``generate`` returns a list of ``np.ndarray`` uint8 [num_frames, height, width, 3]."""
 

@@ -37,9 +37,9 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reduced_miniature(tmp_path_factory):
     """The reduced miniature world, built once per session: world, frozen parts, stages 1-3 and the
-    held-out report (``anyany.world.build.build(quick=True)``). Returns ``(home, report)``; tests that
+    held-out report (``miniature.build.build(quick=True)``). Returns ``(home, report)``; tests that
     only need the frozen parts (e.g. the bridge comparison) share the same build."""
-    from anyany.world.build import build
+    from miniature.build import build
 
     home = tmp_path_factory.mktemp("reduced_miniature") / "miniature"
     report = build(home, quick=True, progress=False)

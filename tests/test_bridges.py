@@ -75,7 +75,7 @@ def instruction(seed=5, length=4):
     return torch.randn(B, length, LLM, generator=g)
 
 
-MODALITIES = ("image", "video", "audio")
+from encoders import MODALITIES
 
 
 def test_registry_names():
@@ -392,7 +392,8 @@ def test_variable_count_cached_features_give_the_uncached_loss(kind, image_files
     import functools
 
     from projections import TiledImage
-    from training.cli import _media_meta, build_dataset, encode_media_file
+    from training.data import build_dataset
+    from training.features import encode_media_file, media_cache_meta
     from training.data import Collator, resolve_frozen
     from training.features import FeatureCache, build_media_cache, media_key
     from training.records import read_caption_pairs, read_conversations
@@ -401,14 +402,14 @@ def test_variable_count_cached_features_give_the_uncached_loss(kind, image_files
     kind_ = model.bridge.feature_kind
     folder = tmp_path / "media-cache"
     build_media_cache(folder, list(image_files.values()), functools.partial(encode_media_file, model), kind_,
-                      _media_meta(model), progress=False)
+                      media_cache_meta(model), progress=False)
     stored = FeatureCache(folder).get_media(media_key(image_files["wide"], kind_))
     if kind == "tiled":  # per-view ImageBind tokens (the inner bridge reads tokens) and the grid
         assert isinstance(stored, TiledImage) and stored.grid == (1, 3) and stored.views.shape[:2] == (4, 257)
     else:  # the preprocessed pixels
         assert stored.shape == (3, 51, 128)
     with pytest.raises(ValueError, match="was made for something else"):
-        FeatureCache.open(folder, {**_media_meta(model), "feature_kind": kind_, "embed_dim": -1})
+        FeatureCache.open(folder, {**media_cache_meta(model), "feature_kind": kind_, "embed_dim": -1})
 
     for stage, records in (("stage1", read_caption_pairs(tmp_path / "cc3m.json")[0]),
                            ("stage3", read_conversations(tmp_path / "mosit.json")[0])):

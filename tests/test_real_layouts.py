@@ -57,7 +57,7 @@ def _write_vicuna_v0_tokenizer(folder) -> None:
 def real_layout_config(tmp_path_factory):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from decoders.base import build_decoder
+    from decoders import build_decoder
     from decoders.tiny import write_tiny_pipeline
     from encoders.imagebind import ImageBindConfig, ImageBindEncoder
 
@@ -153,7 +153,7 @@ def test_forward_of_each_stage(real_layout_model, stage):
 
 
 def test_decoders_render_projected_conditioning(real_layout_model, real_layout_config):
-    from decoders.base import build_decoder
+    from decoders import build_decoder
 
     m = real_layout_model
     small = {"image": dict(height=32, width=32), "video": dict(height=32, width=32, num_frames=2), "audio": dict(audio_length_s=0.5)}

@@ -127,21 +127,15 @@ def test_two_cpu_processes_train_the_same_shaped_checkpoint(dataset, tmp_path):
 
 
 def _batch(model, stage, dataset, media_cache=None, target_cache=None, prefix_cache=None):
-    from training.cli import _read_records, build_dataset
-    from training.data import Collator, resolve_frozen
-
-    class Args:
-        media_root = None
-        modality = None
-        skip_bad_rows = False
+    from training.data import Collator, build_dataset, read_stage_records, resolve_frozen
 
     data = {"stage1": "cc3m.json", "stage2": "cc3m.json", "stage3": "mosit.json"}[stage]
-    records = _read_records(stage, [dataset / data], Args)
+    records = read_stage_records(stage, [dataset / data])
     ds = build_dataset(stage, records, model, media_cache, target_cache, "Describe this.", prefix_cache)
     batch = Collator(model.prompts, model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
-    from training.cli import LazyDecoders
+    from decoders import DecoderSet
 
-    return resolve_frozen(batch, model, LazyDecoders(model))
+    return resolve_frozen(batch, model, DecoderSet(model.config.decoders, progress=False))
 
 
 def test_cache_gives_same_loss_and_skips_frozen_encoders(dataset, tmp_path, tiny_checkpoint):
@@ -225,14 +219,15 @@ def test_stage2_prefix_cache_same_loss_and_gradients_and_the_llm_skips_the_capti
 
 def _batch_from(model, paths, target_cache, prefix_cache=None):
     """One stage-2 batch of every caption in ``paths`` (CC3M rows: image, WebVid rows: video)."""
-    from training.cli import LazyDecoders, build_dataset
+    from decoders import DecoderSet
+    from training.data import build_dataset
     from training.data import Collator, resolve_frozen
     from training.records import read_text_captions
 
     captions = [c for p in paths for c in read_text_captions(p, "video" if "webvid" in p.name else "image")[0]]
     ds = build_dataset("stage2", captions, model, None, target_cache, "Describe this.", prefix_cache)
     batch = Collator(model.prompts, model.tokenizer.pad_token_id)([ds[i] for i in range(len(ds))])
-    return resolve_frozen(batch, model, LazyDecoders(model))
+    return resolve_frozen(batch, model, DecoderSet(model.config.decoders, progress=False))
 
 
 def _expect_error(capsys, argv, *needles):

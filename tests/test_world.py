@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from anyany.world import checkers, spec
-from anyany.world.build import MODEL, BuildPlan, evaluate_world, world_config
-from anyany.world.pretrain_encoder import budget_used
+from miniature import checkers, spec
+from miniature.build import MODEL, BuildPlan, evaluate_world, world_config
+from miniature.pretrain_encoder import budget_used
 
 
 def test_checkers_are_exact_on_ground_truth():

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from anyany.world import spec
-from anyany.world.data import (
+from miniature import spec
+from miniature.data import (
     HELDOUT_AUDIOS,
     HELDOUT_IMAGES,
     HELDOUT_VIDEOS,
@@ -77,7 +77,7 @@ def test_readers_accept_every_file(world):
 
 def test_media_files_render_the_caption(world):
     from anyany.media import read_audio, read_image, read_video
-    from anyany.world import checkers
+    from miniature import checkers
 
     pairs, _ = read_caption_pairs(world.train.cc3m)
     img = np.asarray(read_image(pairs[0].media).convert("RGB"))
@@ -153,8 +153,8 @@ def test_text_corpus_template():
 
 
 def test_griffin_lim_vocoder_keeps_pitch():
-    from anyany.world import checkers
-    from anyany.world.vocoder import GriffinLimVocoder
+    from miniature import checkers
+    from miniature.vocoder import GriffinLimVocoder
 
     voc = GriffinLimVocoder(model_in_dim=64, log_offset=-3.0, log_scale=2.5)
     items = spec.all_audios()
@@ -172,12 +172,12 @@ def test_griffin_lim_vocoder_keeps_pitch():
 def test_audio_pipeline_with_custom_vocoder_round_trips(tmp_path):
     import json
 
-    from anyany.world.audio_decoder import build_untrained_pipeline
+    from miniature.audio_decoder import build_untrained_pipeline
     from decoders import DecoderConfig, build_decoder
 
     build_untrained_pipeline(0).save_pretrained(tmp_path / "ad")
     index = json.loads((tmp_path / "ad" / "model_index.json").read_text())
-    assert index["vocoder"] == ["anyany.world.vocoder", "GriffinLimVocoder"]
+    assert index["vocoder"] == ["miniature.vocoder", "GriffinLimVocoder"]
     dec = build_decoder(DecoderConfig(kind="audioldm", name_or_path=str(tmp_path / "ad"), num_inference_steps=2,
                                       guidance_scale=2.0, audio_length_s=1.0), progress=False)
     assert type(dec.pipeline.vocoder).__name__ == "GriffinLimVocoder"

@@ -17,8 +17,10 @@ from anyany.inputs import batch_media, load_media, media_shape
 from anyany.media import MediaError
 from anyany.tokens import ChatTurn
 
-from .features import FeatureCache, caption_key, media_key
-from .records import CaptionPair, Conversation, TextCaption
+from .features import FeatureCache, caption_key, media_cache_meta, media_key
+from .records import (
+    CaptionPair, Conversation, TextCaption, caption_modality, parse_data_arg, read_caption_pairs, read_conversations, read_text_captions,
+)
 
 
 @dataclass
@@ -221,3 +223,60 @@ def resolve_frozen(batch: dict, model, decoders) -> dict:
         "gen_targets": gen_targets,
         "prefix_states": batch.get("prefix"),
     }
+
+
+# ------------------------------------------------------------------------------------ per stage
+
+
+def read_stage_records(stage: str, data_args, media_root=None, modality=None, on_error: str = "raise") -> list:
+    """The rows of every ``--data`` argument for ``stage``. An argument ``FILE:MEDIA_FOLDER`` names its own
+    media folder (the reference keeps each dataset's media apart); otherwise ``media_root`` applies."""
+    records = []
+    paths = []
+    for arg in data_args:
+        path, own_root = parse_data_arg(arg)
+        root = own_root if own_root is not None else media_root
+        paths.append(str(path))
+        if stage == "stage1":
+            rows, report = read_caption_pairs(path, root, on_error=on_error)
+        elif stage == "stage2":
+            rows, report = read_captions(path, modality, on_error)
+        else:
+            rows, report = read_conversations(path, root, on_error=on_error)
+        if report.n_skipped or on_error == "skip":
+            print(f"{path}: {report.summary()}")
+        records += rows
+    if not records:
+        raise ValueError(f"no usable rows in {', '.join(paths)}")
+    return records
+
+
+def read_captions(path, modality, on_error: str = "raise"):
+    """Stage-2 captions; the modality from ``modality`` or from the first row's ``*_name`` key."""
+    if modality is None:
+        modality = caption_modality(path)
+        if modality is None:
+            raise ValueError(f"{path}: cannot tell the target modality from the rows; pass --modality")
+    return read_text_captions(path, modality, on_error=on_error)
+
+
+def target_sources(model) -> dict[str, str]:
+    """Identity of each modality's decoder text encoder, part of the target cache keys."""
+    out = {}
+    for m, cfg in model.config.decoders.items():
+        origin = cfg.name_or_path or f"random-seed{(cfg.random_init or {}).get('seed', 0)}"
+        out[m] = f"{cfg.kind}:{origin}"
+    return out
+
+
+def build_dataset(stage: str, records, model, media_cache, target_cache, instruction, prefix_cache=None):
+    """The stage's dataset over ``records``, reading features and targets from the caches where given."""
+    kind = model.bridge.feature_kind
+    cache = FeatureCache.open(media_cache, {**media_cache_meta(model), "feature_kind": kind})
+    media = MediaSource(cache, kind, model.bridge.image_options)
+    targets = TargetSource(FeatureCache.open(target_cache), target_sources(model))
+    if stage == "stage1":
+        return CaptionDataset(records, media, instruction)
+    if stage == "stage2":
+        return SignalDataset(records, targets, PrefixSource(FeatureCache.open(prefix_cache, {"kind": "llm-prefixes"}), model))
+    return ConversationDataset(records, media, targets)

@@ -102,6 +102,22 @@ class FeatureCache:
         os.replace(tmp, self.folder / INDEX)
 
 
+def media_cache_meta(model) -> dict:
+    """What cached media features depend on besides the files (checked when a cache is opened)."""
+    ib = model.config.encoder.imagebind
+    meta = {"embed_dim": ib.embed_dim, "vision_width": ib.vision_width, "audio_width": ib.audio_width}
+    meta.update(model.bridge.image_options)  # tiles: max_tiles, tile_size; pixels: max_image_size
+    if model.bridge.feature_kind == "tiles":
+        meta["tile_features"] = model.bridge.inner_feature_kind  # per-view pooled vectors or tokens
+    return meta
+
+
+def encode_media_file(model, path):
+    """One media file -> what the media cache stores for this model's bridge (see ``build_media_cache``)."""
+    modality, inputs = model.load_media(path)
+    return model.encode_media(modality, [inputs])[0]
+
+
 def build_media_cache(
     folder,
     paths: Iterable[Path],

@@ -1,6 +1,6 @@
 """Typed records for the NExT-GPT reference data formats, and their validating readers.
 
-Plain Python + ``json`` only: nothing here imports torch or the model packages.
+Plain Python + ``json``; the one model-side name used is the core's ``MODALITIES``.
 
 Readers take the reference's files *as they are* and return ``(records, report)``:
 

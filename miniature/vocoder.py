@@ -16,7 +16,7 @@ squeezed) and reads ``vocoder.config.sampling_rate``, ``.model_in_dim`` (= mel b
 
 It is a ``ModelMixin`` + ``ConfigMixin``, so ``save_pretrained`` writes ``vocoder/config.json``
 (+ the filterbank buffers) and diffusers' ``from_pretrained`` imports it back through the module
-path ``anyany.world.vocoder`` recorded in ``model_index.json``.
+path ``miniature.vocoder`` recorded in ``model_index.json``.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 DEFAULT_HOME = Path(os.environ.get("ANYANY_HOME", Path.home() / ".cache" / "anyany")) / "miniature"
 MODEL = "model"  # the final stage-3 model folder inside home
 # Modules defining the world decoders' own component classes (named in their model_index.json).
-COMPONENT_MODULES = {"audioldm": ["anyany.world.vocoder"]}
+COMPONENT_MODULES = {"audioldm": ["miniature.vocoder"]}
 
 
 @dataclass
@@ -114,7 +114,7 @@ def world_config(home: Path):
     """The miniature preset: the tiny preset's sizes with the world's frozen parts plugged in."""
     from decoders import DecoderConfig, build_decoder
 
-    from ..config import tiny_output_projection
+    from anyany.config import tiny_output_projection
     from .pretrain_llm import world_model_config
 
     frozen = home / "frozen"
@@ -134,19 +134,22 @@ def world_config(home: Path):
 
 
 def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict:
-    from training.cli import LazyDecoders, _media_meta, build_dataset, encode_media_file, target_sources
-    from training.features import build_media_cache, build_prefix_cache, build_target_cache
+    from decoders import DecoderSet
+    from training.data import build_dataset, target_sources
+    from training.features import (
+        build_media_cache, build_prefix_cache, build_target_cache, encode_media_file, media_cache_meta,
+    )
     from training.loop import train_stage
     from training.records import read_caption_pairs, read_conversations, read_text_captions
     from training.recipes import TrainConfig
 
-    from ..model import AnyToAnyModel
+    from anyany.model import AnyToAnyModel
 
     world = home / "world" / "train"
     times = {}
     t = time.time()
     model = AnyToAnyModel.from_config(world_config(home))
-    decoders = LazyDecoders(model)
+    decoders = DecoderSet(model.config.decoders, progress=False)
     pairs = []
     for name in ("cc3m", "webvid", "audiocap"):
         pairs += read_caption_pairs(world / f"{name}.json")[0]
@@ -156,7 +159,7 @@ def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict
     convs = read_conversations(world / "mosit.json")[0]
 
     media_paths = [p.media for p in pairs] + [r.path for c in convs for turn in c.turns for r in turn.media_in]
-    build_media_cache(home / "cache" / "media", media_paths, lambda p: encode_media_file(model, p), model.bridge.feature_kind, _media_meta(model), progress=progress)
+    build_media_cache(home / "cache" / "media", media_paths, lambda p: encode_media_file(model, p), model.bridge.feature_kind, media_cache_meta(model), progress=progress)
     sources = target_sources(model)
     by_modality: dict[str, list[str]] = {}
     for c in captions:
@@ -192,10 +195,10 @@ def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: in
     stage-1 captions on ``runs/stage1``, stage-2 retrieval on ``runs/stage2``, end to end on the
     final model (whose captions are reported too, as ``final_caption``). With ``checkpoint``
     every metric is taken on that one model (e.g. an untrained baseline)."""
-    from training.cli import LazyDecoders
+    from decoders import DecoderSet
     from training.records import read_caption_pairs
 
-    from ..pipeline import AnyToAnyPipeline
+    from anyany.pipeline import AnyToAnyPipeline
     from . import evaluate
     from .data import split_items
 
@@ -230,7 +233,7 @@ def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: in
         every[m] += [it.caption for it in items]
     heldout_caps = {m: [it.caption for it in items] for m, items in split_items("heldout").items()}
     stage2 = pipeline(stage_output("stage2")).model
-    report["stage2_retrieval"] = evaluate.stage2_retrieval_accuracy(stage2, LazyDecoders(stage2), heldout_caps, every)
+    report["stage2_retrieval"] = evaluate.stage2_retrieval_accuracy(stage2, DecoderSet(stage2.config.decoders, progress=False), heldout_caps, every)
     e2e = [evaluate.end_to_end_accuracy(pipeline(final), split_items("heldout"), seed=s * 1000, progress=progress) for s in range(seeds)]
     # over seeds: accuracies averaged, n = all generations judged
     report["end_to_end"] = {m: {k: (int(sum(r[m][k] for r in e2e)) if k == "n" else sum(r[m][k] for r in e2e) / seeds)

@@ -15,21 +15,21 @@ Components (the AudioLDM layout, tiny sizes):
   (``class_embeddings_concat=True``) on the CLAP embedding, as AudioLDM does; epsilon prediction,
   caption dropout (the ``""`` embedding, as the pipeline's negative) for classifier-free guidance.
 * ``scheduler``: ``DDIMScheduler`` with AudioLDM's betas.
-* ``vocoder``: :class:`anyany.world.vocoder.GriffinLimVocoder` (non-learned).
+* ``vocoder``: :class:`miniature.vocoder.GriffinLimVocoder` (non-learned).
 
 Measured (2 CPU cores shared with other trainers, one thread, seed 0, defaults): ~3 min
 (184 s CPU) to train; ``checkers.audio_pitch`` accuracy 107/108 = 99 % over the 12 captions x
 9 seeds with 20 DDIM steps and guidance 4.0 (800 UNet steps at lr 1e-3: ~90 %; a CLAP fitted
 with dropout on collapsed "low"/"high" and gave 58 %).
 
-The pipeline's ``model_index.json`` records the vocoder as ``["anyany.world.vocoder",
+The pipeline's ``model_index.json`` records the vocoder as ``["miniature.vocoder",
 "GriffinLimVocoder"]`` (diffusers stores the full module path of a class outside its known
 libraries) and ``from_pretrained`` imports it back from there; it only logs a harmless
 "Expected types for vocoder: SpeechT5HifiGan" warning.
 
 ``train_audio_decoder(out)`` writes a ``save_pretrained`` folder that
 ``decoders.build_decoder(DecoderConfig(kind="audioldm", name_or_path=out, ...))`` loads.
-``python -m anyany.world.audio_decoder OUT`` trains, reloads and prints the pitch accuracy.
+``python -m miniature.audio_decoder OUT`` trains, reloads and prints the pitch accuracy.
 """
 from __future__ import annotations
 

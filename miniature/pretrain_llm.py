@@ -75,10 +75,10 @@ def _request(modality: str, item, rng: random.Random) -> tuple[str, str]:
 
 def world_corpus(n: int = 6000, *, seed: int = 0, media_slot: bool = True) -> list[str]:
     """``n`` lines of world text (captions, Q&A, requests, and, if ``media_slot``, media-slot conversations)."""
-    from .pretrain_encoder import WORLD_MODALITIES, world_items
+    from .pretrain_encoder import MODALITIES, world_items
 
     rng = random.Random(seed)
-    pool = [(m, it) for m in WORLD_MODALITIES for it in world_items(m)]
+    pool = [(m, it) for m in MODALITIES for it in world_items(m)]
     kinds = ["caption", "text_qa", "request"] + (["slot_caption", "slot_caption", "slot_qa"] if media_slot else [])
     lines = []
     for _ in range(n):
@@ -291,7 +291,7 @@ def stage1_probe(
     from anyany.model import AnyToAnyModel
     from anyany.tokens import ChatTurn
 
-    from .pretrain_encoder import WORLD_MODALITIES, pooled_features, render_set, world_items
+    from .pretrain_encoder import MODALITIES, pooled_features, render_set, world_items
 
     t0 = time.time()
     torch.manual_seed(seed)
@@ -300,20 +300,20 @@ def stage1_probe(
     model.set_stage("stage1")
     renders = {"image": 4, "video": 3, "audio": 8, **(train_renders or {})}
     feats, held = {}, {}
-    for k, m in enumerate(WORLD_MODALITIES):
+    for k, m in enumerate(MODALITIES):
         x, idx = render_set(m, renders[m], seed=7000 + 10 * seed + k)
         feats[m] = (pooled_features(model.encoder, m, x), idx)
         x, idx = render_set(m, eval_renders, seed=9000 + 10 * seed + k)
         held[m] = (pooled_features(model.encoder, m, x), idx)
     t_feats = time.time() - t0
     instruction = cfg.stage1_instruction
-    items = {m: world_items(m) for m in WORLD_MODALITIES}
-    pool = [(m, j) for m in WORLD_MODALITIES for j in range(len(feats[m][1]))]
+    items = {m: world_items(m) for m in MODALITIES}
+    pool = [(m, j) for m in MODALITIES for j in range(len(feats[m][1]))]
     if warm_start:
         embed = model.llm.get_input_embeddings()
         xs, ts = [], []
         with torch.no_grad():
-            for m in WORLD_MODALITIES:
+            for m in MODALITIES:
                 for j in range(len(feats[m][1])):
                     ids = model.tokenizer(items[m][int(feats[m][1][j])].caption, add_special_tokens=False).input_ids
                     ts.append(embed(torch.tensor(ids)).mean(0))
@@ -334,7 +334,7 @@ def stage1_probe(
         for group in opt.param_groups:
             group["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         picked = rng.sample(pool, batch_size)
-        per_mod: dict[str, list[int]] = {m: [] for m in WORLD_MODALITIES}
+        per_mod: dict[str, list[int]] = {m: [] for m in MODALITIES}
         seqs = []
         for m, j in picked:
             caption = items[m][int(feats[m][1][j])].caption
@@ -354,7 +354,7 @@ def stage1_probe(
     # ---- greedy captions of held-out renders
     model.eval()
     results = {"all_match": {}, "exact": {}, "per_attribute": {}, "examples": []}
-    for m in WORLD_MODALITIES:
+    for m in MODALITIES:
         x, idx = held[m]
         ok_all, ok_exact, per = [], [], {}
         for j in range(len(idx)):
@@ -377,14 +377,14 @@ def stage1_probe(
         results["per_attribute"].update({f"{m}.{a}": float(np.mean(v)) for a, v in per.items()})
     results.update(stage1_steps=step, stage1_final_loss=float(np.mean(losses[-50:])), seconds_features=t_feats,
                    seconds_train=t_train, seconds_total=time.time() - t0,
-                   overall_all_match=float(np.mean([results["all_match"][m] for m in WORLD_MODALITIES])))
+                   overall_all_match=float(np.mean([results["all_match"][m] for m in MODALITIES])))
     if report is not None:
         report.update(results)
     return results
 
 
 if __name__ == "__main__":
-    # python -m anyany.world.pretrain_llm IMAGEBIND.pth LLM_FOLDER [llm_minutes] [stage1_minutes] [media_slot: 1|0]
+    # python -m miniature.pretrain_llm IMAGEBIND.pth LLM_FOLDER [llm_minutes] [stage1_minutes] [media_slot: 1|0]
     import json
     import sys
 

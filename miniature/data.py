@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import AnyToAnyConfig
-from ..media import write_audio, write_image, write_video
+from anyany.config import AnyToAnyConfig
+from anyany.media import write_audio, write_image, write_video
 from . import spec
 from .spec import AudioItem, ImageItem, VideoItem
 

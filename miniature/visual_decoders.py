@@ -28,7 +28,7 @@ Recipe (tuned on checker accuracy, not loss; see ``IMAGE_RECIPE`` / ``VIDEO_RECI
   videos per step.
 * Training latents are cached: a pool of jittered renders is encoded once by the frozen VAE.
 
-Command line: ``python -m anyany.world.visual_decoders image|video OUT [--minutes M] [--steps N]``.
+Command line: ``python -m miniature.visual_decoders image|video OUT [--minutes M] [--steps N]``.
 """
 from __future__ import annotations
 
@@ -422,7 +422,7 @@ def load_decoder(folder, kind: str, **config: Any):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m anyany.world.visual_decoders", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m miniature.visual_decoders", description=__doc__.split("\n")[0])
     p.add_argument("which", choices=("image", "video"))
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)

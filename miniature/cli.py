@@ -49,7 +49,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..pipeline import AnyToAnyPipeline
+    from anyany.pipeline import AnyToAnyPipeline
     from .build import MODEL, build
 
     home = Path(args.home)

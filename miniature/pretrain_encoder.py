@@ -38,12 +38,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from encoders.imagebind import ImageBindConfig, ImageBindEncoder
+from encoders.imagebind import MODALITIES, ImageBindConfig, ImageBindEncoder
 from encoders.preprocessing import preprocess_audio, preprocess_image, preprocess_video
 
 from . import spec
 
-WORLD_MODALITIES = ("image", "video", "audio")
 
 
 def world_imagebind_config() -> ImageBindConfig:
@@ -189,7 +188,7 @@ class BagOfWords(nn.Module):
 
 
 def all_captions() -> list[str]:
-    return [it.caption for m in WORLD_MODALITIES for it in world_items(m)]
+    return [it.caption for m in MODALITIES for it in world_items(m)]
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -280,12 +279,12 @@ def train_imagebind(
     cfg = config or world_imagebind_config()
     encoder = init_for_world(ImageBindEncoder(cfg), pos_scale, qk_scale)
     renders = {"image": 6, "video": 4, "audio": 12, **(renders_per_item or {})}
-    data = {m: render_set(m, renders[m], seed=seed * 1000 + k) for k, m in enumerate(WORLD_MODALITIES)}
+    data = {m: render_set(m, renders[m], seed=seed * 1000 + k) for k, m in enumerate(MODALITIES)}
     t_data = time.time() - t0
     caps = all_captions()
     vocab = sorted({w for c in caps for w in c.split()})
     text = BagOfWords(vocab, cfg.embed_dim)
-    cap_index = {m: torch.tensor([caps.index(it.caption) for it in world_items(m)]) for m in WORLD_MODALITIES}
+    cap_index = {m: torch.tensor([caps.index(it.caption) for it in world_items(m)]) for m in MODALITIES}
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
     params = list(encoder.parameters()) + list(text.parameters()) + [log_scale]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -302,7 +301,7 @@ def train_imagebind(
         t_all = text(caps)
         scale = log_scale.clamp(max=math.log(100.0)).exp()
         loss = 0.0
-        for m in WORLD_MODALITIES:
+        for m in MODALITIES:
             x, idx = data[m]
             pick = torch.randint(len(x), (batch_per_modality,), generator=g)
             emb = encode_clips(encoder, m, x[pick])
@@ -320,10 +319,10 @@ def train_imagebind(
     encoder.eval()
     out_path = encoder.save_checkpoint(out_path)
     if report is not None:
-        held = {m: render_set(m, eval_renders, seed=seed * 1000 + 500 + k) for k, m in enumerate(WORLD_MODALITIES)}
+        held = {m: render_set(m, eval_renders, seed=seed * 1000 + 500 + k) for k, m in enumerate(MODALITIES)}
         res = retrieval_accuracy(encoder, text, held)
-        train_sub = {m: (pooled_features(encoder, m, data[m][0]), data[m][1]) for m in WORLD_MODALITIES}
-        test_f = {m: (pooled_features(encoder, m, held[m][0]), held[m][1]) for m in WORLD_MODALITIES}
+        train_sub = {m: (pooled_features(encoder, m, data[m][0]), data[m][1]) for m in MODALITIES}
+        test_f = {m: (pooled_features(encoder, m, held[m][0]), held[m][1]) for m in MODALITIES}
         report.update(
             steps=step, final_loss=float(np.mean(losses[-25:])), seconds_data=t_data, seconds_total_train=t_train,
             retrieval=res.per_attribute, retrieval_exact=res.exact,
@@ -333,7 +332,7 @@ def train_imagebind(
     return out_path
 
 
-if __name__ == "__main__":  # python -m anyany.world.pretrain_encoder OUT.pth [minutes]
+if __name__ == "__main__":  # python -m miniature.pretrain_encoder OUT.pth [minutes]
     import json
     import sys
 
