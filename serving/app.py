@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -154,7 +155,8 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
     @app.get("/health")
     async def health():
         stats = engine.stats()
-        return {"status": "ok", "model": model_name, "queue_depth": stats["queue_depth"], "running": stats["running"]}
+        return {"status": "ok", "model": model_name, "queue_depth": stats["queue_depth"], "running": stats["running"],
+                "pid": os.getpid()}  # tells replicas apart behind a load balancer
 
     @app.get("/metrics")
     async def metrics():

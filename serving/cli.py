@@ -27,6 +27,9 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     s.add_argument("--ray", action="store_true", help="run as a Ray Serve deployment (pip install 'anyany[ray]')")
     s.add_argument("--replicas", type=int, default=1, help="with --ray: number of replicas, each a whole model (default 1)")
+    s.add_argument("--ray-address", help="with --ray: join this Ray cluster (e.g. 'auto'); default: start a local one")
+    s.add_argument("--replica-cpus", type=float, default=1.0, help="with --ray: CPUs Ray reserves per replica (default 1)")
+    s.add_argument("--replica-gpus", type=float, default=0.0, help="with --ray: GPUs Ray reserves per replica (default 0)")
 
 
 def build_app(args):

@@ -453,6 +453,42 @@ def test_serve_command_runs_a_server(tmp_path):
         proc.wait(timeout=20)
 
 
+@pytest.mark.slow
+def test_ray_serve_two_replicas(tmp_path):
+    """``anyany serve --ray --replicas 2`` on a local Ray cluster: both replicas answer (~1 min on 2 cores)."""
+    pytest.importorskip("ray.serve")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "--ray", "--replicas", "2", "--replica-cpus", "0.5",
+                             "--preset", "tiny", "--port", str(port), "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "RAY_USAGE_STATS_ENABLED": "0"})
+    try:
+        deadline = time.time() + 150
+        while True:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "Ray Serve did not come up"
+            time.sleep(0.5)
+        pids = {httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["pid"] for _ in range(16)}
+        assert len(pids) == 2
+        c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        stream = c.chat.completions.create(model="anyany-tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=True)
+        assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].finish_reason) == 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 # ---------------------------------------------------------------------------------- the miniature world
 MINIATURE = Path.home() / ".cache" / "anyany" / "miniature" / "model"
 
