@@ -87,7 +87,7 @@ def detect_modality(path: PathLike) -> str:
         try:
             with Image.open(p) as im:
                 return "video" if getattr(im, "n_frames", 1) > 1 else "image"
-        except (OSError, ValueError):
+        except Exception:  # unreadable or absurd (a decompression bomb): the image reader says why
             return "image"
     for modality in ("image", "video", "audio"):
         if ext in ACCEPTED_EXTENSIONS[modality]:
