@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import re
@@ -158,6 +159,14 @@ def rss_gb() -> float:
     return _status_gb("VmRSS")
 
 
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them for reuse), so RSS shows what is live."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def reset_peak() -> bool:
     """Reset the kernel's peak-RSS mark (VmHWM) so each phase reports its own peak."""
     try:
@@ -185,6 +194,7 @@ class Report:
     @contextlib.contextmanager
     def phase(self, name: str):
         gc.collect()
+        trim_heap()
         reset_peak()
         start, t0 = rss_gb(), time.perf_counter()
         yield
