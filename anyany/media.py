@@ -16,32 +16,18 @@ import math
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
-from dataclasses import dataclass, replace
 from typing import Dict, Iterator, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps
 
 __all__ = [
-    "ACCEPTED_EXTENSIONS",
-    "AudioSource",
-    "MediaError",
-    "MediaLimits",
-    "VideoInfo",
-    "probe_video",
-    "read_video_frames",
-    "set_default_limits",
-    "detect_modality",
-    "read_audio",
-    "read_image",
-    "read_media",
-    "read_video",
-    "unique_path",
-    "write_audio",
-    "write_image",
-    "write_video",
+    "ACCEPTED_EXTENSIONS", "AudioSource", "MediaError", "MediaLimits", "VideoInfo", "detect_modality", "probe_video",
+    "read_audio", "read_image", "read_media", "read_video", "read_video_frames", "set_default_limits", "unique_path",
+    "write_audio", "write_image", "write_video",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -253,6 +239,8 @@ def _probe(p: Path, limits: MediaLimits):
             elif container.duration:
                 seconds = container.duration / 1e6
             n = stream.frames or (round(seconds * fps) if seconds else 0)
+            if not n:  # no count and no duration (e.g. a browser-recorded WebM): count packets, decode nothing
+                n = sum(1 for packet in container.demux(stream) if packet.size)
             if seconds is None:
                 seconds = n / fps
             if seconds > limits.max_video_seconds:

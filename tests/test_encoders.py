@@ -325,9 +325,9 @@ def test_resample_coprime_rates_fast_and_bounded(orig):
     mod = importlib.import_module("encoders.resample")
     n = max(orig * 2, 3)
     x = torch.from_numpy(np.sin(np.arange(n) * 2 * np.pi * min(300, orig / 4) / orig).astype(np.float32))
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     y = resample(x, orig, 16000)
-    assert time.perf_counter() - t0 < 5
+    assert time.process_time() - t0 < 5
     assert y.shape == (math.ceil(n * 16000 / orig),) and torch.isfinite(y).all()
     if orig > 600:  # a 300 Hz tone survives with its amplitude
         assert abs(float(y[2000:-2000].abs().max()) - 1.0) < 0.03
@@ -349,9 +349,9 @@ def test_preprocess_audio_source_reads_only_the_clips():
         t = np.arange(a, b) / sr
         return np.sin(2 * np.pi * 440 * t)[None].astype(np.float32)
 
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     x = preprocess_audio_source(read, hour, sr)
-    assert time.perf_counter() - t0 < 5 and x.shape == (3, 1, 128, 204)
+    assert time.process_time() - t0 < 5 and x.shape == (3, 1, 128, 204)
     assert sum(b - a for a, b in reads) < 4 * 2 * sr  # three 2-s clips plus filter margins
     # the same numbers as preprocessing a short signal in memory, clip by clip
     short = read(0, 3 * sr)
@@ -362,9 +362,9 @@ def test_preprocess_audio_source_reads_only_the_clips():
 def test_preprocess_image_extreme_aspect_bounded():
     for size in [(1, 30000), (30000, 1), (3, 5000)]:
         img = Image.new("RGB", size, (200, 10, 10))
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         x = preprocess_image(img)
-        assert time.perf_counter() - t0 < 2 and x.shape == (3, 224, 224)
+        assert time.process_time() - t0 < 2 and x.shape == (3, 224, 224)
         torch.testing.assert_close(x, preprocess_image(Image.new("RGB", (224, 224), (200, 10, 10))), atol=0.02, rtol=0)
 
 

@@ -280,18 +280,18 @@ def _long_mp4(path: Path, n: int, size: int = 16, fps: int = 30) -> Path:
 
 
 def test_image_size_checked_from_the_header(tmp_path):
-    import time
+    import time  # time limits below are CPU seconds (process_time): shared CI machines stall wall time
 
     from anyany.media import MediaLimits
 
     huge = _png_with_header_size(tmp_path / "huge.png", 100_000, 100_000)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     with pytest.raises(MediaError, match=r"huge\.png.*too large to decode.*the limit is 50\.0 megapixels"):
         read_image(huge)  # Pillow's own guard fires first at this size
     huge = _png_with_header_size(tmp_path / "big.png", 8000, 8000)
     with pytest.raises(MediaError, match=r"big\.png.*8000x8000 = 64\.0 megapixels; the limit is 50\.0"):
         read_image(huge)
-    assert time.perf_counter() - t0 < 1
+    assert time.process_time() - t0 < 1
     write_image(Image.new("RGB", (200, 100)), tmp_path / "small.png")
     with pytest.raises(MediaError, match=r"small\.png.*200x100 = 20,000 pixels; the limit is 10,000 pixels"):
         read_image(tmp_path / "small.png", MediaLimits(max_image_pixels=10_000))
@@ -315,10 +315,10 @@ def test_long_mp4_reads_only_the_sampled_frames(tmp_path):
     path = _long_mp4(tmp_path / "long.mp4", 6_000)  # bench/robustness.py reads a 30,000-frame one
     info = probe_video(path)
     assert (info.num_frames, info.fps, info.width, info.height) == (6_000, 30.0, 16, 16)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     # 5 clips x 2 frames: with keyframes every 250 frames, about 1,200 decodes suffice (of 6,000)
     _, x = load_media(path, limits=MediaLimits(max_decoded_frames=1_500))
-    assert time.perf_counter() - t0 < 10 and x.shape == (15, 3, 2, 224, 224)
+    assert time.process_time() - t0 < 10 and x.shape == (15, 3, 2, 224, 224)
     frames, fps = read_video(path)  # the whole-file path, for the reference numbers
     torch.testing.assert_close(x, preprocess_video(frames, fps))
     with pytest.raises(MediaError, match=r"long\.mp4.*more than 100 decoded frames"):
@@ -355,9 +355,9 @@ def test_hour_long_flac_is_read_clip_by_clip(tmp_path):
         minute = (np.random.RandomState(0).randn(8000 * 60) * 0.1).astype(np.float32)  # energy in every mel bin
         for _ in range(60):
             f.write(minute)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     _, x = load_media(path)
-    assert time.perf_counter() - t0 < 5 and x.shape == (3, 1, 128, 204)
+    assert time.process_time() - t0 < 5 and x.shape == (3, 1, 128, 204)
     with AudioSource(path) as src:  # the middle clip: the same numbers as from the whole signal
         assert (src.frames, src.sample_rate) == (3600 * 8000, 8000)
         window = src.read(1798 * 8000, 1802 * 8000)[0]  # with neighbours, as in the whole signal
@@ -380,9 +380,9 @@ def test_odd_sample_rates_are_fast(tmp_path, rate):
     from anyany.inputs import load_media
 
     path = write_audio(_tone(rate, 3.0, 2), rate, tmp_path / f"r{rate}.wav")
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     _, x = load_media(path)
-    assert time.perf_counter() - t0 < 5 and x.shape == (3, 1, 128, 204) and torch.isfinite(x).all()
+    assert time.process_time() - t0 < 5 and x.shape == (3, 1, 128, 204) and torch.isfinite(x).all()
     wav, sr = read_audio(path)
     torch.testing.assert_close(x, preprocess_audio(wav, sr))
 
