@@ -43,6 +43,9 @@ if str(ROOT) not in sys.path:
 EXTENSIONS = (".png", ".jpg", ".webp", ".bmp", ".gif", ".mp4", ".webm", ".mov", ".avi", ".mkv",
               ".wav", ".flac", ".ogg", ".mp3")
 OUTCOMES = ("clear", "accepted", "unclear", "crashed", "hung")
+NAMED = {"frames30000.mp4", "frames3000.mp4", "frames3000.gif", "frames1500.gif", "minutes60.flac", "minutes10.flac",
+         "rate1.wav", "rate7999.wav", "rate11127.wav", "rate16001.wav", "rate22051.wav", "rate44101.wav",
+         "size1x30000.png", "size1x1.png", "claims100000x100000.png"}
 
 
 # --------------------------------------------------------------------------- media cases
@@ -345,6 +348,7 @@ def main(argv=None) -> int:
     requests = args.requests or (200 if args.quick else 1000)
     tallies: dict[str, Tally] = {}
     slowest: dict[str, tuple[float, str]] = {}
+    named: dict[str, tuple[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="anyany-robustness-") as tmp:
         t0 = time.perf_counter()
         paths = media_cases(Path(tmp) / "media", args.seed, heavy=not args.quick)
@@ -356,6 +360,8 @@ def main(argv=None) -> int:
                 tally.add(outcome, p.name, message)
                 if seconds > slowest.get(surface, (0.0, ""))[0]:
                     slowest[surface] = (seconds, p.name)
+                if fn is load_media and p.name.split("-", 1)[-1] in NAMED:
+                    named[p.name.split("-", 1)[-1]] = (outcome, seconds)
 
         pipe = AnyToAnyPipeline.from_pretrained("tiny", progress=False)
         root = Path(tmp) / "sessions"
@@ -378,10 +384,14 @@ def main(argv=None) -> int:
         folders_left = len(list(root.iterdir()))
         app.close_all()
 
-    print(f"\n{'surface':<20}{'tried':>7}" + "".join(f"{o:>10}" for o in OUTCOMES) + f"{'slowest case':>16}")
+    print(f"\nper-case time limit {args.timeout:g} s")
+    print(f"{'surface':<20}{'tried':>7}" + "".join(f"{o:>10}" for o in OUTCOMES) + "   slowest case")
     for surface, t in tallies.items():
-        print(f"{surface:<20}{t.tried:>7}" + "".join(f"{t.counts[o]:>10}" for o in OUTCOMES)
-              + f"{slowest.get(surface, (0.0, ''))[0]:>14.2f} s")
+        seconds, case = slowest.get(surface, (0.0, ""))
+        print(f"{surface:<20}{t.tried:>7}" + "".join(f"{t.counts[o]:>10}" for o in OUTCOMES) + f"   {seconds:.2f} s {case}")
+    print("\nload_media on the issue's cases (wall s, outcome):")
+    for key, (outcome, seconds) in sorted(named.items()):
+        print(f"  {key:<28}{seconds:>8.2f}  {outcome}")
     for surface, t in tallies.items():
         for outcome, examples in t.examples.items():
             if outcome in ("unclear", "crashed", "hung"):
