@@ -592,5 +592,7 @@ class ChatApp:
             how += f" (about {math.ceil(excess * len(text) / max(text_tokens, 1)):,} characters of its {len(text):,})"
         elif stored:
             how += " (attach fewer files)"
+        if max_new > context // 4:  # the reply's room is what crowds the message out
+            how += f", or lower max_new_tokens (now {max_new})"
         return (f"This message is too long for the model: it needs {fit.tokens} tokens, but {fit.budget} fit "
                 f"(a context of {context} minus {context - fit.budget} kept for the reply); shorten it by {how}.")

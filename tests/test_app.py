@@ -387,3 +387,12 @@ def test_api_bad_settings_answered_by_the_app_not_gradio(client):
         assert reply.startswith(expected) and not out_files, reply
     reply, _ = client.predict(text="hi", files=[], seed="3", max_new_tokens="4", api_name="/chat")
     assert "not a number" not in reply
+
+
+def test_a_reply_budget_larger_than_the_context_says_so(pipe):
+    from anyany.app_logic import Settings
+
+    app = ChatApp(pipe, session_ttl_s=None)
+    reply = app.respond(app.new_session(), "hello", [], Settings(max_new_tokens=1000))  # tiny context: 512
+    assert not reply.ok and "or lower max_new_tokens (now 1000)" in reply.text, reply.text
+    app.close_all()
