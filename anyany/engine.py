@@ -169,12 +169,17 @@ class Engine:
     """``submit`` requests from any thread; one worker batches and runs them on ``pipeline``."""
 
     def __init__(self, pipeline: AnyToAnyPipeline, *, max_batch: int = 16, max_queue: int = 64,
-                 batch_window_s: float = 0.01, logits_processor_factory=None):
+                 batch_window_s: float = 0.01, busy_window_s: float = 0.25, logits_processor_factory=None):
         if max_batch < 1 or max_queue < 1:
             raise ValueError(f"max_batch and max_queue must be at least 1, got {max_batch} and {max_queue}")
         self.pipeline = pipeline
         self.model = pipeline.model
-        self.max_batch, self.max_queue, self.batch_window_s = max_batch, max_queue, batch_window_s
+        self.max_batch, self.max_queue = max_batch, max_queue
+        # How long the first request of a batch waits for company: briefly when the server is idle (a
+        # lone client should not pay for batching), longer right after a shared batch, when the clients
+        # it answered are sending their next requests one by one.
+        self.batch_window_s, self.busy_window_s = batch_window_s, max(busy_window_s, batch_window_s)
+        self._last_batch = 0
         # For scripted runs (tests, benchmarks on random tiny models): request -> logits processors.
         self.logits_processor_factory = logits_processor_factory
         self._queue: queue.Queue = queue.Queue()
@@ -293,10 +298,23 @@ class Engine:
             if first is None:
                 break
             batch = [first]
-            deadline = time.monotonic() + self.batch_window_s
-            while len(batch) < self.max_batch:
+            busy = self._last_batch > 1
+            deadline = time.monotonic() + (self.busy_window_s if busy else self.batch_window_s)
+            # After a shared batch, the clients it answered are likely to come back: wait (at most the busy
+            # window) for as many, on top of those already queued, so client groups merge into full batches.
+            target = min(self.max_batch, self._last_batch + 1 + self._queue.qsize()) if busy else self.max_batch
+            while len(batch) < target:
                 try:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._closed.set()
+                    break
+                batch.append(item)
+            while len(batch) < self.max_batch and not self._closed.is_set():  # and whatever else is already here
+                try:
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:
@@ -306,6 +324,7 @@ class Engine:
             with self._lock:
                 self._waiting -= len(batch)
                 self._running = len(batch)
+            self._last_batch = len(batch)
             self.metrics["batches"] += 1
             self.metrics["batched_requests"] += len(batch)
             try:

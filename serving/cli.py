@@ -22,6 +22,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
     s.add_argument("--max-queue", type=int, default=64, help="requests waiting before the server answers 429 (default 64)")
     s.add_argument("--batch-window-ms", type=float, default=10.0, help="how long the first request of a batch waits for others (default 10)")
+    s.add_argument("--busy-window-ms", type=float, default=250.0,
+                   help="right after a batch of N requests, the longest wait for N to gather again (default 250)")
     s.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     s.add_argument("--media-root", help="folder whose files clients may name with file:// URLs (default: none allowed)")
     s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -50,7 +52,8 @@ def build_app(args):
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint folder not found")
     source = args.checkpoint or args.preset
     pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
-    engine = Engine(pipe, max_batch=args.max_batch, max_queue=args.max_queue, batch_window_s=args.batch_window_ms / 1000).start()
+    engine = Engine(pipe, max_batch=args.max_batch, max_queue=args.max_queue, batch_window_s=args.batch_window_ms / 1000,
+                    busy_window_s=args.busy_window_ms / 1000).start()
     name = args.model_name or (Path(args.checkpoint).name if args.checkpoint else f"anyany-{args.preset}")
     key = args.api_key or os.environ.get("ANYANY_API_KEY") or None
     return create_app(engine, model_name=name, api_key=key, max_body_bytes=int(args.max_body_mb * 1024 * 1024),

@@ -2,26 +2,42 @@
 from __future__ import annotations
 
 import base64
+import io
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from anyany.media import write_audio, write_image, write_video
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from anyany.media import write_video
 
 AUDIO_TTL_S = 3600  # message.audio.expires_at: the server keeps nothing, so this is only a promise to clients
 
 
 def media_bytes(item) -> tuple[str, bytes]:
-    """(mime type, file bytes) of one generated medium, written by the same writers as ``pipeline.save``."""
+    """(mime type, file bytes) of one generated medium: PNG, 16-bit WAV, H.264 MP4.
+
+    Images and sounds are encoded in memory as ``write_image`` / ``write_audio`` write them (the
+    file round trip cost more than the tiny decoders); video goes through ``write_video``'s file.
+    """
+    if item.modality == "image":
+        buffer = io.BytesIO()
+        image = item.data if isinstance(item.data, Image.Image) else Image.fromarray(np.asarray(item.data, dtype=np.uint8))
+        image.save(buffer, format="PNG")
+        return "image/png", buffer.getvalue()
+    if item.modality == "audio":
+        wave = np.asarray(item.data, dtype=np.float32)
+        if not np.isfinite(wave).all():
+            raise ValueError("generated audio contains NaN or infinite values")
+        buffer = io.BytesIO()
+        sf.write(buffer, np.clip(wave, -1.0, 1.0).T, int(item.sample_rate), subtype="PCM_16", format="WAV")
+        return "audio/wav", buffer.getvalue()
     with tempfile.TemporaryDirectory(prefix="anyany-out-") as folder:
-        if item.modality == "image":
-            path, mime = write_image(item.data, Path(folder) / "out.png"), "image/png"
-        elif item.modality == "video":
-            path, mime = write_video(item.data, Path(folder) / "out.mp4", fps=item.fps or 8), "video/mp4"
-        else:
-            path, mime = write_audio(item.data, item.sample_rate, Path(folder) / "out.wav"), "audio/wav"
-        return mime, Path(path).read_bytes()
+        path = write_video(item.data, Path(folder) / "out.mp4", fps=item.fps or 8)
+        return "video/mp4", Path(path).read_bytes()
 
 
 def b64(raw: bytes) -> str:
