@@ -32,7 +32,7 @@ Each entry of ``config.llm_adapters`` is a dict ``{"type": ..., fields}``:
 
 Mechanism: :class:`LLMAdapters` owns every adapter's parameters (so they form one parameter group
 and one safetensors file) and installs itself onto the base LLaMA's decoder layers with forward
-hooks only: the LLM's module tree, its state dict and peft's LoRA wrappers are untouched. The hooks
+hooks only (on any family of :mod:`anyany.architectures`, by its own module names): the LLM's module tree, its state dict and peft's LoRA wrappers are untouched. The hooks
 read a per-forward :class:`AdapterContext` that the caller sets with :meth:`LLMAdapters.context`
 around the LLM call; outside a context the media-dependent adapters do nothing (MoE-LoRA still
 applies, it does not depend on media).
@@ -47,14 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import ARCHITECTURES, ATTENTION, MLP, Architecture
+
 # Where LLaMA's linear layers live inside one decoder layer.
-LLAMA_LINEARS = {
-    "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
-    "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
-    "down_proj": "mlp.down_proj",
-}
-ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
+LLAMA_LINEARS = dict(ARCHITECTURES["llama"].paths)
+ATTENTION_LINEARS = ATTENTION
+MLP_LINEARS = MLP
 
 
 def base_linear(module: nn.Module) -> nn.Module:
@@ -64,9 +62,10 @@ def base_linear(module: nn.Module) -> nn.Module:
     return module
 
 
-def resolve_linear(layer: nn.Module, name: str) -> nn.Module:
-    """A linear of one decoder layer by short LLaMA name (``q_proj``) or dotted path (``self_attn.q_proj``)."""
-    return layer.get_submodule(LLAMA_LINEARS.get(name, name))
+def resolve_linear(layer: nn.Module, name: str, arch: Architecture | None = None) -> nn.Module:
+    """A linear of one decoder layer by short LLaMA name (``q_proj``; in a fused family the module
+    computing it, e.g. Phi-3's ``qkv_proj``), the family's own name, or a dotted path (``self_attn.q_proj``)."""
+    return layer.get_submodule((arch or ARCHITECTURES["llama"]).linear_path(name))
 
 
 @dataclass
@@ -156,7 +155,7 @@ class GatedCrossAttentionBlock(nn.Module):
 class GatedXAttn(_Adapter):
     DEFAULTS = {"every": 1, "heads": 4, "ff_mult": 4}
 
-    def __init__(self, spec: dict, layers: nn.ModuleList, hidden: int):
+    def __init__(self, spec: dict, layers: nn.ModuleList, hidden: int, arch: Architecture | None = None):
         super().__init__()
         f = self.fields(spec)
         if f["every"] < 1:
@@ -212,12 +211,13 @@ class ExpertLinear(nn.Module):
 class VisualExpert(_Adapter):
     DEFAULTS = {"layers": None, "mlp": True, "rank": None}
 
-    def __init__(self, spec: dict, layers: nn.ModuleList, hidden: int):
+    def __init__(self, spec: dict, layers: nn.ModuleList, hidden: int, arch: Architecture | None = None):
         super().__init__()
         f = self.fields(spec)
-        names = ATTENTION_LINEARS + (MLP_LINEARS if f["mlp"] else ())
+        self.arch = arch = arch or ARCHITECTURES["llama"]
+        names = arch.attention_linears + (arch.mlp_linears if f["mlp"] else [])  # Phi-3: the fused modules
         self.experts = nn.ModuleDict({
-            f"{i}_{name}": ExpertLinear(base_linear(resolve_linear(layers[i], name)), f["rank"])
+            f"{i}_{name}": ExpertLinear(base_linear(resolve_linear(layers[i], name, arch)), f["rank"])
             for i in self.layer_indices(layers, f["layers"]) for name in names
         })
 
@@ -239,7 +239,7 @@ class VisualExpert(_Adapter):
                 return output.masked_scatter(mask[..., None], new.to(output.dtype))
 
             # On the *base* linear: peft's LoRA (if any) still adds its delta on top, at every position.
-            handles.append(base_linear(resolve_linear(layers[int(index)], name)).register_forward_hook(hook))
+            handles.append(base_linear(resolve_linear(layers[int(index)], name, self.arch)).register_forward_hook(hook))
         return handles
 
 
@@ -284,14 +284,15 @@ class MoELoRA(_Adapter):
     DEFAULTS = {"targets": ["up_proj", "down_proj"], "experts": 4, "top_k": 2, "r": 8, "alpha": 16,
                 "layers": None, "aux_weight": 0.01}
 
-    def __init__(self, spec: dict, layers: nn.ModuleList, hidden: int):
+    def __init__(self, spec: dict, layers: nn.ModuleList, hidden: int, arch: Architecture | None = None):
         super().__init__()
         f = self.fields(spec)
         self.aux_weight = float(f["aux_weight"])
+        self.arch = arch = arch or ARCHITECTURES["llama"]
         modules, self._paths = {}, {}
         for i in self.layer_indices(layers, f["layers"]):
-            for name in f["targets"]:
-                lin = base_linear(resolve_linear(layers[i], name))
+            for name in arch.module_names(f["targets"]):  # LLaMA names -> the family's (fused) modules, each once
+                lin = base_linear(resolve_linear(layers[i], name, arch))
                 key = f"{i}_{name.replace('.', '_')}"
                 modules[key] = MoELoRALinear(lin.in_features, lin.out_features, f["experts"], f["top_k"], f["r"], f["alpha"])
                 self._paths[key] = (i, name)
@@ -313,7 +314,7 @@ class MoELoRA(_Adapter):
                 return output + delta.to(output.dtype)
 
             # On the outer module (peft's LoRA wrapper where there is one): base + LoRA + MoE-LoRA.
-            handles.append(resolve_linear(layers[index], name).register_forward_hook(hook))
+            handles.append(resolve_linear(layers[index], name, self.arch).register_forward_hook(hook))
         return handles
 
 
@@ -322,16 +323,19 @@ ADAPTER_TYPES: dict[str, type[_Adapter]] = {"gated_xattn": GatedXAttn, "visual_e
 
 # ---------------------------------------------------------------------------------------- the set
 class LLMAdapters(nn.Module):
-    """All configured adapters, installed onto ``layers`` (the base LLaMA's ``model.layers``) by hooks."""
+    """All configured adapters, installed onto ``layers`` (the base LLM's decoder layers) by hooks.
 
-    def __init__(self, specs: list[dict], layers: nn.ModuleList, hidden_size: int, seed: int = 0):
+    ``architecture`` (:mod:`anyany.architectures`) names the family's linears; default LLaMA's."""
+
+    def __init__(self, specs: list[dict], layers: nn.ModuleList, hidden_size: int, seed: int = 0,
+                 architecture: Architecture | None = None):
         super().__init__()
         for spec in specs:
             if spec.get("type") not in ADAPTER_TYPES:
                 raise ValueError(f"unknown llm adapter type {spec.get('type')!r}; use one of {sorted(ADAPTER_TYPES)}")
         with torch.random.fork_rng(devices=[]):  # building adapters leaves the global RNG as it was
             torch.manual_seed(seed)
-            self.adapters = nn.ModuleList(ADAPTER_TYPES[s["type"]](s, layers, hidden_size) for s in specs)
+            self.adapters = nn.ModuleList(ADAPTER_TYPES[s["type"]](s, layers, hidden_size, architecture) for s in specs)
         self._ctx: AdapterContext | None = None
         self._last: AdapterContext | None = None
         self._handles = [h for a in self.adapters for h in a.install(layers, lambda: self._ctx)]

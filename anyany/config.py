@@ -29,11 +29,21 @@ class LoRASettings:
 
 @dataclass
 class LLMConfig:
-    """The frozen causal LM. ``name_or_path=None`` builds a random LLaMA from ``random_init``."""
+    """The frozen causal LM. ``name_or_path=None`` builds a random one from ``random_init``.
+
+    ``random_init``: config kwargs. Without ``model_type`` a LLaMA (``LlamaConfig``; vocab_size from
+    the byte-level tokenizer); with one (``anyany.architectures.ARCHITECTURES``: llama, qwen2, qwen3,
+    mistral, gemma2, gemma3_text, phi3) that family's config class and a tiny tokenizer of the
+    family's kind carrying its chat template; ``vocab_size`` may pad the vocabulary past the tokenizer.
+    ``prompt_format``: ``"vicuna_v0"`` (NExT-GPT's template) or ``"chat_template"`` (the tokenizer's
+    Jinja template, or the one in ``chat_template_file``; ``docs/llms.md``).
+    """
 
     name_or_path: str | None = "lmsys/vicuna-7b-delta-v0"
-    tokenizer_name_or_path: str | None = None  # defaults to name_or_path; None+random_init: byte-level tokenizer
-    random_init: dict | None = None  # LlamaConfig kwargs (vocab_size comes from the tokenizer)
+    tokenizer_name_or_path: str | None = None  # defaults to name_or_path; None+random_init: a tiny tokenizer
+    random_init: dict | None = None  # config kwargs, optionally with "model_type" (see above)
+    prompt_format: str = "vicuna_v0"  # "vicuna_v0" | "chat_template"
+    chat_template_file: str | None = None  # a Jinja chat template replacing the tokenizer's own
     torch_dtype: str = "float32"
     quantization: str = "none"  # "none" | "8bit" | "4bit" (bitsandbytes, GPU only)
     lora: LoRASettings = field(default_factory=LoRASettings)
@@ -194,6 +204,19 @@ def nextgpt_7b() -> AnyToAnyConfig:
             "audio": DecoderConfig.audioldm_l_full(),
         },
     )
+
+
+@register_preset("anyany-qwen2.5-7b")
+def anyany_qwen25_7b() -> AnyToAnyConfig:
+    """NExT-GPT's system around a current instruct LLM: Qwen2.5-7B-Instruct (hidden 3584, its own chat
+    template and stop tokens), ImageBind-huge and the paper's decoders. The bridge and the output
+    projections take the LLM's width from the loaded model; they have to be trained for this core."""
+    cfg = nextgpt_7b()
+    cfg.llm = LLMConfig(name_or_path="Qwen/Qwen2.5-7B-Instruct", torch_dtype="bfloat16", prompt_format="chat_template",
+                        max_length=1024)
+    cfg.encoder.torch_dtype = "bfloat16"
+    cfg.bridge = {"type": "linear", "input_dim": 1024, "llm_dim": 3584}
+    return cfg
 
 
 TINY_LLM = {

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .tokens import STOP_STRING
+from .tokens import STOP_STRING, stop_markers
 
 
 def kv_cache_kwargs(llm_model, cache) -> dict:
@@ -75,7 +75,7 @@ def generate_with_signals(
     tokenizer = model.tokenizer
     signal_of = model.token_ids.signal_modality()
     groups_ids = model.token_ids.signals
-    eos = tokenizer.eos_token_id
+    stops, stop_string = stop_markers(model)
 
     if media_mask is None:
         media_mask = torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device)
@@ -102,11 +102,11 @@ def generate_with_signals(
                     raise ValueError(f"LLM emitted {tokenizer.convert_ids_to_tokens(token)} outside a group")
                 token, forced = group[0], group[1:]
                 current = {"modality": modality, "position": len(generated), "states": [], "repaired": index != 0}
-        if token == eos:
+        if token in stops:
             break
         generated.append(token)
         bar.update(1)
-        if current is None and tokenizer.decode(generated[-4:]).rstrip().endswith(STOP_STRING):
+        if current is None and stop_string and tokenizer.decode(generated[-4:]).rstrip().endswith(stop_string):
             break
         token_embed = embed(torch.tensor([[token]], device=inputs_embeds.device))
         with model.llm_context(media_mask, inputs_embeds, decoding=True):  # a text token; the prompt's media stay visible
@@ -117,21 +117,22 @@ def generate_with_signals(
                 groups.append(SignalGroup(current["modality"], torch.stack(current["states"]), current["position"], current["repaired"]))
                 current = None
     bar.close()
-    return _finish(tokenizer, generated, signal_of, groups)
+    return _finish(tokenizer, generated, signal_of, groups, stop_string=stop_string)
 
 
-def _finish(tokenizer, generated: list[int], signal_of, groups: list[SignalGroup], finish_reason: str = "stop") -> LLMOutput:
+def _finish(tokenizer, generated: list[int], signal_of, groups: list[SignalGroup], finish_reason: str = "stop",
+            stop_string: str | None = STOP_STRING) -> LLMOutput:
     raw = tokenizer.decode(generated, skip_special_tokens=False)
-    raw = raw.split(STOP_STRING)[0].rstrip() if STOP_STRING in raw else raw.rstrip()
-    text = visible_text(tokenizer, generated, signal_of).strip()
+    raw = raw.split(stop_string)[0].rstrip() if stop_string and stop_string in raw else raw.rstrip()
+    text = visible_text(tokenizer, generated, signal_of, stop_string).strip()
     return LLMOutput(token_ids=generated, raw_text=raw, text=text, groups=groups, finish_reason=finish_reason)
 
 
-def visible_text(tokenizer, generated: list[int], signal_of) -> str:
+def visible_text(tokenizer, generated: list[int], signal_of, stop_string: str | None = STOP_STRING) -> str:
     """The reply as a person reads it (signal tokens and everything from the stop marker on dropped),
     not yet stripped: a streaming caller emits growing prefixes of it."""
     text = tokenizer.decode([t for t in generated if t not in signal_of], skip_special_tokens=True)
-    return text.split(STOP_STRING)[0]
+    return text.split(stop_string)[0] if stop_string else text
 
 
 @dataclass
@@ -196,6 +197,7 @@ def generate_batch_with_signals(
     signal_of = model.token_ids.signal_modality()
     groups_ids = model.token_ids.signals
     eos = tokenizer.eos_token_id
+    stops, stop_string = stop_markers(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = inputs_embeds[0].device
 
@@ -262,13 +264,13 @@ def generate_batch_with_signals(
                         raise ValueError(f"LLM emitted {tokenizer.convert_ids_to_tokens(token)} outside a group")
                     token, row.forced = group[0], group[1:]
                     row.current = {"modality": modality, "position": len(row.generated), "states": [], "repaired": index != 0}
-            if token == eos:
+            if token in stops:
                 finish(i, "stop")
                 continue
             row.generated.append(token)
             if on_token is not None:
                 on_token(i, token)
-            if row.current is None and tokenizer.decode(row.generated[-4:]).rstrip().endswith(STOP_STRING):
+            if row.current is None and stop_string and tokenizer.decode(row.generated[-4:]).rstrip().endswith(stop_string):
                 finish(i, "stop")
                 continue
             step[i], fed[i] = token, True
@@ -289,7 +291,7 @@ def generate_batch_with_signals(
                     c = row.current
                     row.groups.append(SignalGroup(c["modality"], torch.stack(c["states"]), c["position"], c["repaired"]))
                     row.current = None
-    return [_finish(tokenizer, r.generated, signal_of, r.groups, r.finish_reason or "stop") for r in rows]
+    return [_finish(tokenizer, r.generated, signal_of, r.groups, r.finish_reason or "stop", stop_string) for r in rows]
 
 
 class ScriptedTokens:

@@ -19,8 +19,10 @@ from encoders.imagebind import ImageBindEncoder
 from projections import OutputProjection, TiledImage, build_bridge, generation_distance, load_bridge
 
 from .adapters import LLMAdapters
+from .architectures import architecture_of, tiny_chat_tokenizer, tiny_llm_config
 from .config import AnyToAnyConfig, LLMConfig
 from .frozen_prefix import PrefixStates, compute_prefix, forward_after_prefix, frozen_prefix_lengths
+from .prompts import check_prompt_format
 from .tokens import (
     IGNORE_INDEX,
     PromptBuilder,
@@ -80,12 +82,12 @@ def quantization_possible(cfg: LLMConfig, device) -> bool:
 
 def load_tokenizer_and_llm(cfg: LLMConfig, signals, device="cpu"):
     """Tokenizer (extended with the added tokens) and the base causal LM, resized to it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     if cfg.name_or_path is None and cfg.random_init is None:
         raise ValueError("LLMConfig needs name_or_path (hub id or folder) or random_init (LlamaConfig sizes)")
-    tok_source = cfg.tokenizer_name_or_path or cfg.name_or_path
-    tokenizer = AutoTokenizer.from_pretrained(tok_source) if tok_source else byte_level_tokenizer()
+    check_prompt_format(cfg.prompt_format)
+    tokenizer = load_tokenizer(cfg)
     extend_tokenizer(tokenizer, signals)
     torch.manual_seed(cfg.seed)
     quantize = quantization_possible(cfg, device)
@@ -103,12 +105,48 @@ def load_tokenizer_and_llm(cfg: LLMConfig, signals, device="cpu"):
             kwargs["device_map"] = {"": device}
         llm = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, **kwargs)
     else:
-        llm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **cfg.random_init))
+        llm = random_llm(cfg.random_init, tokenizer)
         llm.to(resolve_dtype(cfg.torch_dtype))
-    if llm.get_input_embeddings().weight.shape[0] != len(tokenizer):
+    architecture_of(llm)  # an unsupported family is refused here, by its model_type
+    # Grow only: a vocabulary padded past the tokenizer (Qwen's) already has rows for the added tokens.
+    # transformers re-ties lm_head to the new embedding where the config ties them.
+    if llm.get_input_embeddings().weight.shape[0] < len(tokenizer):
         llm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     llm.requires_grad_(False)
     return tokenizer, llm
+
+
+def load_tokenizer(cfg: LLMConfig):
+    """The LLM's tokenizer (hub id / folder; for a random LLM a tiny one built in code), with
+    ``cfg.chat_template_file`` as its chat template when given."""
+    from transformers import AutoTokenizer
+
+    tok_source = cfg.tokenizer_name_or_path or cfg.name_or_path
+    model_type = (cfg.random_init or {}).get("model_type")
+    if tok_source:
+        tokenizer = AutoTokenizer.from_pretrained(tok_source)
+    elif model_type is not None:
+        tokenizer = tiny_chat_tokenizer(model_type)
+    else:
+        tokenizer = byte_level_tokenizer()
+    if cfg.chat_template_file:
+        template = Path(cfg.chat_template_file)
+        if not template.is_file():
+            raise FileNotFoundError(f"LLMConfig.chat_template_file {str(template)!r} does not exist; give a Jinja "
+                                    "chat template file or leave it out to use the tokenizer's own")
+        tokenizer.chat_template = template.read_text()
+    return tokenizer
+
+
+def random_llm(random_init: dict, tokenizer):
+    """A random causal LM: a LLaMA from ``LlamaConfig`` kwargs, or the family ``random_init["model_type"]`` names."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    spec = dict(random_init)
+    model_type = spec.pop("model_type", None)
+    if model_type is None:
+        return LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), **spec))
+    return AutoModelForCausalLM.from_config(tiny_llm_config(model_type, tokenizer, spec))
 
 
 def apply_base_overrides(base_llm, path: Path) -> None:
@@ -128,13 +166,15 @@ def apply_base_overrides(base_llm, path: Path) -> None:
 
 
 def wrap_lora(llm, cfg: LLMConfig, new_token_ids: list[int]):
+    """peft LoRA on the family's own modules for ``cfg.lora.target_modules`` (LLaMA names), plus
+    trainable new token rows (peft shares one delta between embed_tokens and a tied lm_head)."""
     from peft import LoraConfig, get_peft_model
 
     lora = LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules=list(cfg.lora.target_modules),
+        target_modules=architecture_of(llm).lora_targets(cfg.lora.target_modules),
         trainable_token_indices={"embed_tokens": new_token_ids, "lm_head": new_token_ids},
     )
     return get_peft_model(llm, lora)
@@ -161,10 +201,13 @@ class AnyToAnyModel(nn.Module):
         self.output_projections = nn.ModuleDict(output_projections)
         self.encoder = encoder
         self.token_ids = TokenIds.from_tokenizer(tokenizer, config.signals)
-        self.prompts = PromptBuilder(tokenizer, self.token_ids, config.signals, bridge.num_tokens, config.llm.max_length)
         base = llm.get_base_model()
-        self.llm_adapters = LLMAdapters(config.llm_adapters, base.model.layers, base.config.hidden_size,
-                                        seed=config.llm.seed + 2) if config.llm_adapters else None
+        self.prompts = PromptBuilder(tokenizer, self.token_ids, config.signals, bridge.num_tokens, config.llm.max_length,
+                                     prompt_format=config.llm.prompt_format,
+                                     generation_config=getattr(base, "generation_config", None))
+        arch = architecture_of(base)
+        self.llm_adapters = LLMAdapters(config.llm_adapters, arch.decoder_layers(base), base.config.hidden_size,
+                                        seed=config.llm.seed + 2, architecture=arch) if config.llm_adapters else None
         # Run a frozen prefix (stage 2's caption) without autograd; False gives the plain one-pass step.
         self.split_frozen_prefix = True
         self.set_stage(None)
@@ -216,6 +259,7 @@ class AnyToAnyModel(nn.Module):
             self.encoder.save_checkpoint(path / "encoder" / "imagebind.pth")
             config.encoder.checkpoint = "encoder/imagebind.pth"
         config.llm.tokenizer_name_or_path = "tokenizer"
+        config.llm.chat_template_file = None  # the saved tokenizer carries the template
         self.tokenizer.save_pretrained(path / "tokenizer")
         self.llm.save_pretrained(path / "llm_adapter")
         self.bridge.save_pretrained(path / "bridge")
@@ -446,7 +490,8 @@ class AnyToAnyModel(nn.Module):
                 conditioning[modality] = cond
                 if gen_targets and modality in gen_targets:
                     target = gen_targets[modality][[s.target_index for s in slots]].to(cond.device)
-                    losses[f"gen_{modality}"] = generation_distance(cond, target.reshape(cond.shape), self.config.loss.distance)
+                    target = target if isinstance(cond, dict) else target.reshape(cond.shape)  # dict: packed rows
+                    losses[f"gen_{modality}"] = generation_distance(cond, target, self.config.loss.distance)
         if not losses:
             raise ValueError("batch has neither labels nor generation targets: nothing to train on")
         if self.llm_adapters is not None and self.llm_adapters.trains():  # MoE-LoRA load balancing (weighted)

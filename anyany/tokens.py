@@ -13,6 +13,8 @@ import torch
 
 from encoders import MODALITIES  # noqa: F401 - one definition, re-exported for the layers above
 
+from .prompts import ChatTemplateFormat, check_prompt_format
+
 IGNORE_INDEX = -100
 
 # The reference wraps every medium (image, video and audio alike) in <Img> ... </Img>.
@@ -143,6 +145,7 @@ class Segment:
     trained: bool = False  # contributes to the LM loss
     signal: tuple[str, int] | None = None  # (modality, target_index): text is this group's tokens
     instruction: bool = False  # the text the preceding media of this turn are about
+    ids: tuple[int, ...] | None = None  # already tokenized (a chat-template render); ``text`` is then informative
 
 
 @dataclass
@@ -159,14 +162,27 @@ class PromptBuilder:
     ``media_tokens(modality, feature_shape)`` says how many LLM tokens a medium takes (1 for
     NExT-GPT's linear bridge; more for token bridges; for tiled and patch bridges it depends on
     the medium, so ``encode_segments`` is given each medium's ``feature_shapes``).
+
+    ``prompt_format``: ``"vicuna_v0"`` (NExT-GPT's template) or ``"chat_template"`` (the tokenizer's
+    own, :mod:`anyany.prompts`; ``generation_config`` gives its stop tokens). Generation stops at
+    ``stop_token_ids`` and, where the format has one, after ``stop_string``.
     """
 
-    def __init__(self, tokenizer, ids: TokenIds, signals: SignalTokenConfig, media_tokens, max_length: int | None = None):
+    def __init__(self, tokenizer, ids: TokenIds, signals: SignalTokenConfig, media_tokens, max_length: int | None = None,
+                 prompt_format: str = "vicuna_v0", generation_config=None):
         self.tokenizer = tokenizer
         self.ids = ids
         self.signals = signals
         self.media_tokens = media_tokens
         self.max_length = max_length
+        self.prompt_format = check_prompt_format(prompt_format)
+        self.chat = None
+        if prompt_format == "chat_template":
+            self.chat = ChatTemplateFormat(tokenizer, ids, lambda m: signal_text(m, signals), Segment, generation_config)
+            self.stop_token_ids, self.stop_string = self.chat.stop_token_ids, None
+        else:
+            self.stop_token_ids = frozenset([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+            self.stop_string = STOP_STRING
 
     def _text_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -176,7 +192,8 @@ class PromptBuilder:
         needed only by bridges whose token count varies per medium."""
         seq = EncodedSequence()
         turn_media: list[int] = []  # media of the current turn still waiting for their instruction
-        if add_bos and self.tokenizer.bos_token_id is not None:
+        rendered = bool(segments) and segments[0].ids is not None  # a chat-template render writes its own BOS
+        if add_bos and not rendered and self.tokenizer.bos_token_id is not None:
             seq.input_ids.append(self.tokenizer.bos_token_id)
             seq.labels.append(IGNORE_INDEX)
         for seg in segments:
@@ -190,7 +207,7 @@ class PromptBuilder:
                 seq.input_ids += ids
                 seq.labels += [IGNORE_INDEX] * len(ids)
                 continue
-            ids = self._text_ids(seg.text or "")
+            ids = list(seg.ids) if seg.ids is not None else self._text_ids(seg.text or "")
             if seg.instruction:
                 for k in turn_media:
                     seq.media[k].instruction = (len(seq.input_ids), len(ids))
@@ -225,7 +242,12 @@ class PromptBuilder:
         ``turns``: objects with ``role`` ("human"|"gpt"), ``text``, ``media_in`` (list of
         (modality, feature_index)) and ``media_out`` (list of (modality, target_index)).
         Loss is on assistant turns (their text, signal tokens and the closing ``\\n###``).
+        With ``prompt_format="chat_template"`` the tokenizer's template renders the turns instead
+        (:class:`anyany.prompts.ChatTemplateFormat`; a conversation ending with a human turn gets the
+        template's generation prompt).
         """
+        if self.chat is not None:
+            return self.chat.conversation_segments(turns)
         segments: list[Segment] = []
         for k, turn in enumerate(turns):
             if turn.role == "human":
@@ -304,3 +326,54 @@ def byte_level_tokenizer():
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
     )
+
+
+def trained_byte_bpe_tokenizer(corpus: Sequence[str], specials: Sequence[str], merges: int = 120):
+    """A byte-level BPE (GPT-2 / tiktoken kind, as LLaMA-3 and Qwen use) trained on ``corpus``: the 256
+    byte symbols, ``specials`` first, and up to ``merges`` learned merges. A ``tokenizers.Tokenizer``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=len(specials) + len(alphabet) + merges, special_tokens=list(specials),
+                                  initial_alphabet=alphabet, show_progress=False, min_frequency=2)
+    tok.train_from_iterator(list(corpus), trainer)
+    return tok
+
+
+def sentencepiece_unigram_tokenizer(corpus: Sequence[str], specials: Sequence[str]):
+    """A sentencepiece-style Unigram tokenizer (the kind Gemma, Mistral and Phi-3 ship): ``▁`` marks a
+    word start, a ``▁`` is prepended to the text, and characters outside the pieces fall back to
+    ``<0xNN>`` byte pieces. ``specials`` take the first ids (``specials[0]`` is the unknown token).
+    The pieces are the corpus's words and characters, scored so that whole words win (deterministic)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    words = sorted({w for line in corpus for w in line.split()})
+    chars = sorted({c for line in corpus for c in line if not c.isspace()})
+    pieces: dict[str, float] = {}
+    for c in chars:
+        pieces.setdefault(c, -6.0)
+        pieces.setdefault("▁" + c, -6.5)
+    pieces["▁"] = -7.0
+    for w in words:
+        pieces.setdefault("▁" + w, -2.0)
+        pieces.setdefault(w, -2.5)
+    vocab = [(t, 0.0) for t in specials] + [(f"<0x{b:02X}>", -100.0) for b in range(256)] + \
+        [(p, score) for p, score in pieces.items() if p not in specials]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=0, byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return tok
+
+
+def stop_markers(model) -> tuple[frozenset, str | None]:
+    """What ends a reply of ``model``: its prompt format's stop token ids and stop string (Vicuna-v0:
+    EOS and ``###``; a chat template: the model's EOS / end-of-turn ids and no string)."""
+    prompts = getattr(model, "prompts", None)
+    if prompts is None:
+        eos = model.tokenizer.eos_token_id
+        return frozenset([] if eos is None else [eos]), STOP_STRING
+    return prompts.stop_token_ids, prompts.stop_string
