@@ -16,7 +16,7 @@ import math
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Dict, Iterator, Tuple, Union
@@ -361,11 +361,13 @@ def read_video(path: PathLike, limits: MediaLimits | None = None) -> Tuple[np.nd
     limits = limits or DEFAULT_LIMITS
     info = probe_video(p, limits)
     size = info.num_frames * info.width * info.height * 3
+    if info.num_frames > limits.max_decoded_frames:
+        raise MediaError(f"{str(p)!r}: has {info.num_frames} frames; read_video decodes at most "
+                         f"{limits.max_decoded_frames} (MediaLimits.max_decoded_frames; read_video_frames samples)")
     if size > limits.max_whole_video_bytes:
         raise MediaError(f"{str(p)!r}: decoding all {info.num_frames} frames would take {size / 1e9:.1f} GB; "
                          f"the limit is {limits.max_whole_video_bytes / 1e9:.1f} GB (read_video_frames samples frames)")
-    every = replace(limits, max_decoded_frames=max(limits.max_decoded_frames, 2 * info.num_frames))  # bytes bound it
-    frames, _ = read_video_frames(p, range(info.num_frames), every)
+    frames, _ = read_video_frames(p, range(info.num_frames), limits)
     return np.stack([frames[i] for i in range(info.num_frames)]), float(info.fps)
 
 

@@ -325,6 +325,8 @@ def test_long_mp4_reads_only_the_sampled_frames(tmp_path):
         load_media(path, limits=MediaLimits(max_decoded_frames=100))
     with pytest.raises(MediaError, match=r"long\.mp4.*decoding all 6000 frames"):
         read_video(path, MediaLimits(max_whole_video_bytes=1_000_000))
+    with pytest.raises(MediaError, match=r"long\.mp4.*has 6000 frames; read_video decodes at most 5000"):
+        read_video(path, MediaLimits(max_decoded_frames=5_000))
 
 
 def test_many_frame_gif_and_frame_size_from_header(tmp_path):
