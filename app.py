@@ -1,5 +1,6 @@
 """Web demo: chat with the any-to-any model (text + image / video / audio in and out).
 
+    python app.py                          # the shipped miniature model (else the tiny preset)
     python app.py --preset tiny            # random tiny model, for trying the UI
     python app.py --checkpoint runs/stage3 # a trained checkpoint folder
 
@@ -21,6 +22,18 @@ EXAMPLES = [
     "Generate the sound of rain on a tin roof.",
     "Describe the attached image, then draw a similar one at night.",
 ]
+
+
+# The miniature world's media are 32 pixels: shown nearest-neighbour upscaled (display only).
+SMALL_MEDIA_CSS = "#anyany-chat img, #anyany-chat video { min-width: 256px; height: auto; image-rendering: pixelated; }"
+
+
+def _examples_for(pipe) -> list[dict]:
+    if getattr(pipe.model.config, "name", None) == "miniature":  # what that model knows, incl. edits of a medium
+        import miniature
+
+        return miniature.examples()
+    return [{"text": t, "files": []} for t in EXAMPLES]
 
 
 def _settings(values) -> Settings:
@@ -60,7 +73,7 @@ def build_demo(pipe, *, max_file_mb: float = 50, logits_processor_factory=None, 
                 else:
                     comp = gr.Slider(lo, hi, value=value if value is not None else lo, step=step, label=label)
                 setting_inputs.append(comp)
-        gr.Examples(examples=[[{"text": t, "files": []}] for t in EXAMPLES], inputs=[box], label="Examples")
+        gr.Examples(examples=[[e] for e in _examples_for(pipe)], inputs=[box], label="Examples")
 
         # Hidden components of the API endpoint (text + files in, reply + files out).
         with gr.Group(visible=False):
@@ -152,15 +165,19 @@ def main(argv=None) -> None:
 
     from anyany.pipeline import AnyToAnyPipeline
 
-    source = args.checkpoint or args.preset or "tiny"
-    pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
+    from miniature.ship import decoders_inside, shipped_model
+
+    shipped = None if args.checkpoint or args.preset else shipped_model()  # the built miniature model, if shipped
+    source = args.checkpoint or args.preset or (str(shipped) if shipped else "tiny")
+    pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False,
+                                            config_overrides=decoders_inside(source))
     demo = build_demo(pipe, max_file_mb=args.max_file_mb, session_ttl_s=args.session_ttl)
     demo.queue(default_concurrency_limit=args.concurrency)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     # Gradio's own upload cap is a safety net well above ours, so that a file just over the
     # limit gets the friendly chat message instead of a bare upload error.
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=f"{2 * args.max_file_mb + 1:g}mb")
+                max_file_size=f"{2 * args.max_file_mb + 1:g}mb", css=SMALL_MEDIA_CSS)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 DEFAULT_HOME = Path(os.environ.get("ANYANY_HOME", Path.home() / ".cache" / "anyany")) / "miniature"
 MODEL = "model"  # the final stage-3 model folder inside home
@@ -40,26 +39,36 @@ class BuildPlan:
     video_minutes: float | None = None
     video_steps: int | None = 1800
     audio_steps: int | None = 1600
-    stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 1200})
+    # stage 3: 1600 steps since the media-in edits and multi-turn edit scripts (~1150 rows, was ~700)
+    stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 1600})
     stage_lr: dict = field(default_factory=lambda: {"stage1": 3e-3, "stage2": 2e-3, "stage3": 2e-3})
     # Weight decay on the stage-1 bridge: held-out image captions 10/12 -> 12/12 on the same frozen parts.
     stage_weight_decay: dict = field(default_factory=lambda: {"stage1": 0.2, "stage2": 0.0, "stage3": 0.0})
     batch_size: int = 32
     eval_seeds: int = 3  # end-to-end generations per held-out item (different seeds)
+    sweep_seeds: int = 2  # generations per combination when every combination is asked for (0: skipped)
+    pairs_per_kind: int | None = 10  # held-out media-in requests per pair, spread over them (None: all 24-38)
+    scripts: int | None = None  # multi-turn edit scripts judged (None: one per held-out video)
+    demo_seeds: int = 4
 
     @classmethod
     def quick(cls) -> "BuildPlan":
         # Step budgets only (wall budgets made the bridge test's margins move from run to run). The counts
         # are what 1.0 / 0.8 / 0.7 / 0.7 minutes gave on a quiet 2-core machine; the decoders' VAEs use most
         # of their time, and the CI checks of stage 3 look at the signal tokens, not at the decoded media.
-        return cls(imagebind_steps=330, llm_steps=700, image_steps=20, video_steps=20, audio_steps=300, eval_seeds=1)
+        return cls(imagebind_steps=330, llm_steps=700, image_steps=20, video_steps=20, audio_steps=300, eval_seeds=1,
+                   sweep_seeds=0, pairs_per_kind=2, scripts=2, demo_seeds=1)
 
 
 # ---------------------------------------------------------------------------- frozen parts
 
 
-def _pretrain_job(name: str, home: str, seed: int, plan: dict) -> tuple[str, float, dict]:
+def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None) -> tuple[str, float, dict]:
     """One frozen part, in its own process on one thread (two run side by side)."""
+    from .progress import attach, quiet_libraries
+
+    quiet_libraries()
+    attach(queue, name)
     torch.set_num_threads(1)
     home = Path(home)
     frozen = home / "frozen"
@@ -92,18 +101,28 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict) -> tuple[str, flo
 
 
 def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, progress: bool) -> tuple[dict, dict]:
-    """Train the five frozen parts, two processes side by side. Returns (seconds, report) per part."""
+    """Train the five frozen parts, two processes side by side. Returns (seconds, report) per part.
+    Each part's bar shows its current stage, step and ETA (``miniature.progress``)."""
+    from multiprocessing import Manager
+
+    from .progress import PartBars
+
     jobs = ["video", "image", "audio", "imagebind", "llm"]  # two workers: video | image, audio; then imagebind, llm
     times, reports = {}, {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(_pretrain_job, j, str(home), seed, vars(plan)) for j in jobs]
-        bar = tqdm(total=len(jobs), desc="pretrain frozen parts", unit="part", disable=not progress)
-        for fut in as_completed(futures):
-            name, seconds, reports[name] = fut.result()
-            times[name] = seconds
-            bar.set_postfix_str(f"{name} {seconds / 60:.1f} min")
-            bar.update(1)
-        bar.close()
+    with Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        queue = manager.Queue()
+        futures = {pool.submit(_pretrain_job, j, str(home), seed, vars(plan), queue): j for j in jobs}
+        bars = PartBars(jobs, enabled=progress)
+        pending = set(futures)
+        while pending:
+            bars.drain(queue, timeout=0.5)
+            for fut in [f for f in pending if f.done()]:
+                pending.discard(fut)
+                name, seconds, reports[name] = fut.result()
+                times[name] = seconds
+                bars.drain(queue, timeout=0.0)
+                bars.finish(name, seconds)
+        bars.close()
     return times, reports
 
 
@@ -190,17 +209,19 @@ def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict
 # ---------------------------------------------------------------------------- evaluation
 
 
-def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: int = 1) -> dict:
+def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: int = 1, plan: "BuildPlan | None" = None) -> dict:
     """Held-out report. Each stage is judged on its own output, as NExT-GPT's stages are meant:
     stage-1 captions on ``runs/stage1``, stage-2 retrieval on ``runs/stage2``, end to end on the
     final model (whose captions are reported too, as ``final_caption``). With ``checkpoint``
-    every metric is taken on that one model (e.g. an untrained baseline)."""
+    every metric is taken on that one model (e.g. an untrained baseline). ``plan`` sets how much of
+    the media-in, multi-turn and every-combination evaluation runs (default: all of it, ``seeds`` seeds)."""
     from decoders import DecoderSet
     from training.records import read_caption_pairs
 
     from anyany.pipeline import AnyToAnyPipeline
     from . import evaluate
     from .data import split_items
+    from .ship import decoders_inside
 
     home = Path(home)
 
@@ -214,7 +235,7 @@ def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: in
 
     def pipeline(path: Path) -> AnyToAnyPipeline:
         if path not in pipes:
-            pipes[path] = AnyToAnyPipeline.from_pretrained(str(path), progress=False)
+            pipes[path] = AnyToAnyPipeline.from_pretrained(str(path), progress=False, config_overrides=decoders_inside(path))
         return pipes[path]
 
     final = Path(checkpoint) if checkpoint is not None else home / MODEL
@@ -238,7 +259,22 @@ def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: in
     # over seeds: accuracies averaged, n = all generations judged
     report["end_to_end"] = {m: {k: (int(sum(r[m][k] for r in e2e)) if k == "n" else sum(r[m][k] for r in e2e) / seeds)
                                 for k in e2e[0][m]} for m in e2e[0]}
+    report.update(evaluate_edits_and_turns(pipeline(final), home, plan or BuildPlan(eval_seeds=seeds, sweep_seeds=seeds), progress))
     return report
+
+
+def evaluate_edits_and_turns(pipe, home: Path, plan: "BuildPlan", progress: bool) -> dict:
+    from . import evaluate_edits as ee
+
+    seeds = range(plan.eval_seeds)
+    out = {
+        "media_to_media": ee.media_to_media(pipe, home / "eval_inputs", seeds, plan.pairs_per_kind, progress),
+        "multi_turn": ee.multi_turn(pipe, seeds, plan.scripts, progress),
+        "demo_prompt": ee.demo_prompt(pipe, range(plan.demo_seeds)),
+    }
+    if plan.sweep_seeds:
+        out["every_combination"] = ee.every_combination(pipe, range(plan.sweep_seeds), progress)
+    return out
 
 
 def format_report(report: dict) -> str:
@@ -252,12 +288,17 @@ def format_report(report: dict) -> str:
     for m, r in report.get("end_to_end", {}).items():
         attrs = ", ".join(f"{k} {v:.0%}" for k, v in r.items() if k not in ("all", "n"))
         lines.append(f"end to end       {m:<6} correct {r['all']:.0%}  ({attrs}; n={r['n']})")
-    return "\n".join(lines)
+    from .evaluate_edits import format_edits
+
+    return "\n".join(lines + format_edits(report))
 
 
 def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
     from .data import write_world
 
+    from .progress import quiet_libraries
+
+    quiet_libraries()
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     plan = BuildPlan.quick() if quick else BuildPlan()
@@ -269,8 +310,10 @@ def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int
     times.update({f"pretrain {k}": v for k, v in part_seconds.items()})
     times["pretrain wall"] = time.time() - t0 - times["world"]
     times.update(train_stages(home, plan, seed, progress))
+    # the phases so far, in case the evaluation fails (the model is saved; `anyany eval` redoes it)
+    (home / "report.json").write_text(json.dumps({"seconds": times, "plan": vars(plan), "evaluated": False}, indent=2))
     t = time.time()
-    report = evaluate_world(home, progress=progress, seeds=plan.eval_seeds)
+    report = evaluate_world(home, progress=progress, seeds=plan.eval_seeds, plan=plan)
     times["evaluation"] = time.time() - t
     times["total"] = time.time() - t0
     report["seconds"] = times

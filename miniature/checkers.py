@@ -1,10 +1,10 @@
 """Deterministic judges of generated media: colour, shape and position of an image, direction
-of a video, pitch of a sound. Each returns the attribute word (or None when nothing is found)."""
+of a video (and its colour and shape), pitch, loudness and rhythm of a sound. Each returns the attribute word (or None when nothing is found)."""
 from __future__ import annotations
 
 import numpy as np
 
-from .spec import BACKGROUND, COLOURS, PITCHES, POSITION_X
+from .spec import BACKGROUND, COLOURS, LOUDNESS, PITCHES, POSITION_X, RHYTHM_HZ
 
 _PALETTE = np.array(list(COLOURS.values()), np.float32)
 _NAMES = list(COLOURS)
@@ -103,3 +103,62 @@ def audio_pitch(wave, sample_rate: int) -> str | None:
     band = (freqs >= 100) & (freqs <= 2000)
     peak = freqs[band][int(np.argmax(spectrum[band]))]
     return min(PITCHES, key=lambda p: abs(np.log2(PITCHES[p] / peak)))
+
+
+def _middle_frames(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    return frames[len(frames) // 4 : max(len(frames) // 4 + 1, 3 * len(frames) // 4)]
+
+
+def video_colour(frames) -> str | None:
+    """The colour most frames show (a generated frame can lose its shape; the majority holds)."""
+    votes = [c for c in map(image_colour, _middle_frames(frames)) if c]
+    return max(set(votes), key=votes.count) if votes else None
+
+
+def video_shape(frames) -> str | None:
+    """The shape most middle frames show (the first frames can overlap the edge less than the last)."""
+    votes = [s for s in map(image_shape, _middle_frames(frames)) if s]
+    return max(set(votes), key=votes.count) if votes else None
+
+
+# the loudness levels' peak amplitudes are 0.15 and 0.6 (spec.LOUDNESS / 1.2 for the octave); the
+# split sits at their geometric mean of the steady RMS, so a pulsing sound's gaps do not move it
+_LOUD_SPLIT_RMS = float(np.sqrt(np.prod(list(LOUDNESS.values())))) / 1.2 / np.sqrt(2)
+
+
+def _envelope(wave: np.ndarray, sample_rate: int, hop_s: float = 0.005) -> np.ndarray:
+    hop = max(1, int(sample_rate * hop_s))
+    n = wave.size // hop
+    return np.sqrt((wave[: n * hop].reshape(n, hop) ** 2).mean(1))
+
+
+def audio_loudness(wave, sample_rate: int) -> str | None:
+    """quiet / loud from the RMS of the sounding part (frames above a fifth of the envelope's peak)."""
+    wave = np.asarray(wave, np.float64).reshape(-1)
+    if wave.size < 256 or not np.isfinite(wave).all() or np.abs(wave).max() < 1e-4:
+        return None
+    env = _envelope(wave, sample_rate)
+    on = env[env > 0.2 * env.max()]
+    return "loud" if np.sqrt((on**2).mean()) > _LOUD_SPLIT_RMS else "quiet"
+
+
+def audio_rhythm(wave, sample_rate: int) -> str | None:
+    """steady unless the sound is off (below 0.3 of its loud level) for a fifth of the clip: gated
+    sounds are off about half the time, a vocoded steady tone's beating at most a tenth. Otherwise the
+    gating rate nearest the envelope's strongest modulation between 2 and 20 Hz."""
+    wave = np.asarray(wave, np.float64).reshape(-1)
+    if wave.size < 256 or not np.isfinite(wave).all() or np.abs(wave).max() < 1e-4:
+        return None
+    coarse = _envelope(wave, sample_rate, 0.01)
+    coarse = coarse[len(coarse) // 20 : len(coarse) - len(coarse) // 20]  # fades at the clip's edges
+    if coarse.size < 8 or (coarse < 0.3 * np.percentile(coarse, 90)).mean() < 0.2:
+        return "steady"
+    hop_s = 0.005
+    env = _envelope(wave, sample_rate, hop_s)
+    spectrum = np.abs(np.fft.rfft((env - env.mean()) * np.hanning(env.size)))
+    freqs = np.fft.rfftfreq(env.size, hop_s)
+    band = (freqs >= 2) & (freqs <= 20)
+    peak = freqs[band][int(np.argmax(spectrum[band]))]
+    gated = {k: v for k, v in RHYTHM_HZ.items() if v}
+    return min(gated, key=lambda r: abs(np.log2(gated[r] / peak)))

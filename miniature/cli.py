@@ -13,18 +13,21 @@ def register(sub) -> None:
     b.add_argument("--quick", action="store_true", help="the reduced CI-sized run (a few minutes)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--workers", type=int, default=2, help="parallel single-thread pretraining jobs (one per core)")
+    b.add_argument("--no-ship", action="store_true",
+                   help="do not copy the built model into the package (a full build ships it; --quick never does)")
     b.set_defaults(func=cmd_build)
 
     d = sub.add_parser("demo", help="answer a prompt with the miniature model (trains and caches it on first use)")
     d.add_argument("prompt", nargs="?", default="draw a blue square on the left and play a low steady tone")
     d.add_argument("--out", default="outputs", help="folder for the reply's files")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--checkpoint", help="model folder to answer with (default: the shipped model, else HOME/model)")
     _home_args(d)
     d.set_defaults(func=cmd_demo)
 
     e = sub.add_parser("eval", help="held-out evaluation of a miniature-world model")
     _home_args(e)
-    e.add_argument("--checkpoint", help="model folder to evaluate (default: HOME/model)")
+    e.add_argument("--checkpoint", help="model folder to evaluate (default: HOME/model; 'shipped': the shipped model)")
     e.add_argument("--seeds", type=int, default=1, help="end-to-end generations per held-out item")
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(func=cmd_eval)
@@ -39,24 +42,47 @@ def _home_args(p) -> None:
 
 def cmd_build(args) -> int:
     from .build import build, format_report
+    from .ship import compare_reports, ship, shipped_report
 
     report = build(args.home, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet)
     print(format_report(report))
     for phase, seconds in report["seconds"].items():
         print(f"time {phase}: {seconds / 60:.2f} min")
+    if not args.quick:
+        print("compared with the shipped model:")
+        for line in compare_reports(report, shipped_report()):
+            print(f"  {line}")
+        if not args.no_ship:
+            try:
+                shipped = ship(args.home)
+                print(f"shipped the model into {shipped['path']} ({shipped['bytes'] / 2**20:.1f} MiB)")
+            except (OSError, ValueError) as exc:  # a read-only install or an over-size copy keeps the old one
+                print(f"not shipped: {exc}")
     print(f"miniature_total_minutes: {report['seconds']['total'] / 60:.2f}")
     return 0
 
 
-def cmd_demo(args) -> int:
+def _demo_pipeline(args):
     from anyany.pipeline import AnyToAnyPipeline
     from .build import MODEL, build
+    from .ship import load_shipped, shipped_model
 
+    if args.checkpoint:
+        return AnyToAnyPipeline.from_pretrained(args.checkpoint, progress=not args.quiet)
+    if shipped_model() is not None:
+        return load_shipped(progress=not args.quiet)
     home = Path(args.home)
     if not (home / MODEL / "anyany_config.json").is_file():
-        print(f"no miniature model in {home}: training it now (about 17 minutes on 2 cores; cached afterwards)")
+        print(f"no shipped model and none in {home}: training it now (about 20 minutes on 2 cores; cached afterwards)")
         build(home, progress=not args.quiet)
-    pipe = AnyToAnyPipeline.from_pretrained(str(home / MODEL), progress=not args.quiet)
+    return AnyToAnyPipeline.from_pretrained(str(home / MODEL), progress=not args.quiet)
+
+
+def cmd_demo(args) -> int:
+    from .progress import quiet_libraries
+
+    quiet_libraries()
+    pipe = _demo_pipeline(args)
     result = pipe(args.prompt, seed=args.seed, output_dir=args.out)
     print(result.text)
     for path in result.files:
@@ -66,8 +92,19 @@ def cmd_demo(args) -> int:
 
 def cmd_eval(args) -> int:
     from .build import evaluate_world, format_report
+    from .data import write_world
+    from .progress import quiet_libraries
+    from .ship import shipped_model
 
-    report = evaluate_world(Path(args.home), args.checkpoint, progress=not args.quiet, seeds=args.seeds)
+    quiet_libraries()
+    home, checkpoint = Path(args.home), args.checkpoint
+    if checkpoint == "shipped":
+        checkpoint = shipped_model()
+        if checkpoint is None:
+            raise SystemExit("--checkpoint shipped: no model is shipped yet; run `anyany world build`")
+    if not (home / "world" / "heldout" / "cc3m.json").is_file():
+        write_world(home / "world")  # the held-out files the evaluation reads (seconds)
+    report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=args.seeds)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -29,7 +29,7 @@ import numpy as np
 
 from anyany.config import AnyToAnyConfig
 from anyany.media import write_audio, write_image, write_video
-from . import spec
+from . import edits, spec
 from .spec import AudioItem, ImageItem, VideoItem
 
 __all__ = [
@@ -206,21 +206,30 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
                   f"{_pick(rng, _REQUEST[other_m]).format(c=asked[1]).rstrip('?')}"
             ans = f"Here is {item.caption} and {'a video of ' if other_m == 'video' else ''}{other.caption}."
             add([human(req), gpt(ans, [("image", item.caption), (other_m, other.caption)])])
-    # 4. media in AND media out: describe the input, then render the same thing in another modality
-    for item, path in media["image"][:: max(1, len(media["image"]) // max(1, len(items["image"])))]:
-        options = [v for v in items["video"] if v.colour == item.colour and v.shape == item.shape]
-        if not options:
-            continue
-        vid = _pick(rng, options)
-        add([human(f"Make this move {vid.direction}.", [("image", path)]),
-             gpt(f"The image shows {item.caption}. Here is a video of {vid.caption}.", [("video", vid.caption)])])
-    for item, path in media["audio"]:
-        louder = spec.AudioItem(item.pitch, "loud" if item.loudness == "quiet" else "quiet", item.rhythm)
-        if louder not in items["audio"]:
-            continue
-        add([human(f"Play this again but {louder.loudness}.", [("audio", path)]),
-             gpt(f"That was {item.caption}. Here is {louder.caption}.", [("audio", louder.caption)])])
-    # 5. a few multi-turn dialogues: describe an input, then generate on request
+    # 4. media in AND media out: the reply names the input, then makes the edited medium
+    #    (image -> image / video, video -> video / image, audio -> audio, image -> video + sound)
+    every_other = {"image": media["image"], "video": media["video"][::2], "audio": media["audio"]}
+    for pair, source_m, pool in (("I→I", "image", media["image"]), ("V→V", "video", every_other["video"]),
+                                 ("I→V", "image", media["image"][::2]), ("V→I", "video", media["video"][1::2]),
+                                 ("A→A", "audio", media["audio"]), ("I→V+A", "image", media["image"][1::4])):
+        targets = set(items["image"]) | set(items["video"]) | set(items["audio"])
+        paths: dict = {}
+        for item, path in pool:
+            paths.setdefault(item, []).append(path)
+        reqs = edits.edit_requests([it for it, _ in pool], targets, rng, pair)
+        used = {}
+        for req in reqs:
+            k = used.get(req.source, 0)
+            used[req.source] = k + 1
+            path = paths[req.source][k % len(paths[req.source])]
+            for e in list(req.expect):
+                if e.judged:  # asked for in part: the reply names a train sound with that pitch
+                    sounds = [a for a in items["audio"] if a.pitch == e.item.pitch]
+                    req.expect[req.expect.index(e)] = edits.Expect("audio", _pick(rng, sounds))
+            text, gen = req.reply()
+            add([human(req.text[0].upper() + req.text[1:] + ".", [(source_m, path)]), gpt(text, gen)])
+    # 5. multi-turn: describe an input, then generate on request; and edits by reference to what
+    #    an earlier reply made ("draw a blue square on the left" -> "now make it red" -> ...)
     n_multi = max(2, len(items["image"]) // 3)
     for k in range(n_multi):
         item, path = media["image"][int(rng.integers(len(media["image"])))]
@@ -234,6 +243,12 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
             human(_pick(rng, _REQUEST["video"]).format(c=vid.caption)),
             gpt(_HERE["video"].format(c=vid.caption), [("video", vid.caption)]),
         ])
+    if items["image"] and items["video"] and items["audio"]:
+        for turns in edits.train_scripts(items["image"], items["video"], items["audio"], 3 * len(items["image"]), rng):
+            row = []
+            for turn in turns:
+                row += [human(turn.text), gpt(edits.script_reply(turn), [(turn.expect.modality, turn.expect.item.caption)])]
+            add(row)
     return rows
 
 

@@ -73,11 +73,10 @@ def stage2_retrieval_accuracy(model, decoders, captions: dict[str, list[str]], c
     return result
 
 
-JUDGES = {
-    "image": lambda m: {"colour": checkers.image_colour(m.data), "shape": checkers.image_shape(m.data)},
-    "video": lambda m: {"direction": checkers.video_direction(m.data)},
-    "audio": lambda m: {"pitch": checkers.audio_pitch(m.data, m.sample_rate)},
-}
+def _judge(medium) -> dict:  # every attribute (position, video colour and shape, loudness and rhythm too)
+    from .evaluate_edits import judge
+
+    return judge(medium)
 
 
 @torch.no_grad()
@@ -92,7 +91,7 @@ def end_to_end_accuracy(pipe, items: dict[str, list], seed: int = 0, progress=Tr
                 row = {attr: False for attr in _judged_attributes(modality)}
                 row["emitted"] = False
             else:
-                judged = JUDGES[modality](got[0])
+                judged = _judge(got[0])
                 row = {attr: judged[attr] == getattr(item, attr) for attr in judged}
                 row["emitted"] = True
             per.setdefault(modality, []).append(row)
@@ -100,4 +99,4 @@ def end_to_end_accuracy(pipe, items: dict[str, list], seed: int = 0, progress=Tr
 
 
 def _judged_attributes(modality: str) -> list[str]:
-    return {"image": ["colour", "shape"], "video": ["direction"], "audio": ["pitch"]}[modality]
+    return list(ATTRIBUTES[modality])

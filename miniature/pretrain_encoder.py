@@ -42,6 +42,7 @@ from encoders.imagebind import MODALITIES, ImageBindConfig, ImageBindEncoder
 from encoders.preprocessing import preprocess_audio, preprocess_image, preprocess_video
 
 from . import spec
+from .progress import tick
 
 
 
@@ -313,6 +314,7 @@ def train_imagebind(
         opt.step()
         losses.append(loss.item() / 3)
         step += 1
+        tick("contrastive training", step, steps)
         if progress and step % 25 == 0:
             print(f"[imagebind] step {step} loss {np.mean(losses[-25:]):.3f} {time.time() - t0:.0f}s", flush=True)
     t_train = time.time() - t0

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import spec
+from .progress import tick
 from .pretrain_encoder import budget_used
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<Img>", "</Img>"]
@@ -113,7 +114,9 @@ def build_world_tokenizer(corpus):
     tok.train_from_iterator(list(corpus), trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>",
-        additional_special_tokens=["<Img>", "</Img>"], clean_up_tokenization_spaces=False,
+        additional_special_tokens=["<Img>", "</Img>"],
+        # a word-level vocabulary decodes with a space between every token; clean-up joins "left ." to "left."
+        clean_up_tokenization_spaces=True,
     )
 
 
@@ -217,6 +220,7 @@ def train_llm(
         opt.step()
         losses.append(loss.item())
         step += 1
+        tick("language modelling", step, steps)
         if progress and step % 50 == 0:
             print(f"[llm] step {step} loss {np.mean(losses[-50:]):.4f} {time.time() - t0:.0f}s", flush=True)
     out = Path(out_folder)

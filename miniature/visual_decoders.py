@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from .checkers import image_colour, image_position, image_shape, video_direction
 from .data import split_items
+from .progress import tick
 from .spec import IMAGE_SIZE, VIDEO_FRAMES, VIDEO_SIZE, all_images, all_videos, render_image, render_video
 
 IMAGE_RECIPE: dict[str, Any] = dict(
@@ -76,13 +77,20 @@ TEXT_SIZES = dict(text_hidden=32, text_layers=2, text_heads=4, max_length=77)
 
 
 def _progress(iterable, enabled: bool, **kw):
+    ticking = _ticking(iterable, kw.get("desc", "training"))
     if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        return iterable
-    return tqdm(iterable, **kw)
+        return ticking
+    from tqdm.auto import tqdm
+
+    return tqdm(ticking, total=len(iterable), **kw)
+
+
+def _ticking(steps, stage: str):
+    """``steps`` (a range), reporting each step to the build's progress display."""
+    for k in steps:
+        tick(stage, k, len(steps))
+        yield k
+    tick(stage, len(steps), len(steps))
 
 
 def _to_unit(img: np.ndarray) -> torch.Tensor:

@@ -167,6 +167,10 @@ def test_griffin_lim_vocoder_keeps_pitch():
     out = voc(mel)
     assert out.shape == (len(items), 100 * voc.config.hop_length)
     assert all(checkers.audio_pitch(o.numpy(), voc.config.sampling_rate) == it.pitch for o, it in zip(out, items))
+    # generated sounds come through this vocoder: its beating must not read as a rhythm, nor move the loudness
+    sr = voc.config.sampling_rate
+    assert all((checkers.audio_loudness(o.numpy(), sr), checkers.audio_rhythm(o.numpy(), sr)) == (it.loudness, it.rhythm)
+               for o, it in zip(out, items))
 
 
 def test_audio_pipeline_with_custom_vocoder_round_trips(tmp_path):

@@ -1,0 +1,150 @@
+"""The built miniature model, shipped inside the package so a first answer takes seconds.
+
+``anyany world build`` ends with :func:`ship`: the final model and every frozen part it needs (the
+world's ImageBind, LLM and three decoders) copied into ``miniature/shipped_model/model`` with
+floating-point weights stored in fp16 (they load back into fp32 modules), the config pointing at
+the copies by relative paths, and the build's report beside it. ``anyany demo``, ``anyany eval``
+and ``python app.py`` load it with :func:`load_shipped`, which is ``AnyToAnyPipeline.from_pretrained``
+with the decoder folders resolved inside the shipped folder.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+SHIPPED_ROOT = Path(__file__).resolve().parent / "shipped_model"
+MAX_BYTES = 25 * 1024 * 1024
+CONFIG_NAME = "anyany_config.json"
+
+
+def shipped_model(root: Path = SHIPPED_ROOT) -> Path | None:
+    """The shipped model folder, or None while no build has shipped one."""
+    folder = Path(root) / "model"
+    return folder if (folder / CONFIG_NAME).is_file() else None
+
+
+def shipped_report(root: Path = SHIPPED_ROOT) -> dict | None:
+    path = Path(root) / "report.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def decoders_inside(folder):
+    """A ``config_overrides`` for ``from_pretrained``: decoder folders named relative to ``folder``."""
+    folder = Path(folder)
+
+    def resolve(config) -> None:
+        for dec in config.decoders.values():
+            if dec.name_or_path and not Path(dec.name_or_path).is_absolute() and (folder / dec.name_or_path).is_dir():
+                dec.name_or_path = str(folder / dec.name_or_path)
+
+    return resolve
+
+
+def load_shipped(root: Path = SHIPPED_ROOT, **kwargs):
+    """``AnyToAnyPipeline.from_pretrained`` of the shipped model (FileNotFoundError when none is shipped)."""
+    from anyany.pipeline import AnyToAnyPipeline
+
+    folder = shipped_model(root)
+    if folder is None:
+        raise FileNotFoundError(f"no shipped miniature model in {root}: run `anyany world build` to train and ship one")
+    return AnyToAnyPipeline.from_pretrained(str(folder), config_overrides=decoders_inside(folder), **kwargs)
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def _half_safetensors(src: Path, dst: Path) -> None:
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    with safe_open(str(src), "pt") as f:
+        metadata = f.metadata()
+    tensors = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in load_file(str(src)).items()}
+    save_file(tensors, str(dst), metadata=metadata)
+
+
+def _half_torch(src: Path, dst: Path) -> None:
+    import torch
+
+    obj = torch.load(src, map_location="cpu", weights_only=True)
+
+    def half(x):
+        if isinstance(x, torch.Tensor):
+            return x.half() if x.is_floating_point() else x
+        if isinstance(x, dict):
+            return {k: half(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return type(x)(half(v) for v in x)
+        return x
+
+    torch.save(half(obj), dst)
+
+
+def _copy_half(src: Path, dst: Path) -> None:
+    """Copy a folder (or file); weights in fp16, everything else as it is."""
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    for f in files:
+        out = dst if src.is_file() else dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if f.suffix == ".safetensors":
+            _half_safetensors(f, out)
+        elif f.suffix in (".pth", ".pt", ".bin"):
+            _half_torch(f, out)
+        else:
+            shutil.copy2(f, out)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def ship(home, root: Path = SHIPPED_ROOT, max_bytes: int = MAX_BYTES) -> dict:
+    """Write the build in ``home`` into ``root`` (replacing what was there). Returns
+    ``{"bytes", "path"}``; refuses (ValueError, nothing replaced) when the copy exceeds ``max_bytes``."""
+    from .build import MODEL
+
+    home, root = Path(home), Path(root)
+    model = home / MODEL
+    config = json.loads((model / CONFIG_NAME).read_text())
+    tmp = root.with_name(root.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = tmp / "model"
+    _copy_half(model, out)
+    # the frozen parts the config names by absolute path go inside, named relatively
+    llm = config["llm"]
+    if llm.get("name_or_path") and Path(llm["name_or_path"]).is_absolute():
+        _copy_half(Path(llm["name_or_path"]), out / "frozen_llm")
+        llm["name_or_path"] = "frozen_llm"
+    enc = config["encoder"]
+    if enc.get("checkpoint") and Path(enc["checkpoint"]).is_absolute():
+        _copy_half(Path(enc["checkpoint"]), out / "frozen_encoder" / Path(enc["checkpoint"]).name)
+        enc["checkpoint"] = f"frozen_encoder/{Path(enc['checkpoint']).name}"
+    for m, dec in config["decoders"].items():
+        if dec.get("name_or_path") and Path(dec["name_or_path"]).is_absolute():
+            _copy_half(Path(dec["name_or_path"]), out / "decoders" / m)
+            dec["name_or_path"] = f"decoders/{m}"
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    if (home / "report.json").is_file():
+        shutil.copy2(home / "report.json", tmp / "report.json")
+    size = folder_bytes(tmp)
+    if size > max_bytes:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"the shipped model would take {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    return {"bytes": size, "path": str(root)}
+
+
+def compare_reports(new: dict, old: dict | None) -> list[str]:
+    """One line per headline metric that the new build and the shipped one both report."""
+    if not old:
+        return ["no shipped model to compare with"]
+    lines = []
+    for section, key in (("stage1_caption", "all"), ("stage2_retrieval", "top1"), ("end_to_end", "all"),
+                         ("media_to_media", "all"), ("multi_turn", "all")):
+        for name, r in new.get(section, {}).items():
+            o = old.get(section, {}).get(name)
+            if isinstance(r, dict) and isinstance(o, dict) and key in r and key in o:
+                lines.append(f"{section} {name}: {r[key]:.0%} (shipped {o[key]:.0%})")
+    return lines

@@ -1,0 +1,148 @@
+"""Media in → media out and multi-turn edits in the miniature world: the data rows, the checkers of
+every attribute on ground truth, and the evaluation harness run on a ground-truth responder."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from miniature import checkers, edits, spec
+from miniature import evaluate_edits as ee
+from miniature.data import HELDOUT_AUDIOS, HELDOUT_IMAGES, HELDOUT_VIDEOS, split_items, write_world
+
+HELDOUT = HELDOUT_IMAGES | HELDOUT_VIDEOS | HELDOUT_AUDIOS
+
+
+def _render(expect: edits.Expect, rng):
+    from anyany.pipeline import GeneratedMedia
+
+    if expect.modality == "image":
+        return GeneratedMedia("image", spec.render_image(expect.item, rng))
+    if expect.modality == "video":
+        return GeneratedMedia("video", spec.render_video(expect.item, rng), fps=spec.VIDEO_FPS)
+    return GeneratedMedia("audio", spec.render_audio(expect.item, rng), sample_rate=spec.SAMPLE_RATE)
+
+
+def _output(expects, rng, text="", raw_text=""):
+    from anyany.pipeline import AnyToAnyOutput
+
+    return AnyToAnyOutput(text=text, raw_text=raw_text, media=[_render(e, rng) for e in expects])
+
+
+def test_checkers_judge_every_attribute_right_on_ground_truth():
+    rng = np.random.default_rng(11)
+    for item in spec.all_videos():
+        frames = spec.render_video(item, rng)
+        assert (checkers.video_colour(frames), checkers.video_shape(frames), checkers.video_direction(frames)) == (
+            item.colour, item.shape, item.direction)
+    for item in spec.all_audios():
+        wave = spec.render_audio(item, rng)
+        got = tuple(f(wave, spec.SAMPLE_RATE) for f in (checkers.audio_pitch, checkers.audio_loudness, checkers.audio_rhythm))
+        assert got == (item.pitch, item.loudness, item.rhythm)
+    silent = np.zeros(spec.SAMPLE_RATE, np.float32)
+    assert checkers.audio_loudness(silent, spec.SAMPLE_RATE) is None and checkers.audio_rhythm(silent, spec.SAMPLE_RATE) is None
+
+
+def test_every_heldout_request_and_turn_scores_100_percent_on_ground_truth_and_0_on_a_wrong_medium():
+    rng = np.random.default_rng(5)
+    reqs = ee.heldout_requests()
+    assert {r.pair for r in reqs} == set(ee.PAIRS)
+    first_of_pair = {r.pair: r for r in reversed(reqs)}
+    for req in reqs:
+        assert all(e.item in HELDOUT for e in req.expect if not e.judged), req  # every target held out
+        assert ee.score(_output(req.expect, rng), req.expect)["all"], req
+        for k, e in enumerate(req.expect if req is first_of_pair[req.pair] else ()):  # one attribute wrong: wrong
+            for attr in e.attributes:
+                other = next(v for v in edits._VALUES[attr] if v != getattr(e.item, attr))
+                wrong = [*req.expect[:k], edits.Expect(e.modality, replace(e.item, **{attr: other})), *req.expect[k + 1:]]
+                assert not ee.score(_output(wrong, rng), req.expect)["all"], (req, attr)
+        assert not ee.score(_output([], rng), req.expect)["all"]  # nothing made: wrong
+    scripts = edits.heldout_scripts(HELDOUT_VIDEOS, HELDOUT_IMAGES)
+    assert len(scripts) == len(HELDOUT_VIDEOS) and {t[3].expect.item.pitch for t in scripts} == set(spec.PITCHES)
+    for turns in scripts:
+        assert [t.expect.modality for t in turns] == ["image", "image", "video", "audio"]
+        assert turns[1].expect.item.shape == turns[0].expect.item.shape == turns[2].expect.item.shape
+        assert turns[2].expect.item in HELDOUT_VIDEOS
+        for turn in turns:
+            assert ee.score(_output([turn.expect], rng), [turn.expect])["all"]
+
+
+class GroundTruthResponder:
+    """Answers every request of the harness with ground-truth renders of what it asks for, found
+    from the request alone (the attached file's name, or the conversation so far): so the harness's
+    plumbing (sources attached, history kept with signal tokens, turns judged) is what is tested."""
+
+    def __init__(self):
+        self.by_text = {}
+        for req in ee.heldout_requests():
+            self.by_text[(req.text[0].upper() + req.text[1:] + ".", req.source.caption.replace(" ", "_"))] = req.expect
+        self.by_history = {}
+        for turns in edits.heldout_scripts(HELDOUT_VIDEOS, HELDOUT_IMAGES):
+            for k in range(len(turns)):
+                self.by_history[tuple(t.text for t in turns[: k + 1])] = turns[k].expect
+        self.histories = []
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, prompt, *, media=(), messages=None, seed=0):
+        if media:
+            stem = re.sub(r"\.\w+$", "", media[0].rsplit("/", 1)[-1])
+            expect = self.by_text[(prompt, stem)]
+        else:
+            asked = tuple(m.text for m in (messages or []) if m.role == "user") + (prompt,)
+            self.histories.append([m.text for m in messages or []])
+            expect = self.by_history[asked] if asked in self.by_history else list(ee.DEMO_EXPECT)
+        expects = expect if isinstance(expect, list) else [expect]
+        raw = " ".join(edits.here(e.modality, e.item.caption) + "[SIG]" for e in expects)
+        return _output(expects, self.rng, text=raw.replace("[SIG]", ""), raw_text=raw)
+
+
+def test_harness_gives_100_percent_to_ground_truth_and_keeps_the_replies_with_signal_tokens(tmp_path):
+    responder = GroundTruthResponder()
+    pairs = ee.media_to_media(responder, tmp_path / "inputs", seeds=(0,), per_pair=3, progress=False)
+    assert set(pairs) == set(ee.PAIRS) and all(r["all"] == 1.0 and r["n"] == 3 for r in pairs.values())
+    assert (tmp_path / "inputs" / "image").is_dir() and (tmp_path / "inputs" / "audio").is_dir()
+    turns = ee.multi_turn(responder, seeds=(0, 1), scripts=3, progress=False)
+    assert [k for k in turns if k != "example"] == ["turn 1", "turn 2", "turn 3", "turn 4"]
+    assert all(turns[f"turn {t}"]["all"] == 1.0 and turns[f"turn {t}"]["n"] == 6 for t in range(1, 5))
+    fourth = [h for h in responder.histories if len(h) == 6][0]
+    assert fourth[1].endswith("[SIG]") and fourth[1].startswith("Here is")  # the model's own reply, signal tokens kept
+    demo = ee.demo_prompt(responder, seeds=(0, 1))
+    assert demo["right"] == 2
+
+
+def test_media_to_media_rows_and_edits_by_reference_in_the_train_data(tmp_path):
+    files = write_world(tmp_path / "w", seed=0, train_per_item=1, heldout_per_item=1)
+    rows = json.loads(files.train.mosit.read_text())
+    kinds = {
+        "I→I": r"^The image shows .*\. Here is a (?!video of)[^.]*\.$",
+        "V→V": r"^The video shows .*\. Here is a video of [^.]*\.$",
+        "I→V": r"^The image shows .*\. Here is a video of [^.]*\.$",
+        "V→I": r"^The video shows .*\. Here is a (?!video of)[^.]*\.$",
+        "A→A": r"^That was .*\. Here is .* tone\.$",
+        "I→V+A": r"^The image shows .*\. Here is a video of .* and .* tone\.$",
+    }
+    found = {k: 0 for k in kinds}
+    for row in rows:
+        t = row["turns"]
+        if len(t) == 2 and t[0].get("media") and t[1].get("generate"):
+            for k, pattern in kinds.items():
+                found[k] += bool(re.match(pattern, t[1]["text"]))
+    assert all(n >= 3 for n in found.values()), found
+    by_reference = [row for row in rows if any(
+        turn["role"] == "human" and turn["text"].startswith("now ") and not turn.get("media") for turn in row["turns"])]
+    assert len(by_reference) >= 20
+    for row in by_reference[:20]:
+        gens = [turn["generate"][0]["caption"] for turn in row["turns"] if turn["role"] == "gpt"]
+        assert len(gens) == 4 and gens[1].split()[1:3] == gens[2].split()[1:3], gens  # the video keeps the edited image
+    # no held-out combination in any train row, and every held-out request is a combination unseen there
+    made = {g["caption"] for row in rows for turn in row["turns"] for g in turn.get("generate", [])}
+    assert not made & {x.caption for x in HELDOUT}
+    assert {e.item.caption for r in ee.heldout_requests() for e in r.expect if not e.judged} <= {x.caption for x in HELDOUT}
+
+
+def test_edit_requests_refuse_an_unknown_pair():
+    with pytest.raises(ValueError, match="unknown edit pair 'X→Y'"):
+        edits.edit_requests(split_items("train")["image"][:1], set(), np.random.default_rng(0), "X→Y")
