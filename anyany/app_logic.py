@@ -72,10 +72,8 @@ def _show(value) -> str:
 
 
 def check_number(name: str, value, kind: str, lo: float, hi: float):
-    """``value`` as an int / float within ``[lo, hi]``; ``None`` (or "") stays ``None`` (the default).
-
-    Numeric strings are accepted ("7", "0.5"), as form posts send them; anything else raises
-    :class:`ArgumentError` with one sentence naming the argument and what is accepted."""
+    """``value`` as an int / float within ``[lo, hi]``; ``None`` (or "") stays ``None`` (the default). Numeric
+    strings are accepted ("7", "0.5", as forms send them); else :class:`ArgumentError`, one sentence."""
     what = f"a whole number from {lo} to {hi}" if kind == "int" else f"a number from {lo:g} to {hi:g}"
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -122,8 +120,7 @@ def check_text(text, max_chars: int) -> str:
 
 
 def check_files(files, max_files: int) -> list[str]:
-    """Upload paths from what an API client may send: None, a path, a list of paths or of
-    ``{"path": ...}`` dicts (gradio's FileData)."""
+    """Upload paths from None, a path, a list of paths or of ``{"path": ...}`` dicts (gradio's FileData)."""
     if files is None or files == "":
         return []
     if isinstance(files, (str, os.PathLike, dict)):
@@ -181,13 +178,18 @@ class Settings:
             audio_seconds=get("audio", "audio_length_s"),
         )
 
-    def checked(self) -> "Settings":
-        """Every field's type and range checked (:data:`SETTING_FIELDS`); ``None`` keeps the default.
+    def checked(self, defaults: "Settings | None" = None) -> "Settings":
+        """Every field's type and range checked (:data:`SETTING_FIELDS`); ``None`` keeps the default,
+        and so does a value equal to the model's own default (``defaults``), whatever its range.
         Raises :class:`ArgumentError` listing every bad argument, one sentence each."""
         values, problems = {}, []
         for name, _label, kind, lo, hi, _step in SETTING_FIELDS:
+            value, default = getattr(self, name), getattr(defaults, name, None)
+            if value is not None and type(value) is type(default) and value == default:
+                values[name] = value
+                continue
             try:
-                values[name] = check_number(name, getattr(self, name), kind, lo, hi)
+                values[name] = check_number(name, value, kind, lo, hi)
             except ArgumentError as err:
                 problems.append(str(err))
         if problems:
@@ -498,7 +500,7 @@ class ChatApp:
         try:
             text = check_text(text, self.max_text_chars).strip()
             files = check_files(files, self.max_files)
-            settings = (settings or self.defaults).checked()
+            settings = (settings or self.defaults).checked(self.defaults)
         except ArgumentError as err:
             return self._error(session, [], str(err))
         names = [Path(f).name for f in files]
@@ -532,8 +534,7 @@ class ChatApp:
         try:
             fit = fit_history(self.pipe.model, session.history, message, max_new, self._shape_of(session))
         except MediaError as err:  # an earlier upload vanished from the session folder
-            return self._error(session, user_entries, f"I could not re-read an earlier file of this conversation: {err}. "
-                               "Clear the conversation to start afresh.")
+            return self._error(session, user_entries, f"I could not re-read an earlier file: {err}. Clear the chat.")
         if fit.tokens > fit.budget:
             for p in stored:
                 Path(p).unlink(missing_ok=True)

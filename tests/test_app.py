@@ -396,3 +396,16 @@ def test_a_reply_budget_larger_than_the_context_says_so(pipe):
     reply = app.respond(app.new_session(), "hello", [], Settings(max_new_tokens=1000))  # tiny context: 512
     assert not reply.ok and "or lower max_new_tokens (now 1000)" in reply.text, reply.text
     app.close_all()
+
+
+def test_the_models_own_defaults_pass_even_outside_the_widget_ranges(pipe):
+    from dataclasses import replace
+
+    from anyany.app_logic import ArgumentError, Settings
+
+    defaults = replace(Settings.defaults_for(pipe), image_steps=500)  # a checkpoint's config may say so
+    assert Settings(**vars(defaults)).checked(defaults).image_steps == 500
+    with pytest.raises(ArgumentError, match="image_steps: 500 is out of range"):
+        Settings(image_steps=500).checked()
+    with pytest.raises(ArgumentError, match="image_steps: 500.0 is out of range"):
+        Settings(image_steps=500.0).checked(defaults)  # a different value (type) is checked
