@@ -27,7 +27,7 @@ from anyany.pipeline import Message
 from anyany.tokens import signal_text
 
 from . import responses
-from .protocol import APIError, MediaWriter, bad, parse_chat, parse_size
+from .protocol import APIError, MediaWriter, bad, decoder_settings, parse_chat, parse_size
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
@@ -135,19 +135,23 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
         return handle, events
 
     async def wait_result(handle, events: asyncio.Queue, request: Request):
-        """The request's result; a client that goes away cancels it."""
+        """The request's result; a client that goes away cancels it (checked every 0.25 s, text events or not)."""
+        checked = time.monotonic()
         while True:
             try:
                 event = await asyncio.wait_for(events.get(), timeout=0.25)
             except asyncio.TimeoutError:
+                event = None
+            if time.monotonic() - checked >= 0.25:
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     handle.cancel()
                     return None
+            if event is None or event.kind in ("text", "media"):
                 continue
             if event.kind == "error":
                 raise APIError(500, f"generation failed: {event.error}", type="server_error", code="generation_failed")
-            if event.kind == "done":
-                return event.result
+            return event.result
 
     def signal_of(modality: str) -> str:
         return signal_text(modality, model.config.signals)
@@ -183,7 +187,7 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
             if result is None:
                 return JSONResponse({"error": {"message": "client disconnected", "type": "invalid_request_error",
                                                "param": None, "code": "cancelled"}}, status_code=499)
-            return await run_in_threadpool(responses.chat_completion, result, **shape)
+            return JSONResponse(await run_in_threadpool(responses.chat_completion, result, **shape))
 
         async def sse():
             def line(obj) -> str:
@@ -231,8 +235,6 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
             raise bad(f"n must be an integer from 1 to {engine.max_batch}, got {n!r}", "n")
         settings = {"image": parse_size(body.get("size"))}
         chat_like = {k: v for k, v in body.items() if k in ("num_inference_steps", "guidance_scale", "steps")}
-        from .protocol import decoder_settings
-
         settings["image"].update(decoder_settings(chat_like, ["image"])["image"])
         seed = body.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -257,7 +259,7 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
                 raise APIError(500, "the model produced no image", type="server_error", code="no_image")
             _, raw = await run_in_threadpool(responses.media_bytes, images_out[0])
             data.append({"b64_json": responses.b64(raw), "revised_prompt": prompt})
-        return {"created": int(time.time()), "data": data}
+        return JSONResponse({"created": int(time.time()), "data": data})
 
     app.state.engine = engine
     return app

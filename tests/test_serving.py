@@ -379,7 +379,7 @@ class Gate:
 def gated(pipe):
     gate = threading.Event()
     engine = Engine(pipe, max_batch=1, max_queue=2, batch_window_s=0.0,
-                    logits_processor_factory=lambda r: [Gate(pipe.model, gate, steps=30, delay=0.02)])
+                    logits_processor_factory=lambda r: [Gate(pipe.model, gate, steps=30, delay=0.05)])
     srv = Server(create_app(engine.start(), model_name=MODEL))
     yield srv, engine, gate
     gate.set()
@@ -411,19 +411,49 @@ def test_full_queue_answers_429_with_retry_after(gated):
 def test_client_disconnect_cancels_generation(gated):
     srv, engine, gate = gated
     gate.set()
-    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30, "stream": True}
-    with httpx.stream("POST", srv.url + "/v1/chat/completions", json=body, timeout=30) as response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 30}
+    with httpx.stream("POST", srv.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30) as response:
         for line in response.iter_lines():
             if '"content": "a"' in line or '"content": "b"' in line:
                 break  # the first text delta: hang up
+    with pytest.raises(httpx.ReadTimeout):  # not streamed: the client gives up waiting
+        httpx.post(srv.url + "/v1/chat/completions", json=body, timeout=0.3)
     deadline = time.time() + 10
-    while engine.stats().get("cancelled", 0) < 1:
-        assert time.time() < deadline, "the generation went on after the client left"
+    while engine.stats().get("cancelled", 0) < 2:
+        assert time.time() < deadline, f"a generation went on after its client left: {engine.stats()}"
         time.sleep(0.05)
-    assert engine.stats()["completion_tokens"] < 30
+    assert engine.stats()["completion_tokens"] < 2 * 30
 
 
 # ---------------------------------------------------------------------------------- the command
+def test_serve_subcommand_builds_the_app_its_flags_describe(monkeypatch):
+    import argparse
+
+    from serving.cli import build_app, register
+
+    parser = argparse.ArgumentParser(prog="anyany")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve", "--preset", "tiny", "--max-batch", "3", "--max-queue", "5", "--max-body-mb", "0.001"])
+    monkeypatch.setenv("ANYANY_API_KEY", "k")
+    app = build_app(args)
+    engine = app.state.engine
+    srv = Server(app)
+    try:
+        assert (engine.max_batch, engine.max_queue) == (3, 5)
+        c = openai.OpenAI(base_url=srv.url + "/v1", api_key="k", max_retries=0, timeout=60)
+        assert [m.id for m in c.models.list().data] == ["anyany-tiny"]
+        reply = c.chat.completions.create(model="anyany-tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=4)
+        assert reply.usage.completion_tokens <= 4
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=srv.url + "/v1", api_key="bad", max_retries=0).models.list()
+        big = post(srv, {"model": "anyany-tiny", "messages": [{"role": "user", "content": "x" * 2000}]}, key="k")
+        assert error_of(big, 413)["code"] == "body_too_large"
+    finally:
+        srv.stop()
+        engine.close()
+
+
+@pytest.mark.slow
 def test_serve_command_runs_a_server(tmp_path):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
