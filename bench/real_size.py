@@ -95,6 +95,12 @@ DDIM_SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
 DDIM_AUDIOLDM = dict(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
                      set_alpha_to_one=False, steps_offset=1)
 DECODER_KIND = {"image": "stable_diffusion", "video": "text_to_video_sd", "audio": "audioldm"}
+# The cores: Vicuna-7B (bench/gpu.py) and Qwen2.5-7B-Instruct (its published config: GQA with 4 KV
+# heads, a vocabulary padded to 152064 rows, untied lm_head, rope theta 1e6).
+QWEN25_7B = dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                 num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                 rope_theta=1e6, vocab_size=152064, tie_word_embeddings=False)
+LLM_SIZES = {"nextgpt-7b": VICUNA_7B, "anyany-qwen2.5-7b": QWEN25_7B}
 BF16 = torch.bfloat16
 
 
@@ -117,16 +123,17 @@ def _unet(cfg: dict, n: int) -> dict:
     return out
 
 
-def sizes(n: int) -> dict:
+def sizes(n: int, preset: str = "nextgpt-7b") -> dict:
     """Every architecture size; ``n`` > 1 divides widths and layer counts (same structure, CI)."""
     from encoders.imagebind import ImageBindConfig
 
-    llm = dict(VICUNA_7B)
+    llm = dict(LLM_SIZES[preset])
     if n > 1:
         heads = max(2, llm["num_attention_heads"] // n)
+        kv = heads if llm["num_key_value_heads"] == llm["num_attention_heads"] else max(1, llm["num_key_value_heads"] // n)
         llm.update(hidden_size=_div(llm["hidden_size"], n, 64), intermediate_size=_div(llm["intermediate_size"], n, 8),
                    num_hidden_layers=max(2, llm["num_hidden_layers"] // n), num_attention_heads=heads,
-                   num_key_value_heads=heads)
+                   num_key_value_heads=kv)
     ib = ImageBindConfig.huge()
     if n > 1:
         ib = ImageBindConfig(embed_dim=_div(ib.embed_dim, n), vision_width=_div(ib.vision_width, n),
@@ -145,7 +152,7 @@ def sizes(n: int) -> dict:
     if n > 1:
         projection.update(d_model=_div(512, n), num_encoder_layers=max(1, 4 // n), num_decoder_layers=max(1, 4 // n),
                           ff_dim=_div(2048, n))
-    return dict(scale_down=n, llm=llm, vocab=BASE_VOCAB, imagebind=ib, projection=projection,
+    return dict(scale_down=n, preset=preset, llm=llm, vocab=BASE_VOCAB, imagebind=ib, projection=projection,
                 sd_unet=_unet(SD15_UNET, n), sd_vae=vae(SD15_VAE), zs_unet=_unet(ZEROSCOPE_UNET, n), zs_vae=vae(SD15_VAE),
                 aldm_unet=_unet(AUDIOLDM_UNET, n), aldm_vae=vae(AUDIOLDM_VAE), clap=clap, vocoder=vocoder)
 
@@ -232,15 +239,41 @@ def default_dtype(dtype):
 
 
 # ---- builders -------------------------------------------------------------------------------------
+def build_family_llm(random_init: dict, tokenizer):
+    """A random causal LM of ``random_init["model_type"]``'s family at full size, built on ``meta`` and
+    materialised in bf16 (no fp32 copy, no slow CPU init), as ``bench.gpu.build_llm`` does for LLaMA."""
+    from transformers import AutoModelForCausalLM
+
+    from anyany.architectures import tiny_llm_config
+
+    spec = dict(random_init)
+    config = tiny_llm_config(spec.pop("model_type"), tokenizer, spec)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model = model.to(BF16).to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.fill_(1.0) if name.endswith("norm.weight") else p.zero_() if name.endswith("bias") else p.normal_(0.0, 0.02, generator=gen)
+        for module in model.modules():  # non-persistent rotary buffers are garbage after to_empty
+            if hasattr(module, "inv_freq"):
+                fresh = type(module)(config)
+                module.inv_freq = fresh.inv_freq
+                if hasattr(module, "original_inv_freq"):
+                    module.original_inv_freq = fresh.original_inv_freq
+    return model.requires_grad_(False)
+
+
 def build_core(sz: dict, report: Report):
     """AnyToAnyModel around a random bf16 Vicuna-7B-shaped LLaMA; bridge and projections in fp32."""
     from anyany.config import LoRASettings, OutputProjectionConfig, get_preset
-    from anyany.model import AnyToAnyModel, wrap_lora
+    from anyany.model import AnyToAnyModel, load_tokenizer, wrap_lora
     from anyany.tokens import TokenIds, extend_tokenizer, new_token_strings
     from projections import LinearBridge, OutputProjection
 
-    config = get_preset("nextgpt-7b")
+    config = get_preset(sz["preset"])
     config.llm.name_or_path = None
+    config.llm.tokenizer_name_or_path = None
     config.llm.random_init = dict(sz["llm"])
     config.llm.torch_dtype = "bfloat16"
     config.llm.lora = LoRASettings(r=32, alpha=32, dropout=0.1, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -255,16 +288,21 @@ def build_core(sz: dict, report: Report):
     config.output_projections = {m: OutputProjectionConfig(num_output_tokens=tokens[m], output_dim=cond_dims[m], **sz["projection"])
                                  for m in ("image", "video", "audio")}
 
-    tokenizer = word_tokenizer(sz["vocab"])
+    family = "model_type" in sz["llm"]
+    # Vicuna: LLaMA's 32000-entry vocabulary as a word tokenizer; other families: the project's small
+    # tokenizer of the family's kind with its chat template (anyany.model.load_tokenizer)
+    tokenizer = load_tokenizer(config.llm) if family else word_tokenizer(sz["vocab"])
+    base_len = len(tokenizer)
     extend_tokenizer(tokenizer, config.signals)
     ids = TokenIds.from_tokenizer(tokenizer, config.signals)
     n_new = len(new_token_strings(config.signals))
-    report.check(len(tokenizer) == sz["vocab"] + n_new, "tokenizer",
-                 f"{len(tokenizer)} entries, expected {sz['vocab']} + {n_new} new tokens")
-    report.check(min(ids.all_new) == sz["vocab"], "tokenizer", f"new token ids start at {min(ids.all_new)}, not {sz['vocab']}")
+    report.check(len(tokenizer) == base_len + n_new and sorted(ids.all_new) == list(range(base_len, base_len + n_new)),
+                 "tokenizer", f"{len(tokenizer)} entries, new ids {min(ids.all_new)}..{max(ids.all_new)}; expected "
+                 f"{base_len} + {n_new} new tokens after the base vocabulary")
     before = rss_gb()
-    base = build_llm(sz["llm"], len(tokenizer), BF16, "cpu")
-    report.part("LLM (Vicuna-7B shape)", base, before, f"vocab {len(tokenizer)}")
+    base = build_family_llm(config.llm.random_init, tokenizer) if family else build_llm(sz["llm"], len(tokenizer), BF16, "cpu")
+    report.part(f"LLM ({'Qwen2.5-7B' if family else 'Vicuna-7B'} shape)", base, before,
+                f"vocab {base.get_input_embeddings().weight.shape[0]}")
     before = rss_gb()
     llm = wrap_lora(base, config.llm, ids.all_new)
     lora = [p for n, p in llm.named_parameters() if "lora_" in n]
@@ -281,8 +319,9 @@ def build_core(sz: dict, report: Report):
     model = AnyToAnyModel(config, tokenizer, llm, bridge, projections, encoder=None).eval()
 
     emb = llm.get_input_embeddings().weight
-    report.check(tuple(emb.shape) == (len(tokenizer), hidden) and emb.dtype == BF16, "LLM embeddings",
-                 f"{tuple(emb.shape)} {emb.dtype}, expected ({len(tokenizer)}, {hidden}) bfloat16")
+    rows = max(len(tokenizer), sz["llm"].get("vocab_size", 0))  # Qwen's vocabulary is padded past its tokenizer
+    report.check(tuple(emb.shape) == (rows, hidden) and emb.dtype == BF16, "LLM embeddings",
+                 f"{tuple(emb.shape)} {emb.dtype}, expected ({rows}, {hidden}) bfloat16")
     n_layers = sz["llm"]["num_hidden_layers"]
     lora_a = [p for n, p in llm.named_parameters() if "lora_A" in n]
     report.check(len(lora_a) == 4 * n_layers and all(p.shape[0] == 32 for p in lora_a), "LoRA",
@@ -423,8 +462,8 @@ def generation(model, pipe, sz, settings, report, media_paths, cache_dir, eager_
         model.encoder = None
     # --- LLM
     ids = model.token_ids.signals
-    plan = [*model.tokenizer.convert_tokens_to_ids(words(200, 3).split()), ids["image"][0],
-            *model.tokenizer.convert_tokens_to_ids(words(210, 2).split()), ids["video"][0], ids["audio"][0]]
+    text_ids = model.tokenizer(words(200, 5), add_special_tokens=False).input_ids
+    plan = [*text_ids[:3], ids["image"][0], *text_ids[3:5], ids["video"][0], ids["audio"][0]]
     n_signal = sum(model.config.signals.count(m) for m in ("image", "video", "audio"))
     with report.phase("LLM: prefill + reply (KV cache)"):
         llm_inputs = pipe.prepare_inputs(turns, features)
@@ -583,15 +622,15 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-training", action="store_true")
     ap.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = ap.parse_args(argv)
-    if args.preset != "nextgpt-7b":
-        ap.error(f"--preset {args.preset!r}: only 'nextgpt-7b' has real sizes here (the tiny preset has no real size)")
+    if args.preset not in LLM_SIZES:
+        ap.error(f"--preset {args.preset!r} has no real sizes here; use one of {sorted(LLM_SIZES)}")
     if args.scale_down < 1:
         ap.error(f"--scale-down must be a positive integer, got {args.scale_down}")
     quiet_libraries()
     # Fail in seconds, not after the minutes the 7B build takes, if the product cannot be imported.
     import anyany.generation, anyany.pipeline, decoders, training.data, training.features  # noqa: E401, F401
     torch.manual_seed(0)
-    sz = sizes(args.scale_down)
+    sz = sizes(args.scale_down, args.preset)
     settings = dict(steps=args.steps, size=args.size, frames=args.frames, audio_s=args.audio_seconds, guidance=7.5)
     report = Report()
     eager = args.mode == "all"
