@@ -22,8 +22,9 @@ Phases, each timed and with its own peak resident memory (VmHWM, reset per phase
 Memory modes: ``lazy`` builds ImageBind only to encode and each decoder only when its signal
 group is rendered, releasing each right after; ``all`` builds every part up front and keeps it.
 
-    python bench/real_size.py                       # nextgpt-7b, lazy, ~20 GB peak
-    python bench/real_size.py --mode all            # needs ~24 GB free
+    python bench/real_size.py                       # nextgpt-7b, lazy: 16.4 GB peak measured
+    python bench/real_size.py --mode all            # needs ~23 GB free
+    python bench/real_size.py --preset anyany-qwen2.5-7b   # Qwen2.5-7B core (~18 GB predicted, lazy)
     python bench/real_size.py --scale-down 16       # same code path in seconds (the test runs this)
     python bench/real_size.py --json out.json
 
@@ -432,7 +433,6 @@ def words(start: int, n: int) -> str:
 # ---- phases -----------------------------------------------------------------------------------------
 def generation(model, pipe, sz, settings, report, media_paths, cache_dir, eager_decoders: bool):
     from anyany.generation import ScriptedTokens
-    from encoders.preprocessing import AUDIO_SAMPLE_RATE  # noqa: F401  (the WAV is resampled to it)
     from training.features import FeatureCache, media_key
 
     image_path, audio_path = media_paths
