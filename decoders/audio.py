@@ -35,6 +35,8 @@ class AudioLDMDecoder(Decoder):
 
     @property
     def conditioning_shape(self) -> tuple[int, int]:
+        if self.pipeline.text_encoder is None:  # the CLAP embedding enters as the UNet's class embedding
+            return (1, int(self.pipeline.unet.config.projection_class_embeddings_input_dim))
         return (1, int(self.pipeline.text_encoder.config.projection_dim))
 
     @property

@@ -19,6 +19,9 @@ from typing import Any, ClassVar
 import torch
 
 from .config import DecoderConfig, resolve_dtype
+from .spec import ConditioningSpec, conditioning_batch
+
+Conditioning = "torch.Tensor | dict[str, torch.Tensor]"
 
 
 @contextlib.contextmanager
@@ -66,7 +69,19 @@ def _custom_component_modules(name_or_path: str) -> list[str]:
     except (OSError, ValueError):
         return []  # diffusers reports an unreadable index itself
     libraries = {e[0] for e in entries if isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)}
-    return sorted(lib for lib in libraries if lib.split(".")[0] not in ("diffusers", "transformers"))
+    return sorted(lib for lib in libraries
+                  if lib.split(".")[0] not in ("diffusers", "transformers") and not _is_diffusers_pipeline_module(lib))
+
+
+def _is_diffusers_pipeline_module(name: str) -> bool:
+    """diffusers names its pipeline-specific components' library by the pipeline folder (AudioLDM2's
+    ``["audioldm2", "AudioLDM2ProjectionModel"]``)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(f"diffusers.pipelines.{name}") is not None
+    except (ImportError, ValueError):
+        return False
 
 
 class Decoder(abc.ABC):
@@ -80,6 +95,12 @@ class Decoder(abc.ABC):
     modality: ClassVar[str]  # "image" | "video" | "audio"
     pipeline_class_name: ClassVar[str]  # attribute of the ``diffusers`` package
     output_description: ClassVar[str]
+    # Pipeline components needed only to turn a prompt into conditioning (left out when
+    # ``config.text_encoders`` is False).
+    text_components: ClassVar[tuple[str, ...]] = ("text_encoder", "tokenizer")
+    # Whether guidance_scale > 1 means classifier-free guidance with negative conditioning
+    # (FLUX.1's guidance_scale is an embedded, distilled guidance without negatives).
+    uses_negatives: ClassVar[bool] = True
 
     def __init__(self, pipeline: Any, config: DecoderConfig | None = None) -> None:
         if config is None:
@@ -92,7 +113,7 @@ class Decoder(abc.ABC):
             if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False).eval()
         self._place_pipeline()
-        self._negative_cache: dict[int, torch.Tensor] = {}
+        self._negative_cache: dict[int, Any] = {}
 
     # ---- construction --------------------------------------------------------------------
     @classmethod
@@ -116,9 +137,12 @@ class Decoder(abc.ABC):
             config = dataclasses.replace(config, name_or_path=name_or_path)
         for module in [*config.component_modules, *_custom_component_modules(name_or_path)]:
             _import_component_module(module, name_or_path)
+        kwargs = cls._from_pretrained_kwargs()
+        if not config.text_encoders:
+            kwargs.update({name: None for name in cls.text_components})
         with _quiet_loading(not progress):
             pipe = cls.pipeline_class().from_pretrained(
-                name_or_path, dtype=resolve_dtype(config.torch_dtype), **cls._from_pretrained_kwargs()
+                name_or_path, dtype=resolve_dtype(config.torch_dtype), **kwargs
             )
         pipe.set_progress_bar_config(disable=not progress)
         return cls(pipe, config)
@@ -129,10 +153,18 @@ class Decoder(abc.ABC):
         from .tiny import build_tiny_pipeline
 
         pipe = build_tiny_pipeline(config.kind, **dict(config.random_init or {}))
+        if not config.text_encoders:
+            cls._strip_text_components(pipe)
         dtype = resolve_dtype(config.torch_dtype)
         if dtype != torch.float32:
             pipe.to(dtype=dtype)
         return cls(pipe, config)
+
+    @classmethod
+    def _strip_text_components(cls, pipe: Any) -> None:
+        """Drop the components only prompts need (what ``text_encoders=False`` loading leaves out)."""
+        for name in cls.text_components:
+            setattr(pipe, name, None)
 
     def _place_pipeline(self) -> None:
         cfg = self.config
@@ -154,10 +186,17 @@ class Decoder(abc.ABC):
         # A pipeline may be built without its text encoder (the LLM supplies the conditioning);
         # the UNet's dtype is then what prompt_embeds must have.
         encoder = getattr(self.pipeline, "text_encoder", None)
-        return (encoder if encoder is not None else self.pipeline.unet).dtype
+        if encoder is not None:
+            return encoder.dtype
+        denoiser = getattr(self.pipeline, "unet", None)
+        return (denoiser if denoiser is not None else self.pipeline.transformer).dtype
+
+    @property
+    def has_text_encoders(self) -> bool:
+        return all(getattr(self.pipeline, name, None) is not None for name in self.text_components)
 
     def _require_text_encoder(self, what: str) -> None:
-        if getattr(self.pipeline, "text_encoder", None) is None:
+        if not self.has_text_encoders:
             raise ValueError(f"{type(self).__name__} was built without a text encoder, so it cannot {what}; "
                              "pass negative_prompt_embeds (or guidance_scale <= 1) and conditioning tensors instead")
 
@@ -165,6 +204,12 @@ class Decoder(abc.ABC):
     @abc.abstractmethod
     def conditioning_shape(self) -> tuple[int, int]:
         """(num_tokens, dim) of one caption's conditioning, e.g. (77, 768) for SD-1.5."""
+
+    @property
+    def conditioning_spec(self) -> ConditioningSpec:
+        """The named tensors the pipeline takes instead of a prompt (one sequence for the
+        pre-2024 kinds); shapes per caption, read from the decoder's own config."""
+        return ConditioningSpec.single(self.conditioning_shape)
 
     @property
     def sample_rate(self) -> int | None:
@@ -184,14 +229,16 @@ class Decoder(abc.ABC):
 
     # ---- conditioning --------------------------------------------------------------------
     @abc.abstractmethod
-    def _encode(self, captions: list[str], *, negative: bool = False) -> torch.Tensor:
-        """[B, num_tokens, dim] conditioning, computed exactly like the pipeline does for ``prompt=``
-        (``negative=True``: like it does for the unconditional ``""`` prompt)."""
+    def _encode(self, captions: list[str], *, negative: bool = False) -> Any:
+        """[B, num_tokens, dim] conditioning (a dict of the spec's tensors for multi-tensor kinds),
+        computed exactly like the pipeline does for ``prompt=`` (``negative=True``: like it does
+        for the unconditional ``""`` prompt)."""
 
     @torch.no_grad()
-    def encode_text(self, captions: list[str] | str) -> torch.Tensor:
-        """The conditioning the pipeline computes for ``prompt=captions``: [B, num_tokens, dim],
-        on ``self.device`` in ``self.dtype``. These are the decoder-side alignment targets."""
+    def encode_text(self, captions: list[str] | str) -> Any:
+        """The conditioning the pipeline computes for ``prompt=captions``: [B, num_tokens, dim]
+        (for a multi-tensor spec, a dict of every tensor of ``conditioning_spec``), on
+        ``self.device``. These are the decoder-side alignment targets."""
         if isinstance(captions, str):
             captions = [captions]
         if not captions:
@@ -205,10 +252,55 @@ class Decoder(abc.ABC):
         size and cached. (Encoded as a batch of ``batch`` empty prompts, exactly as the pipeline
         does: a batch-1 result repeated differs from it in the last float bits.)"""
         cached = self._negative_cache.get(batch)
+        if cached is None and not self.has_text_encoders and self.config.negative_conditioning:
+            cached = self._negative_cache[batch] = self._load_negative(batch)
         if cached is None:
             self._require_text_encoder('embed the unconditional "" prompt for classifier-free guidance')
             cached = self._negative_cache[batch] = self._encode([""] * batch, negative=True)
         return cached
+
+    def save_negative(self, path) -> None:
+        """Write the unconditional conditioning (batch 1) to a safetensors file, so a decoder
+        loaded without text encoders can still guide (``DecoderConfig.negative_conditioning``)."""
+        from safetensors.torch import save_file
+
+        neg = self.negative_embeddings(1)
+        tensors = neg if isinstance(neg, dict) else {self.conditioning_spec.primary.name: neg}
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+    def _load_negative(self, batch: int) -> Any:
+        from safetensors.torch import load_file
+
+        path = self.config.negative_conditioning
+        try:
+            tensors = load_file(str(path))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"negative_conditioning {path!r} is not a readable safetensors file ({err})") from None
+        spec = self.conditioning_spec
+        spec.check(tensors, f"negative_conditioning {path!r}")
+        tensors = {k: v.to(self.device).expand(batch, *v.shape[1:]) for k, v in tensors.items()}
+        return tensors[spec.primary.name] if spec.is_single else tensors
+
+    def _check_conditioning(self, cond: Any, name: str, batch: int | None = None) -> Any:
+        """A tensor (single-tensor specs) or a dict of the spec's tensors, checked and placed."""
+        spec = self.conditioning_spec
+        if spec.is_single:
+            if isinstance(cond, dict) and set(cond) == {spec.primary.name}:
+                cond = cond[spec.primary.name]
+            return self._check_embeds(cond, name, batch)
+        spec.check(cond, name, batch)
+        out = {}
+        for t in spec.tensors:
+            value = cond[t.name].to(self.device)
+            if t.role == "mask":
+                # A projected mask is a probability; the pipeline needs 0/1, and at least one
+                # attended token per row (an all-masked row gives NaN attention).
+                value = (value > 0.5).long() if value.is_floating_point() else value.long().clone()
+                value[:, 0] = 1
+            else:
+                value = value.to(self.dtype)
+            out[t.name] = value
+        return out
 
     def _check_embeds(self, embeds: torch.Tensor, name: str, batch: int | None = None) -> torch.Tensor:
         expected = self.conditioning_shape
@@ -262,32 +354,40 @@ class Decoder(abc.ABC):
         """
         if generator is not None and seed is not None:
             raise ValueError("pass either generator or seed, not both")
-        embeds = self._check_embeds(prompt_embeds, "prompt_embeds")
-        batch = embeds.shape[0]
+        embeds = self._check_conditioning(prompt_embeds, "prompt_embeds")
+        batch = conditioning_batch(embeds)
         steps = self.config.num_inference_steps if num_inference_steps is None else int(num_inference_steps)
         guidance = self.config.guidance_scale if guidance_scale is None else float(guidance_scale)
         if seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
 
         negative = None
-        if guidance > 1.0:
+        if guidance > 1.0 and self.uses_negatives:
             if negative_prompt_embeds is None:
-                negative = self.negative_embeddings(batch).to(device=self.device, dtype=self.dtype)
+                negative = self._check_conditioning(self.negative_embeddings(batch), "negative_prompt_embeds", batch)
             else:
-                negative = self._check_embeds(negative_prompt_embeds, "negative_prompt_embeds", batch)
-            negative = self._format_embeds(negative)
+                negative = self._check_conditioning(negative_prompt_embeds, "negative_prompt_embeds", batch)
 
         self.pipeline.set_progress_bar_config(disable=not progress)
         kwargs = self._pipeline_kwargs(dict(overrides))
         out = self.pipeline(
-            prompt_embeds=self._format_embeds(embeds),
-            negative_prompt_embeds=negative,
+            **self._conditioning_kwargs(embeds, negative),
             num_inference_steps=steps,
             guidance_scale=guidance,
             generator=generator,
             **kwargs,
         )
         return self._postprocess(out)
+
+    def _conditioning_kwargs(self, cond: Any, negative: Any) -> dict[str, Any]:
+        """The pipeline's keyword arguments for checked conditioning (and negatives, or None)."""
+        if not isinstance(cond, dict):
+            return {"prompt_embeds": self._format_embeds(cond),
+                    "negative_prompt_embeds": None if negative is None else self._format_embeds(negative)}
+        kwargs = dict(cond)
+        if negative is not None:
+            kwargs.update({f"negative_{name}": value for name, value in negative.items()})
+        return kwargs
 
     def generate_from_text(self, captions: list[str] | str, **kwargs: Any) -> list:
         """Convenience: ``generate(encode_text(captions), **kwargs)``."""
@@ -300,8 +400,9 @@ class ClipConditionedDecoder(Decoder):
 
     @property
     def conditioning_shape(self) -> tuple[int, int]:
+        tokenizer = self.pipeline.tokenizer
         return (
-            int(self.pipeline.tokenizer.model_max_length),
+            int(tokenizer.model_max_length) if tokenizer is not None else 77,  # CLIP's positions
             int(self.pipeline.text_encoder.config.hidden_size) if self.pipeline.text_encoder is not None
             else int(self.pipeline.unet.config.cross_attention_dim),
         )

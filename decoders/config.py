@@ -21,13 +21,30 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
     "stable_diffusion": dict(height=512, width=512),
     "text_to_video_sd": dict(height=320, width=576, num_frames=24, fps=8),
     "audioldm": dict(audio_length_s=9.0),
+    # Today's kinds: the released checkpoints' sizes and each pipeline's default sequence length.
+    "stable_diffusion_xl": dict(height=1024, width=1024),
+    "stable_diffusion_3": dict(height=1024, width=1024, max_sequence_length=256),
+    "flux": dict(height=1024, width=1024, max_sequence_length=512),
+    "wan": dict(height=480, width=832, num_frames=81, fps=16, max_sequence_length=512),
+    "cogvideox": dict(height=480, width=720, num_frames=49, fps=8, max_sequence_length=226),
+    # AudioLDM2 pads its T5 sequence to the longest prompt; a fixed spec pads to this many tokens.
+    "audioldm2": dict(audio_length_s=10.24, max_sequence_length=512),
+    "stable_audio": dict(audio_length_s=10.0, max_sequence_length=128),
 }
 KINDS = tuple(_KIND_DEFAULTS)
+NEXTGPT_KINDS = KINDS[:3]  # the reference's 2023 decoders: one CLIP/CLAP tensor each
 
 _TINY_DEFAULTS: dict[str, dict[str, Any]] = {
     "stable_diffusion": dict(height=32, width=32),
     "text_to_video_sd": dict(height=32, width=32, num_frames=4, fps=8),
     "audioldm": dict(audio_length_s=1.0),
+    "stable_diffusion_xl": dict(height=32, width=32),
+    "stable_diffusion_3": dict(height=32, width=32, max_sequence_length=8),
+    "flux": dict(height=32, width=32, max_sequence_length=8),
+    "wan": dict(height=16, width=16, num_frames=5, fps=16, max_sequence_length=8),
+    "cogvideox": dict(height=16, width=16, num_frames=9, fps=8, max_sequence_length=8),
+    "audioldm2": dict(audio_length_s=0.32, max_sequence_length=8),
+    "stable_audio": dict(audio_length_s=0.5, max_sequence_length=8),
 }
 
 
@@ -65,6 +82,14 @@ class DecoderConfig:
     num_frames: int | None = None
     audio_length_s: float | None = None
     fps: int | None = None
+    # Tokens of the text-encoder sequence the pipeline conditions on (kinds with a T5 sequence).
+    max_sequence_length: int | None = None
+    # False: load the pipeline without its text encoders and tokenizers (generation from projected
+    # conditioning needs neither; only stage-2 target caching does).
+    text_encoders: bool = True
+    # safetensors file with the unconditional ("") conditioning, for classifier-free guidance
+    # without text encoders (written by ``Decoder.save_negative``).
+    negative_conditioning: str | None = None
     # Modules defining custom pipeline components (e.g. a vocoder class named in model_index.json):
     # diffusers loads such classes only once their module is imported, so the config says which.
     component_modules: list[str] = dataclasses.field(default_factory=list)
@@ -122,4 +147,4 @@ class DecoderConfig:
         return cls(kind=kind, name_or_path=None, random_init=random_init, **defaults)
 
 
-__all__ = ["DecoderConfig", "KINDS", "OFFLOAD_MODES", "resolve_dtype"]
+__all__ = ["DecoderConfig", "KINDS", "NEXTGPT_KINDS", "OFFLOAD_MODES", "resolve_dtype"]

@@ -9,13 +9,24 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from .audio import AudioLDMDecoder
+from .audioldm2 import AudioLDM2Decoder
 from .base import Decoder
+from .cogvideox import CogVideoXDecoder
 from .config import DecoderConfig
+from .flux import FluxDecoder
 from .image import StableDiffusionDecoder
+from .sd3 import StableDiffusion3Decoder
+from .sdxl import StableDiffusionXLDecoder
+from .stable_audio import StableAudioDecoder
 from .video import TextToVideoDecoder
+from .wan import WanDecoder
 
 DECODER_REGISTRY: dict[str, type[Decoder]] = {
-    cls.kind: cls for cls in (StableDiffusionDecoder, TextToVideoDecoder, AudioLDMDecoder)
+    cls.kind: cls for cls in (
+        StableDiffusionDecoder, TextToVideoDecoder, AudioLDMDecoder,
+        StableDiffusionXLDecoder, StableDiffusion3Decoder, FluxDecoder,
+        WanDecoder, CogVideoXDecoder, AudioLDM2Decoder, StableAudioDecoder,
+    )
 }
 
 

@@ -1,0 +1,190 @@
+"""Today's decoder kinds behind one conditioning interface (issue 19).
+
+Tiny components built from configs with diffusers' own classes, saved with ``save_pretrained`` and
+loaded back through the user's path; every kind generates from its projected conditioning, the
+targets are exactly the pipeline's own prompt conditioning, and a decoder loaded for generation
+leaves its text encoders out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from decoders import (
+    ConditioningSpec,
+    DecoderConfig,
+    TensorSpec,
+    build_decoder,
+    pack_conditioning,
+    write_tiny_pipeline,
+)
+from decoders.tiny import count_parameters
+from projections import OutputProjection, generation_distance
+
+TODAY = ("stable_diffusion_xl", "stable_diffusion_3", "flux", "wan", "cogvideox", "audioldm2", "stable_audio")
+CAPTIONS = ["a red circle", "a low tone"]
+# The tensors each pipeline takes instead of a prompt (checked against diffusers 0.42.1's __call__).
+EXPECTED_NAMES = {
+    "stable_diffusion_xl": ["prompt_embeds", "pooled_prompt_embeds"],
+    "stable_diffusion_3": ["prompt_embeds", "pooled_prompt_embeds"],
+    "flux": ["prompt_embeds", "pooled_prompt_embeds"],
+    "wan": ["prompt_embeds"],
+    "cogvideox": ["prompt_embeds"],
+    "audioldm2": ["prompt_embeds", "attention_mask", "generated_prompt_embeds"],
+    "stable_audio": ["prompt_embeds", "attention_mask"],
+}
+
+
+def _as_array(outputs) -> np.ndarray:
+    return np.stack([np.asarray(o, dtype=np.float32) for o in outputs])
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = write_tiny_pipeline(kind, tmp_path_factory.mktemp(kind), seed=0)
+        return cache[kind]
+
+    return get
+
+
+# ---- the spec as data --------------------------------------------------------------------------
+def test_spec_packs_checks_and_round_trips():
+    spec = ConditioningSpec.build(("prompt_embeds", (4, 3)), ("attention_mask", (4,), "mask", "prompt_embeds"),
+                                  ("pooled_prompt_embeds", (5,), "pooled"))
+    assert spec.numel == 4 * 3 + 4 + 5 and spec.primary.name == "prompt_embeds"
+    assert ConditioningSpec.from_list(spec.to_list()) == spec
+    g = torch.Generator().manual_seed(0)
+    value = {"prompt_embeds": torch.randn(2, 4, 3, generator=g), "attention_mask": torch.tensor([[1, 1, 0, 0]] * 2),
+             "pooled_prompt_embeds": torch.randn(2, 5, generator=g)}
+    packed = spec.pack(value)
+    assert packed.shape == (2, 21) and torch.equal(pack_conditioning(value), packed)
+    back = spec.unpack(packed)
+    assert all(torch.equal(back[k].to(value[k].dtype), value[k]) for k in value)
+    with pytest.raises(ValueError, match=r"conditioning\['pooled_prompt_embeds'\] must have shape \[batch, 5\]"):
+        spec.check({**value, "pooled_prompt_embeds": torch.zeros(2, 6)})
+    with pytest.raises(ValueError, match="must hold exactly the tensors"):
+        spec.check({"prompt_embeds": value["prompt_embeds"]})
+    with pytest.raises(ValueError, match="has 21 values, got 20"):
+        spec.unpack(packed[:, :20])
+    with pytest.raises(ValueError, match="mask 'm' must name a sequence of 3 tokens"):
+        ConditioningSpec.build(("prompt_embeds", (4, 3)), ("m", (3,), "mask", "prompt_embeds"))
+    with pytest.raises(ValueError, match="role must be one of"):
+        TensorSpec("x", (3,), "vector")
+
+
+# ---- every kind: spec, targets, generation, text-free loading ---------------------------------
+@pytest.mark.parametrize("kind", TODAY)
+def test_kind_generates_from_its_spec_and_without_text_encoders(kind, folders, tmp_path):
+    folder = folders(kind)
+    full = build_decoder(dataclasses.replace(DecoderConfig.tiny(kind), name_or_path=str(folder)), progress=False)
+    spec = full.conditioning_spec
+    assert spec.names == EXPECTED_NAMES[kind]
+
+    cond = full.encode_text(CAPTIONS)
+    if spec.is_single:
+        assert tuple(cond.shape) == (2, *spec.primary.shape)
+        cond_dict = {spec.primary.name: cond}
+    else:
+        spec.check(cond)
+        cond_dict = cond
+    # the targets differ per caption (the encoders read the captions)
+    first = cond_dict["prompt_embeds"]
+    assert not torch.allclose(first[0], first[1])
+
+    # generating from the spec is what the pipeline does for prompt= (same seed, same outputs)
+    from_spec = _as_array(full.generate(cond, seed=3, progress=False))
+    kwargs = full._pipeline_kwargs({})
+    if kind in ("stable_diffusion_3", "cogvideox"):  # their __call__ defaults (256, 226) are not the tiny length
+        kwargs["max_sequence_length"] = full.max_sequence_length
+    gens = [torch.Generator().manual_seed(3)]
+    from_prompt = _as_array(full._postprocess(full.pipeline(
+        prompt=CAPTIONS, num_inference_steps=full.config.num_inference_steps, guidance_scale=full.config.guidance_scale,
+        generator=gens[0], **kwargs)))
+    # AudioLDM2 pads T5 to the longest prompt, the spec to max_sequence_length (masked zeros): float rounding
+    np.testing.assert_allclose(from_spec, from_prompt, atol=2e-3 if kind == "audioldm2" else 1e-5)
+    assert np.isfinite(from_spec).all() and from_spec.std() > 0
+
+    # a decoder loaded for generation leaves out what only prompts need, and generates the same
+    negative = tmp_path / "negative.safetensors"
+    full.save_negative(negative)
+    lean_cfg = dataclasses.replace(full.config, text_encoders=False, negative_conditioning=str(negative))
+    lean = build_decoder(lean_cfg, progress=False)
+    assert all(getattr(lean.pipeline, n, None) is None or not count_parameters_of(getattr(lean.pipeline, n))
+               for n in lean.text_components)
+    assert not lean.has_text_encoders and lean.conditioning_spec == spec
+    saved = sum(count_parameters(full.pipeline).values()) - sum(count_parameters(lean.pipeline).values())
+    assert saved > 0
+    # (its negatives come from the file, batch 1 repeated: compare with the full decoder given the same)
+    neg = full.negative_embeddings(1)
+    neg = {k: v.expand(2, *v.shape[1:]) for k, v in neg.items()} if isinstance(neg, dict) else neg.expand(2, -1, -1)
+    same_negatives = _as_array(full.generate(cond, negative_prompt_embeds=neg, seed=3, progress=False))
+    np.testing.assert_allclose(_as_array(lean.generate(cond, seed=3, progress=False)), same_negatives, atol=1e-5)
+    with pytest.raises(ValueError, match="without a text encoder"):
+        lean.encode_text(CAPTIONS)
+
+
+def count_parameters_of(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if isinstance(module, torch.nn.Module) else 0
+
+
+def test_generation_refuses_a_wrong_spec_with_one_sentence(folders):
+    dec = build_decoder(dataclasses.replace(DecoderConfig.tiny("flux"), name_or_path=str(folders("flux"))),
+                        progress=False)
+    cond = dec.encode_text(CAPTIONS)
+    with pytest.raises(ValueError, match=r"must hold exactly the tensors \['prompt_embeds', 'pooled_prompt_embeds'\]"):
+        dec.generate({"prompt_embeds": cond["prompt_embeds"]}, seed=0, progress=False)
+    with pytest.raises(ValueError, match=r"prompt_embeds\['pooled_prompt_embeds'\] has batch 1, expected 2"):
+        dec.generate({**cond, "pooled_prompt_embeds": cond["pooled_prompt_embeds"][:1]}, seed=0, progress=False)
+
+
+# ---- output projections producing the whole spec, and the loss over every tensor ---------------
+def test_output_projection_produces_and_learns_every_tensor_of_a_spec():
+    spec = ConditioningSpec.build(("prompt_embeds", (6, 8)), ("attention_mask", (6,), "mask", "prompt_embeds"),
+                                  ("pooled_prompt_embeds", (5,), "pooled"))
+    torch.manual_seed(0)
+    proj = OutputProjection(llm_dim=12, num_output_tokens=6, output_dim=8, d_model=16, num_heads=2,
+                            num_encoder_layers=1, num_decoder_layers=1, ff_dim=32, outputs=spec.to_list())
+    assert proj.spec == spec
+    states = torch.randn(3, 4, 12)
+    out = proj(states)
+    spec.check(out, "projection output", batch=3)
+    assert ((out["attention_mask"] > 0) & (out["attention_mask"] < 1)).all()
+    target = {"prompt_embeds": torch.randn(3, 6, 8), "attention_mask": torch.tensor([[1, 1, 1, 0, 0, 0]] * 3),
+              "pooled_prompt_embeds": torch.randn(3, 5)}
+    # the packed rows (how targets are cached) give the same loss as the dict
+    loss = generation_distance(out, spec.pack(target), spec=spec)
+    assert torch.allclose(loss, generation_distance(out, target))
+    loss.backward()
+    for name in ("prompt_embeds", "attention_mask", "pooled_prompt_embeds"):
+        assert proj.heads[name].weight.grad.abs().sum() > 0, name
+    # masked target tokens do not count: changing the target there leaves the loss unchanged
+    moved = {**target, "prompt_embeds": target["prompt_embeds"].clone()}
+    moved["prompt_embeds"][:, 3:] += 100.0
+    assert torch.allclose(generation_distance(out, moved, spec=spec), loss)
+    # a few steps on the loss fit the target (each tensor's head learns)
+    opt = torch.optim.Adam(proj.parameters(), lr=1e-2)
+    first = float(loss)
+    for _ in range(30):
+        opt.zero_grad()
+        step = generation_distance(proj(states), target, spec=spec)
+        step.backward()
+        opt.step()
+    assert float(step) < 0.5 * first
+
+
+def test_single_tensor_projection_is_unchanged():
+    torch.manual_seed(0)
+    proj = OutputProjection(llm_dim=12, num_output_tokens=6, output_dim=8, d_model=16, num_heads=2,
+                            num_encoder_layers=1, num_decoder_layers=1, ff_dim=32)
+    assert {"queries", "out_proj.weight"} <= set(proj.state_dict()) and not hasattr(proj, "heads")
+    out = proj(torch.randn(2, 4, 12))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 6, 8)
+    assert proj.spec == ConditioningSpec.single((6, 8))
