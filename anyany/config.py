@@ -77,6 +77,9 @@ class OutputProjectionConfig:
     num_decoder_layers: int = 4
     ff_dim: int = 2048
     dropout: float = 0.0
+    # The decoder's conditioning spec (``decoders.spec``, as a list) when it takes more than one
+    # tensor; None: one [num_output_tokens, output_dim] sequence.
+    outputs: list | None = None
 
 
 @dataclass

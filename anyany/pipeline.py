@@ -31,7 +31,7 @@ class GeneratedMedia:
     data: object  # PIL.Image | uint8 ndarray [F,H,W,3] | float32 ndarray [samples]
     sample_rate: int | None = None
     fps: int | None = None
-    conditioning: torch.Tensor | None = None
+    conditioning: torch.Tensor | dict[str, torch.Tensor] | None = None  # a dict for multi-tensor decoder specs
 
 
 @dataclass
@@ -190,7 +190,8 @@ class AnyToAnyPipeline:
             kwargs = {key: v for key, v in decoder_kwargs.get(modality, {}).items() if v is not None}
             data = decoder.generate(cond, seed=seed + k, progress=self.progress, **kwargs)[0]
             fps = kwargs.get("fps", getattr(decoder.config, "fps", None)) if modality == "video" else None
-            results.append(GeneratedMedia(modality, data, decoder.sample_rate, fps, cond.detach()))
+            detached = {k: v.detach() for k, v in cond.items()} if isinstance(cond, dict) else cond.detach()
+            results.append(GeneratedMedia(modality, data, decoder.sample_rate, fps, detached))
             del decoder  # else the next modality's decoder is built while this one is still referenced
             if not self.keep_decoders:
                 self.release_decoder(modality)

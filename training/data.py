@@ -16,6 +16,7 @@ from anyany.frozen_prefix import PrefixStates
 from anyany.inputs import batch_media, load_media, media_shape
 from anyany.media import MediaError
 from anyany.tokens import ChatTurn
+from decoders.spec import pack_conditioning
 
 from .features import FeatureCache, caption_key, media_cache_meta, media_key
 from .records import (
@@ -212,7 +213,8 @@ def resolve_frozen(batch: dict, model, decoders) -> dict:
         media_features[modality] = value if kind == "features" else model.encode_media(modality, value)
     gen_targets = {}
     for modality, (kind, value) in batch["targets"].items():
-        gen_targets[modality] = value if kind == "target" else decoders(modality).encode_text(list(value))
+        # a multi-tensor conditioning is packed into rows, as the target cache stores it
+        gen_targets[modality] = value if kind == "target" else pack_conditioning(decoders(modality).encode_text(list(value)))
     return {
         "input_ids": batch["input_ids"],
         "attention_mask": batch["attention_mask"],

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from decoders.spec import pack_conditioning
 from encoders.tiling import TiledImage
 
 INDEX = "index.json"
@@ -165,7 +166,7 @@ def build_target_cache(
     out = {}
     for start in tqdm(range(0, len(todo), batch_size), desc="cache targets", disable=not progress):
         batch = todo[start : start + batch_size]
-        for caption, emb in zip(batch, encode_text(batch)):
+        for caption, emb in zip(batch, pack_conditioning(encode_text(batch))):  # one row per caption, every tensor
             out[caption_key(caption, target_source)] = emb.to(dtype)
     cache.write(out)
     return cache
