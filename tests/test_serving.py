@@ -506,9 +506,21 @@ def test_ray_serve_two_replicas(tmp_path):
                 pass
             assert time.time() < deadline, "Ray Serve did not come up"
             time.sleep(0.5)
-        pids = {httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["pid"] for _ in range(16)}
-        assert len(pids) == 2
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0, timeout=60)
+        pids, replies = set(), []
+
+        def load():  # requests in flight make the router spread the others over both replicas
+            replies.append(c.chat.completions.create(model="anyany-tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8))
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 60
+        while len(pids) < 2 and time.time() < deadline:
+            pids.add(httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["pid"])
+        for t in threads:
+            t.join()
+        assert len(pids) == 2 and len(replies) == 8
         stream = c.chat.completions.create(model="anyany-tiny", messages=[{"role": "user", "content": "hello"}], max_tokens=4, stream=True)
         assert sum(1 for chunk in stream if chunk.choices and chunk.choices[0].finish_reason) == 1
     finally:
