@@ -74,6 +74,19 @@ class AudioLDM2Decoder(AudioOutput, EncodedPromptDecoder):
         pipe.__dict__["_stand_in_configs"] = {n: getattr(pipe, n).config for n in ("text_encoder_2", "language_model")}
         super()._strip_text_components(pipe)
 
+    def release_text_encoders(self) -> None:
+        configs = {n: getattr(self.pipeline, n).config for n in ("text_encoder_2", "language_model")}
+        super().release_text_encoders()
+        self.pipeline.__dict__["_stand_in_configs"] = configs
+        self._install_stand_ins()
+
+    def load_text_encoders(self) -> None:
+        for name in self.text_components:  # stand-ins out of the way, so the real modules register
+            if isinstance(getattr(self.pipeline, name, None), ConfigStandIn):
+                del self.pipeline.__dict__[name]
+                setattr(self.pipeline, name, None)
+        super().load_text_encoders()
+
     def _install_stand_ins(self) -> None:
         # A tiny pipeline built without text encoders keeps their configs on the side (see tiny builder).
         for name, cfg in getattr(self.pipeline, "_stand_in_configs", {}).items():

@@ -84,6 +84,23 @@ def _is_diffusers_pipeline_module(name: str) -> bool:
         return False
 
 
+def _load_components(name_or_path: str, names: tuple[str, ...], dtype: torch.dtype) -> dict[str, Any]:
+    """Load single pipeline components by the classes ``model_index.json`` names (hub id or folder)."""
+    from diffusers import DiffusionPipeline
+
+    index = DiffusionPipeline.load_config(name_or_path)
+    out: dict[str, Any] = {}
+    for name in names:
+        entry = index.get(name)
+        if not isinstance(entry, (list, tuple)) or entry[0] is None:
+            out[name] = None
+            continue
+        cls = getattr(importlib.import_module(entry[0]), entry[1])
+        kwargs = {"dtype": dtype} if issubclass(cls, torch.nn.Module) else {}
+        out[name] = cls.from_pretrained(name_or_path, subfolder=name, **kwargs)
+    return out
+
+
 class Decoder(abc.ABC):
     """One frozen text-to-X diffusion pipeline behind a modality-agnostic interface.
 
@@ -195,7 +212,33 @@ class Decoder(abc.ABC):
     def has_text_encoders(self) -> bool:
         return all(getattr(self.pipeline, name, None) is not None for name in self.text_components)
 
+    def load_text_encoders(self) -> None:
+        """Load the components only prompts need, which ``text_encoders=False`` left out (stage-2
+        target caching needs them; generation from projected conditioning does not)."""
+        if self.has_text_encoders:
+            return
+        cfg = self.config
+        if cfg.name_or_path is not None:
+            modules = _load_components(cfg.name_or_path, self.text_components, resolve_dtype(cfg.torch_dtype))
+        elif cfg.random_init is not None:  # the same seeded build gives the same encoders
+            from .tiny import build_tiny_pipeline
+
+            source = build_tiny_pipeline(cfg.kind, **dict(cfg.random_init))
+            modules = {name: getattr(source, name) for name in self.text_components}
+        else:
+            raise ValueError(f"{type(self).__name__} has neither name_or_path nor random_init to load its text encoders from")
+        for name, module in modules.items():
+            if isinstance(module, torch.nn.Module):
+                module = module.requires_grad_(False).eval().to(cfg.device if cfg.offload == "none" else "cpu")
+            setattr(self.pipeline, name, module)
+
+    def release_text_encoders(self) -> None:
+        """Drop the text encoders and tokenizers again (what a decoder loaded for generation holds)."""
+        self._strip_text_components(self.pipeline)
+
     def _require_text_encoder(self, what: str) -> None:
+        if not self.has_text_encoders and not self.config.text_encoders:
+            self.load_text_encoders()  # configured lean: the encoders are loaded only when captions need them
         if not self.has_text_encoders:
             raise ValueError(f"{type(self).__name__} was built without a text encoder, so it cannot {what}; "
                              "pass negative_prompt_embeds (or guidance_scale <= 1) and conditioning tensors instead")
@@ -255,8 +298,11 @@ class Decoder(abc.ABC):
         if cached is None and not self.has_text_encoders and self.config.negative_conditioning:
             cached = self._negative_cache[batch] = self._load_negative(batch)
         if cached is None:
+            lean = not self.has_text_encoders
             self._require_text_encoder('embed the unconditional "" prompt for classifier-free guidance')
             cached = self._negative_cache[batch] = self._encode([""] * batch, negative=True)
+            if lean:  # loaded for this one embedding: generation does not keep them
+                self.release_text_encoders()
         return cached
 
     def save_negative(self, path) -> None:
