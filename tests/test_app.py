@@ -309,15 +309,16 @@ def test_idle_sessions_expire_and_their_folders_go(pipe, files):
 
     app = ChatApp(pipe, session_ttl_s=0.4)
     idle, active = app.new_session(), app.new_session()
+    active.busy = 1  # a session in a request stays (touching it is timed in test_expire_idle_...)
     assert app.respond(idle, "hello", [files / "photo.png"]).ok
     folder = idle.folder
     assert folder.is_dir()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not idle.closed:
-        app.session_for(active)  # a client that keeps coming back stays
         time.sleep(0.05)
     assert idle.closed and not folder.exists() and idle.history == []
     assert app.live_sessions() == [active]
+    active.busy = 0
     # an expired gradio state gets a fresh session
     fresh = app.session_for(idle, "tab-1")
     assert fresh is not idle and not fresh.closed
@@ -329,10 +330,13 @@ def test_expire_idle_spares_sessions_in_a_request(pipe):
     import time
 
     app = ChatApp(pipe, session_ttl_s=60)
-    s = app.new_session()
+    s, kept = app.new_session(), app.new_session()
     s.busy = 1
-    assert app.expire_idle(now=time.monotonic() + 120) == 0 and not s.closed
+    assert app.expire_idle(now=time.monotonic() + 120) == 1 and not s.closed and kept.closed
     s.busy = 0
+    s.last_used -= 50
+    assert app.session_for(s) is s  # a returning client touches its session
+    assert app.expire_idle(now=time.monotonic() + 30) == 0 and not s.closed
     assert app.expire_idle(now=time.monotonic() + 120) == 1 and s.closed
     app.close_all()
 
