@@ -222,6 +222,34 @@ def anyany_qwen25_7b() -> AnyToAnyConfig:
     return cfg
 
 
+def output_projection_for(spec, **sizes) -> OutputProjectionConfig:
+    """An output projection producing every tensor of a decoder's conditioning spec (``decoders.spec``)."""
+    tokens, dim = spec.primary.shape
+    return OutputProjectionConfig(num_output_tokens=tokens, output_dim=dim,
+                                  outputs=None if spec.is_single else spec.to_list(), **sizes)
+
+
+@register_preset("anyany-2026")
+def anyany_2026() -> AnyToAnyConfig:
+    """Today's parts around the Qwen2.5-7B core: FLUX.1-dev, Wan 2.1 T2V 1.3B and Stable Audio Open 1.0
+    (hub ids real; specs in ``decoders.checkpoints``). The decoders are loaded for generation
+    without their text encoders (T5-XXL, umT5-XXL, T5-base: 10.6 B parameters left out); those load
+    on demand to cache stage-2 targets. See docs/decoders.md."""
+    from decoders.checkpoints import checkpoint_spec
+
+    cfg = anyany_qwen25_7b()
+    lean = dict(torch_dtype="bfloat16", text_encoders=False)
+    cfg.decoders = {
+        "image": DecoderConfig(kind="flux", name_or_path="black-forest-labs/FLUX.1-dev", guidance_scale=3.5,
+                               num_inference_steps=28, **lean),
+        "video": DecoderConfig(kind="wan", name_or_path="Wan-AI/Wan2.1-T2V-1.3B-Diffusers", guidance_scale=5.0, **lean),
+        "audio": DecoderConfig(kind="stable_audio", name_or_path="stabilityai/stable-audio-open-1.0", guidance_scale=7.0,
+                               num_inference_steps=100, **lean),
+    }
+    cfg.output_projections = {m: output_projection_for(checkpoint_spec(d)) for m, d in cfg.decoders.items()}
+    return cfg
+
+
 TINY_LLM = {
     "hidden_size": 32,
     "intermediate_size": 64,

@@ -489,7 +489,7 @@ class AnyToAnyModel(nn.Module):
                 cond = self.output_projections[modality](states.to(self.output_projections[modality].dtype))
                 conditioning[modality] = cond
                 if gen_targets and modality in gen_targets:
-                    target = gen_targets[modality][[s.target_index for s in slots]].to(cond.device)
+                    target = gen_targets[modality][[s.target_index for s in slots]].to(states.device)
                     target = target if isinstance(cond, dict) else target.reshape(cond.shape)  # dict: packed rows
                     losses[f"gen_{modality}"] = generation_distance(cond, target, self.config.loss.distance)
         if not losses:

@@ -192,3 +192,79 @@ def test_single_tensor_projection_is_unchanged():
     out = proj(torch.randn(2, 4, 12))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 6, 8)
     assert proj.spec == ConditioningSpec.single((6, 8))
+
+
+# ---- presets: real-size projections on the meta device match each decoder's spec ---------------
+def _presets_with_hub_decoders():
+    from anyany.config import PRESETS, get_preset
+
+    return [name for name in sorted(PRESETS) if all(d.name_or_path for d in get_preset(name).decoders.values())]
+
+
+@pytest.mark.parametrize("preset", _presets_with_hub_decoders())
+def test_preset_projections_produce_their_decoders_specs_at_real_size(preset):
+    from anyany.config import get_preset
+    from decoders.checkpoints import checkpoint_spec
+
+    cfg = get_preset(preset)
+    llm_dim = cfg.bridge["llm_dim"]
+    assert cfg.output_modalities == sorted(cfg.decoders, key=cfg.output_modalities.index)
+    for modality in cfg.output_modalities:
+        spec = checkpoint_spec(cfg.decoders[modality])
+        with torch.device("meta"):
+            proj = OutputProjection(llm_dim=llm_dim, **vars(cfg.output_projections[modality]))
+            out = proj(torch.zeros(2, cfg.signals.count(modality), llm_dim))
+        assert proj.spec == spec, (preset, modality)
+        spec.check(out if isinstance(out, dict) else {spec.primary.name: out}, f"{preset} {modality}", batch=2)
+
+
+def test_todays_preset_uses_todays_decoders_lean():
+    from anyany.config import get_preset
+    from decoders.checkpoints import checkpoint_parameters
+
+    cfg = get_preset("anyany-2026")
+    assert {m: d.kind for m, d in cfg.decoders.items()} == {"image": "flux", "video": "wan", "audio": "stable_audio"}
+    assert not any(d.text_encoders for d in cfg.decoders.values())
+    assert cfg.output_projections["image"].outputs[1] == {"name": "pooled_prompt_embeds", "shape": [768], "role": "pooled"}
+    # what generation leaves out: T5-XXL alone is 4.76 B parameters
+    flux = checkpoint_parameters("black-forest-labs/FLUX.1-dev")
+    assert 4.7e9 < flux["text_encoder_2"] < 4.8e9 and 11.8e9 < flux["denoiser"] < 12.0e9
+
+
+# ---- the model: stage 2 over every tensor of a multi-tensor decoder, save and load -------------
+def test_stage2_trains_and_round_trips_a_multi_tensor_projection(tmp_path):
+    from anyany.config import get_preset, tiny_output_projection
+    from anyany.model import AnyToAnyModel
+
+    decoder = build_decoder(DecoderConfig.tiny("flux"), progress=False)
+    spec = decoder.conditioning_spec
+    cfg = get_preset("tiny")
+    cfg.decoders["image"] = decoder.config
+    cfg.output_projections["image"] = dataclasses.replace(tiny_output_projection(*spec.primary.shape),
+                                                          outputs=spec.to_list())
+    torch.manual_seed(0)
+    model = AnyToAnyModel.from_config(cfg, with_encoder=False)
+    model.set_stage("stage2")
+    captions = ["a red circle", "a green square"]
+    seqs = [model.prompts.encode_segments(model.prompts.signal_segments(c, "image", i)) for i, c in enumerate(captions)]
+    batch = model.collate(seqs)
+    batch["gen_targets"] = {"image": pack_conditioning(decoder.encode_text(captions))}  # as the target cache holds them
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    first = None
+    for _ in range(25):
+        out = model(**batch)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        first = first if first is not None else out.loss.item()
+    final = model(**batch)
+    assert final.loss.item() < 0.7 * first
+    cond = final.conditioning["image"]
+    spec.check(cond, "projected conditioning", batch=2)
+    # what the decoder generates from, after a save/load through the user's path
+    model.save_pretrained(tmp_path / "ckpt")
+    loaded = AnyToAnyModel.from_pretrained(tmp_path / "ckpt", with_encoder=False)
+    again = loaded(**batch).conditioning["image"]
+    assert all(torch.allclose(again[k], cond[k], atol=1e-6) for k in spec.names)
+    images = decoder.generate({k: v.detach() for k, v in cond.items()}, seed=0, progress=False)
+    assert len(images) == 2 and images[0].size == (32, 32)
