@@ -34,32 +34,6 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--replica-gpus", type=float, default=0.0, help="with --ray: GPUs Ray reserves per replica (default 0)")
 
 
-def build_app(args):
-    """The pipeline, its engine and the FastAPI app for ``args`` (also what each Ray replica runs)."""
-    import os
-    from pathlib import Path
-
-    import torch
-
-    from anyany.engine import Engine
-    from anyany.pipeline import AnyToAnyPipeline
-
-    from .app import create_app
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.checkpoint and not Path(args.checkpoint).is_dir():
-        raise FileNotFoundError(f"{args.checkpoint}: checkpoint folder not found")
-    source = args.checkpoint or args.preset
-    pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
-    engine = Engine(pipe, max_batch=args.max_batch, max_queue=args.max_queue, batch_window_s=args.batch_window_ms / 1000,
-                    busy_window_s=args.busy_window_ms / 1000).start()
-    name = args.model_name or (Path(args.checkpoint).name if args.checkpoint else f"anyany-{args.preset}")
-    key = args.api_key or os.environ.get("ANYANY_API_KEY") or None
-    return create_app(engine, model_name=name, api_key=key, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                      media_root=args.media_root)
-
-
 def cmd_serve(args) -> int:
     if args.max_batch < 1 or args.max_queue < 1 or args.replicas < 1:
         raise ValueError("--max-batch, --max-queue and --replicas must be at least 1")
@@ -68,6 +42,8 @@ def cmd_serve(args) -> int:
 
         return serve_with_ray(args)
     import uvicorn
+
+    from .factory import build_app
 
     app = build_app(args)
     print(f"anyany: serving {app.title} model on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)

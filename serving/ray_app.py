@@ -11,7 +11,7 @@ import sys
 
 
 def deployment(args, name: str = "anyany"):
-    """A bound Ray Serve application of ``args.replicas`` replicas of the app ``serving.cli.build_app(args)`` makes."""
+    """A bound Ray Serve application of ``args.replicas`` replicas of the app ``serving.factory.build_app(args)`` makes."""
     from ray import serve
 
     options = vars(args).copy()
@@ -23,7 +23,7 @@ def deployment(args, name: str = "anyany"):
     @serve.ingress()
     class AnyanyReplica:
         def __init__(self, options: dict):
-            from serving.cli import build_app
+            from serving.factory import build_app
 
             self._asgi = build_app(argparse.Namespace(**options))
 

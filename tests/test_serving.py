@@ -150,6 +150,25 @@ def test_batched_decoder_rows_match_single_calls(pipe, engine):
     assert np.abs(np.asarray(batched[0].data, dtype=int) - other).max() > 10  # the seed matters far more than rounding
 
 
+def test_text_deltas_add_up_to_the_reply_and_never_show_the_stop_marker(pipe):
+    from anyany.engine import _TextStream
+    from anyany.generation import visible_text
+
+    tok = pipe.model.tokenizer
+    signal_of = pipe.model.token_ids.signal_modality()
+    image = pipe.model.token_ids.signals["image"]
+    for reply in (" a # b ", "hello ###", "x## y", "é and ü"):
+        ids = tok(reply, add_special_tokens=False).input_ids
+        ids = ids[:2] + list(image) + ids[2:]  # a signal group in the middle shows no text
+        stream, deltas = _TextStream(tok, signal_of), []
+        for k in range(1, len(ids) + 1):
+            deltas.append(stream.push(ids[:k]))
+        final = visible_text(tok, ids, signal_of).strip()
+        deltas.append(stream.close(final))
+        assert "".join(deltas) == final == reply.split("###")[0].strip()
+        assert all("###" not in "".join(deltas[:k]) for k in range(len(deltas)))
+
+
 # ---------------------------------------------------------------------------------- HTTP, openai client
 def test_models_health_and_metrics(client, server):
     assert [m.id for m in client.models.list().data] == [MODEL]
@@ -429,7 +448,8 @@ def test_client_disconnect_cancels_generation(gated):
 def test_serve_subcommand_builds_the_app_its_flags_describe(monkeypatch):
     import argparse
 
-    from serving.cli import build_app, register
+    from serving.cli import register
+    from serving.factory import build_app
 
     parser = argparse.ArgumentParser(prog="anyany")
     register(parser.add_subparsers(dest="command"))
