@@ -552,7 +552,13 @@ def test_ray_serve_two_replicas(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- the miniature world
-MINIATURE = Path.home() / ".cache" / "anyany" / "miniature" / "model"
+def _miniature_model() -> Path:
+    from miniature.build import DEFAULT_HOME, MODEL
+
+    return DEFAULT_HOME / MODEL
+
+
+MINIATURE = _miniature_model()
 
 
 @pytest.mark.skipif(not (MINIATURE / "anyany_config.json").is_file(), reason=f"no built miniature model at {MINIATURE} (anyany world build)")
