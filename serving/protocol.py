@@ -72,6 +72,8 @@ def _number(value, kind, lo, hi, param: str):
         raise bad(f"{param} must be {'an integer' if kind is int else 'a number'}, got {value!r}", param)
     if not lo <= value <= hi:
         raise bad(f"{param} must be between {lo} and {hi}, got {value!r}", param)
+    if param.rsplit(".", 1)[-1] in ("height", "width") and value % 8:
+        raise bad(f"{param} must be a multiple of 8 (the decoders' latent grid), got {value!r}", param)
     return kind(value)
 
 

@@ -365,6 +365,7 @@ def test_errors_have_openai_shape_and_status(server, engine):
     err = error_of(post(server, {**user(text), "decoder_settings": {"image": {"num_frames": 3}}}), 400)
     assert err["param"] == "decoder_settings.image.num_frames"
     error_of(post(server, {**user(text), "num_inference_steps": -1}), 400)
+    assert error_of(post(server, {**user(text), "width": 30}), 400)["param"] == "width"
     error_of(post(server, b"{not json"), 400)
     err = error_of(post(server, {**user(text), "model": "gpt-9"}), 404)
     assert err["code"] == "model_not_found"
