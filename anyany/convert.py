@@ -237,18 +237,46 @@ def reference_layout(config: AnyToAnyConfig, *, base_vocab: int, hidden_size: in
 # ---------------------------------------------------------------------------------------
 
 
+_ACCEPTED_FILE = "expected the reference's pytorch_model.pt: a state dict of tensors saved with torch.save"
+
+
+def _fresh_lora(layout: dict[str, tuple]) -> dict[str, torch.Tensor]:
+    """LoRA weights as peft initialises them (A Kaiming-uniform, B zero), seeded: the adapter is a no-op."""
+    import math
+
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for key, shape in sorted(layout.items()):
+        if ".lora_A." in key:
+            bound = 1 / math.sqrt(shape[1])  # kaiming_uniform_(a=sqrt(5)) on a [r, in] matrix
+            out[key] = (torch.rand(shape, generator=g) * 2 - 1) * bound
+        else:
+            out[key] = torch.zeros(shape)
+    return out
+
+
 def load_reference_state_dict(path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: NExT-GPT checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty; {_ACCEPTED_FILE}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) serialisation cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err) and "zip" not in str(err).lower():
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) files cannot be mapped
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a truncated or foreign file
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({reason}); {_ACCEPTED_FILE}") from None
     if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
         state = state["module"]  # a DeepSpeed-wrapped save
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: not a plain state dict of tensors")
+        raise ValueError(f"{path}: not a plain state dict of tensors; {_ACCEPTED_FILE}")
+    if not state:
+        raise ValueError(f"{path}: the state dict is empty; {_ACCEPTED_FILE}")
     return state
 
 
@@ -290,6 +318,12 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
     n_reference_new = len(new_tokens) - 1  # everything but our <media> placeholder
     assert new_tokens[-1] == MEDIA_PLACEHOLDER
     vocab = plan.groups.get("vocab", {})
+    if not vocab and plan.groups.get("bridge") and not plan.unknown:
+        raise ValueError(
+            f"{src}: holds only the input projection (llama_proj.*), as the reference's stage-1 save does; an anyany "
+            "folder also needs the new-token rows that stage 2 trains. Convert a stage-2 or stage-3 save, or train "
+            "stage 2 here from a stage-1 anyany folder (anyany train stage2 --init ...)"
+        )
     for name in (_EMBED, _LM_HEAD):
         if name not in vocab:
             plan.errors.append(f"missing key llama_model[.base_model.model].{name} (expected shape [{base_vocab + n_reference_new}, H])")
@@ -315,7 +349,13 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
         raise ValueError("the base LLM ties embed_tokens and lm_head; the NExT-GPT checkpoint has separate matrices")
     base_shapes = {k: _shape(v) for k, v in base.state_dict().items() if k in (_EMBED, _LM_HEAD)}
     adapter_layout, lora_config = _adapter_layout(base, config, ids.all_new)
-    plan.check("lora", {k: v for k, v in adapter_layout.items() if "lora_" in k})
+    lora_layout = {k: v for k, v in adapter_layout.items() if "lora_" in k}
+    fresh = []  # parts a stage-1/2 save does not hold: initialised as a fresh model would be
+    if not plan.groups.get("lora"):
+        plan.groups["lora"] = _fresh_lora(lora_layout)
+        fresh.append("LoRA (A random, B zero: the LoRA adds nothing until stage 3 trains it)")
+    else:
+        plan.check("lora", lora_layout)
 
     overrides, deltas = {}, {}
     for name in (_EMBED, _LM_HEAD):
@@ -348,7 +388,10 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
             f"(encoder embed_dim), found {list(w.shape)}"
         )
     bridge = build_bridge(bridge_cfg)
-    plan.check("bridge", {k: _shape(v) for k, v in bridge.state_dict().items()})
+    if bridge_tensors:
+        plan.check("bridge", {k: _shape(v) for k, v in bridge.state_dict().items()})
+    else:
+        fresh.append("input projection")
 
     # -- output projections ------------------------------------------------------------------
     projections = {}
@@ -364,10 +407,16 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
             want = hidden if k == "llm_dim" else settings.get(k)
             if want != v:
                 plan.errors.append(f"{PROJECTION_PREFIX[modality]}*: {modality} projection {k} is {v} in the checkpoint, {want} in the config")
+        if not got:  # a stage-1 save: no output projections yet
+            projections[modality] = OutputProjection(llm_dim=hidden, **settings)
+            fresh.append(f"{modality} output projection")
+            continue
         with torch.device("meta"):
             proj = OutputProjection(llm_dim=hidden, **settings)
         projections[modality] = proj
         plan.check(modality, {k: _shape(v) for k, v in proj.state_dict().items()})
+    if not any(plan.groups.get(g) for g in ("bridge", "vocab", *MODALITIES)) and not plan.sources:
+        plan.errors.append("no key of the NExT-GPT layout found (llama_proj.*, llama_model.*, gen_text_hidden_fcs*)")
     plan.raise_if_errors()
 
     # -- write --------------------------------------------------------------------------------
@@ -392,11 +441,13 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
     lora_config.save_pretrained(str(adapter_dir))
     save_file(overrides, str(dst / BASE_OVERRIDES_NAME), metadata={"format": "pt"})
 
-    bridge.load_state_dict(bridge_tensors, strict=True)
+    if bridge_tensors:
+        bridge.load_state_dict(bridge_tensors, strict=True)
     bridge.save_pretrained(dst / "bridge")
     for modality, proj in projections.items():
-        proj = proj.to_empty(device="cpu")
-        proj.load_state_dict(plan.groups[modality], strict=True)
+        if plan.groups.get(modality):
+            proj = proj.to_empty(device="cpu")
+            proj.load_state_dict(plan.groups[modality], strict=True)
         proj.save_pretrained(dst / "output_projections" / modality)
     out_config.save(dst / CONFIG_NAME)
 
@@ -408,6 +459,8 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
         f"+ trainable-token deltas ({n_reference_new} reference rows + {MEDIA_PLACEHOLDER})")
     for modality in projections:
         log(f"  {modality} output projection (output_projections/{modality}/): {counts.get(modality, 0)}")
+    if fresh:
+        log("not in this checkpoint (an earlier stage's save), initialised fresh: " + "; ".join(fresh))
     log(f"wrote {dst}")
     return dst
 
@@ -425,7 +478,8 @@ def cmd_convert_nextgpt(args) -> int:
     else:
         config = get_preset(args.preset)
     if args.base_llm:
-        config.llm.name_or_path = args.base_llm
+        # a local folder is stored absolute, so the converted folder works from anywhere
+        config.llm.name_or_path = str(Path(args.base_llm).resolve()) if Path(args.base_llm).exists() else args.base_llm
         config.llm.tokenizer_name_or_path = None
     convert_nextgpt(args.src, args.dst, config, overwrite=args.overwrite)
     return 0

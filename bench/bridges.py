@@ -223,7 +223,7 @@ def _cached_features(folder: str, kind: str, meta: dict):
 
     key = ("cache", folder)
     if key not in _STATE:
-        _STATE[key] = FeatureCache.open(folder, {**meta, "feature_kind": kind})
+        _STATE[key] = FeatureCache.open(folder, {**meta, "feature_kind": kind, "kind": "media-features"})
     return _STATE[key]
 
 

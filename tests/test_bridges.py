@@ -409,7 +409,7 @@ def test_variable_count_cached_features_give_the_uncached_loss(kind, image_files
     else:  # the preprocessed pixels
         assert stored.shape == (3, 51, 128)
     with pytest.raises(ValueError, match="was made for something else"):
-        FeatureCache.open(folder, {**media_cache_meta(model), "feature_kind": kind_, "embed_dim": -1})
+        FeatureCache.open(folder, {**media_cache_meta(model), "feature_kind": kind_, "kind": "media-features", "embed_dim": -1})
 
     for stage, records in (("stage1", read_caption_pairs(tmp_path / "cc3m.json")[0]),
                            ("stage3", read_conversations(tmp_path / "mosit.json")[0])):

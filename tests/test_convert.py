@@ -152,3 +152,74 @@ def test_bad_checkpoints_exit_2_naming_the_key(perturb, needle, reference_state,
 def test_missing_source_file_exits_2(tmp_path, capsys):
     assert main(["convert-nextgpt", str(tmp_path / "nope.pt"), str(tmp_path / "out"), "--preset", "tiny"]) == 2
     assert "nope.pt" in capsys.readouterr().err
+
+
+def test_stage2_save_without_lora_converts_and_loads(reference_state, ref_config, tmp_path):
+    """The reference's stage-2 save has no LoRA keys: the LoRA starts as a fresh, no-op adapter (and the
+    log says so); everything the save holds is carried exactly."""
+    from anyany.convert import PROJECTION_PREFIX, convert_nextgpt
+    from anyany.model import AnyToAnyModel
+
+    state = {k: v for k, v in reference_state.items() if "lora_" not in k}
+    lines = []
+    convert_nextgpt(state, tmp_path / "out", ref_config, log=lines.append)
+    assert any("initialised fresh" in line and "LoRA" in line for line in lines)
+    model = AnyToAnyModel.from_pretrained(tmp_path / "out", with_encoder=False)
+    assert torch.equal(model.bridge.state_dict()["proj.weight"], reference_state["llama_proj.weight"])
+    lora_b = [v for k, v in model.llm.named_parameters() if "lora_B" in k]
+    assert lora_b and all(not v.any() for v in lora_b)  # a no-op LoRA until stage 3
+    ours = model.output_projections["image"].state_dict()["queries"]
+    assert torch.equal(ours, reference_state[PROJECTION_PREFIX["image"] + "query_embs"])
+
+
+def test_stage1_save_is_refused_with_what_to_do(reference_state, ref_config, tmp_path):
+    from anyany.convert import convert_nextgpt
+
+    state = {k: v for k, v in reference_state.items() if k.startswith("llama_proj.")}
+    with pytest.raises(ValueError, match="stage-1 save.*train stage2"):
+        convert_nextgpt(state, tmp_path / "out", ref_config, log=lambda _: None)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"", "is empty"),
+    (b"\x80\x02}q\x00(X\x03", "not a readable PyTorch checkpoint"),
+    (b"just some text, not a checkpoint\n", "not a readable PyTorch checkpoint"),
+    ("truncated", "not a readable PyTorch checkpoint"),
+])
+def test_unreadable_checkpoint_files_exit_2_with_one_sentence(content, needle, reference_state, tmp_path, capsys):
+    path = tmp_path / "pytorch_model.pt"
+    if content == "truncated":
+        torch.save(reference_state, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(content)
+    assert main(["convert-nextgpt", str(path), str(tmp_path / "out"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("anyany: error:") and needle in err and str(path) in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_relative_base_llm_is_stored_absolute(converted, tmp_path, monkeypatch):
+    import json
+
+    from anyany.convert import cmd_convert_nextgpt
+    from anyany.model import AnyToAnyModel
+
+    base = tmp_path / "base"
+    AnyToAnyModel.from_pretrained(converted / "out", with_encoder=False)  # the tiny base LLM lives in out/base_llm
+    import shutil
+
+    shutil.copytree(converted / "out" / "base_llm", base)
+    from anyany.tokens import byte_level_tokenizer
+
+    byte_level_tokenizer().save_pretrained(base)  # --base-llm brings its own (plain) tokenizer
+    monkeypatch.chdir(tmp_path)
+
+    class Args:
+        src, dst, config, preset, overwrite = str(converted / "pytorch_model.pt"), "conv", str(converted / "config.json"), None, False
+        base_llm = "base"
+
+    cmd_convert_nextgpt(Args)
+    stored = json.loads((tmp_path / "conv" / "anyany_config.json").read_text())["llm"]["name_or_path"]
+    assert stored == str(base.resolve())

@@ -73,12 +73,13 @@ def _load_model(args, with_encoder: bool):
 def cmd_train(args) -> int:
     from decoders import DecoderSet
 
-    from .data import build_dataset, read_stage_records
+    from .data import Collator, build_dataset, check_rows, read_stage_records
     from .loop import train_stage
 
     if args.resume and not (Path(args.out) / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: {args.out} has no checkpoints/ folder")
-    records = read_stage_records(args.stage, args.data, args.media_root, args.modality, _on_error(args))
+    records, sources = read_stage_records(args.stage, args.data, args.media_root, args.modality, _on_error(args),
+                                          with_sources=True)
     eval_records = (read_stage_records(args.stage, args.eval_data, args.media_root, args.modality, _on_error(args))
                     if args.eval_data else None)
     needs_encoder = args.stage != "stage2" and not args.media_cache
@@ -91,6 +92,8 @@ def cmd_train(args) -> int:
     instruction = model.config.stage1_instruction
     caches = (args.media_cache, args.target_cache, instruction, args.prefix_cache)
     dataset = build_dataset(args.stage, records, model, *caches)
+    dataset = check_rows(dataset, Collator(model.prompts, model.tokenizer.pad_token_id), sources,
+                         skip=args.skip_bad_rows, progress=not args.quiet)
     eval_dataset = build_dataset(args.stage, eval_records, model, *caches) if eval_records else None
     result = train_stage(model, dataset, cfg, args.out, eval_dataset=eval_dataset, decoders=DecoderSet(model.config.decoders, progress=False),
                          resume=args.resume, progress=not args.quiet)

@@ -230,10 +230,12 @@ def resolve_frozen(batch: dict, model, decoders) -> dict:
 # ------------------------------------------------------------------------------------ per stage
 
 
-def read_stage_records(stage: str, data_args, media_root=None, modality=None, on_error: str = "raise") -> list:
+def read_stage_records(stage: str, data_args, media_root=None, modality=None, on_error: str = "raise",
+                       with_sources: bool = False):
     """The rows of every ``--data`` argument for ``stage``. An argument ``FILE:MEDIA_FOLDER`` names its own
-    media folder (the reference keeps each dataset's media apart); otherwise ``media_root`` applies."""
-    records = []
+    media folder (the reference keeps each dataset's media apart); otherwise ``media_root`` applies.
+    ``with_sources``: also return, per record, where it came from (``"cc3m.json, row key 0012.jpg"``)."""
+    records, sources = [], []
     paths = []
     for arg in data_args:
         path, own_root = parse_data_arg(arg)
@@ -248,9 +250,40 @@ def read_stage_records(stage: str, data_args, media_root=None, modality=None, on
         if report.n_skipped or on_error == "skip":
             print(f"{path}: {report.summary()}")
         records += rows
+        sources += [f"{path.name}, row key {getattr(r, 'key', None) or k}" for k, r in enumerate(rows)]
     if not records:
         raise ValueError(f"no usable rows in {', '.join(paths)}")
-    return records
+    return (records, sources) if with_sources else records
+
+
+def check_rows(dataset, collate, sources=None, *, skip: bool = False, progress: bool = True):
+    """Build and collate every row on its own, as the training loop will, before training starts, so a
+    bad row (a medium missing from the cache, a file that does not decode, a sequence longer than the
+    LLM's context) is named with its file and row now, not when its batch arrives. ``skip``: return
+    the dataset without the bad rows (each named); otherwise raise naming them."""
+    from torch.utils.data import Subset
+    from tqdm.auto import tqdm
+
+    bad, bad_index = [], set()
+    for i in tqdm(range(len(dataset)), desc="checking rows", disable=not progress, leave=False):
+        try:
+            collate([dataset[i]])
+        except (ValueError, KeyError, OSError) as err:
+            where = sources[i] if sources is not None else f"row {i}"
+            message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+            bad.append(f"{where}: {message}")
+            bad_index.add(i)
+    if not bad:
+        return dataset
+    shown = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if not skip:
+        raise ValueError(f"{len(bad)} of {len(dataset)} rows cannot be used (pass --skip-bad-rows to train without "
+                         f"them):\n  {shown}")
+    print(f"skipping {len(bad)} of {len(dataset)} rows:\n  {shown}")
+    keep = [i for i in range(len(dataset)) if i not in bad_index]
+    if not keep:
+        raise ValueError(f"no usable rows left after skipping {len(bad)} bad rows")
+    return Subset(dataset, keep)
 
 
 def read_captions(path, modality, on_error: str = "raise"):
@@ -274,9 +307,9 @@ def target_sources(model) -> dict[str, str]:
 def build_dataset(stage: str, records, model, media_cache, target_cache, instruction, prefix_cache=None):
     """The stage's dataset over ``records``, reading features and targets from the caches where given."""
     kind = model.bridge.feature_kind
-    cache = FeatureCache.open(media_cache, {**media_cache_meta(model), "feature_kind": kind})
+    cache = FeatureCache.open(media_cache, {**media_cache_meta(model), "feature_kind": kind, "kind": "media-features"})
     media = MediaSource(cache, kind, model.bridge.image_options)
-    targets = TargetSource(FeatureCache.open(target_cache), target_sources(model))
+    targets = TargetSource(FeatureCache.open(target_cache, {"kind": "decoder-targets"}), target_sources(model))
     if stage == "stage1":
         return CaptionDataset(records, media, instruction)
     if stage == "stage2":

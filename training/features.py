@@ -44,8 +44,12 @@ class FeatureCache:
         self.folder = Path(folder)
         index_path = self.folder / INDEX
         if index_path.is_file():
-            index = json.loads(index_path.read_text())
-            self.meta, self.entries = index["meta"], index["entries"]
+            try:
+                index = json.loads(index_path.read_text())
+                self.meta, self.entries = dict(index["meta"]), dict(index["entries"])
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise ValueError(f"{index_path}: not an anyany cache index (unreadable or without meta/entries); "
+                                 "rebuild the cache with `anyany cache-features`") from None
             if meta is not None:
                 self.check_meta(meta)
         else:
@@ -55,8 +59,19 @@ class FeatureCache:
 
     @classmethod
     def open(cls, folder, meta: dict | None = None) -> "FeatureCache | None":
-        """The cache at ``folder`` if it exists (checked against ``meta``), else None."""
-        return cls(folder, meta) if folder is not None and (Path(folder) / INDEX).is_file() else None
+        """The cache at ``folder`` checked against ``meta`` (its ``kind`` included); None when no folder is given.
+
+        A folder that is given must be a cache: a missing folder or one without an index is an error,
+        never a silently ignored flag."""
+        if folder is None:
+            return None
+        folder = Path(folder)
+        kind = (meta or {}).get("kind", "feature")
+        what = {"media-features": "media", "decoder-targets": "targets", "llm-prefixes": "prefixes"}.get(kind, "media")
+        if not (folder / INDEX).is_file():
+            problem = "no such folder" if not folder.exists() else f"not an anyany {kind} cache (no {INDEX})"
+            raise ValueError(f"{folder}: {problem}; build it with `anyany cache-features {what} --out {folder} ...`")
+        return cls(folder, meta)
 
     def check_meta(self, expected: dict) -> None:
         diff = {k: (self.meta.get(k), v) for k, v in expected.items() if self.meta.get(k) != v}
@@ -133,7 +148,7 @@ def build_media_cache(
     ``encode(path)`` gives a tensor (pooled / tokens; preprocessed pixels for ``"pixels"``) or,
     for ``"tiles"``, a ``TiledImage`` whose per-view features and grid are stored side by side.
     """
-    cache = FeatureCache(folder, {**meta, "feature_kind": feature_kind})
+    cache = FeatureCache(folder, {**meta, "feature_kind": feature_kind, "kind": "media-features"})
     todo: dict[str, Path] = {}
     for p in paths:
         key = media_key(p, feature_kind)
