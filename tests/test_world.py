@@ -64,7 +64,7 @@ def test_reduced_miniature_run_beats_untrained_baseline(reduced_miniature, tmp_p
 
     torch.manual_seed(0)
     AnyToAnyModel.from_config(world_config(home)).save_pretrained(tmp_path / "untrained")
-    baseline = evaluate_world(home, tmp_path / "untrained", progress=False)
+    baseline = evaluate_world(home, tmp_path / "untrained", progress=False, plan=BuildPlan.quick())
 
     def mean_attribute_accuracy(section):
         values = [v for r in section.values() for k, v in r.items() if k not in ("all", "n", "emitted")]
@@ -81,3 +81,9 @@ def test_reduced_miniature_run_beats_untrained_baseline(reduced_miniature, tmp_p
     base_emitted = [baseline["end_to_end"][m]["emitted"] for m in ("image", "video", "audio")]
     assert min(emitted) >= 0.5 and max(base_emitted) <= 0.1, ("stage 3", emitted, base_emitted)
     assert (home / MODEL / "anyany_config.json").is_file()
+    # the media-in pairs, the edit script's turns and the demo prompt are judged too (CI-sized counts)
+    from miniature.evaluate_edits import PAIRS
+
+    assert set(report["media_to_media"]) == set(PAIRS) and all(r["n"] == 2 for r in report["media_to_media"].values())
+    assert [k for k in report["multi_turn"] if k.startswith("turn")] == ["turn 1", "turn 2", "turn 3", "turn 4"]
+    assert report["demo_prompt"]["n"] == 1 and "every_combination" not in report  # skipped by the quick plan

@@ -1,0 +1,80 @@
+"""The shipped miniature model: written by ``ship`` (fp16, relative paths, size-capped), loaded the
+way a user's first command loads it (``AnyToAnyPipeline.from_pretrained``), and checked on
+held-out requests, so a code change that breaks the shipped model fails here."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from miniature import ship as ship_mod
+from miniature.ship import MAX_BYTES, SHIPPED_ROOT, folder_bytes, load_shipped, ship, shipped_model
+
+
+def test_ship_writes_fp16_weights_that_load_back_into_the_same_model(tiny_model, tmp_path):
+    from safetensors.torch import load_file
+
+    home = tmp_path / "home"
+    tiny_model.save_pretrained(home / "model")
+    (home / "report.json").write_text(json.dumps({"end_to_end": {"image": {"all": 1.0}}}))
+    info = ship(home, tmp_path / "shipped")
+    root = tmp_path / "shipped"
+    assert info["bytes"] == folder_bytes(root) and (root / "report.json").is_file()
+    weights = list(root.rglob("*.safetensors"))
+    floats = [t for p in weights for t in load_file(str(p)).values() if t.is_floating_point()]
+    assert floats and all(t.dtype == torch.float16 for t in floats)
+    pipe = load_shipped(root, progress=False)
+    assert all(p.dtype == torch.float32 for p in pipe.model.parameters())  # fp16 on disk, fp32 modules
+    ids = tiny_model.tokenizer("draw a red circle", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = tiny_model.llm(input_ids=ids).logits
+        got = pipe.model.llm(input_ids=ids).logits
+    assert torch.allclose(want, got, atol=2e-2, rtol=1e-2), (want - got).abs().max()
+    with pytest.raises(ValueError, match=r"over the 0 MiB limit"):
+        ship(home, tmp_path / "too_small", max_bytes=1)
+    assert not (tmp_path / "too_small").exists() and not (tmp_path / "too_small.partial").exists()
+    with pytest.raises(FileNotFoundError, match="no shipped miniature model in"):
+        load_shipped(tmp_path / "nowhere")
+
+
+def _shipped_or_skip():
+    if shipped_model() is None:
+        reason = f"no shipped miniature model in {SHIPPED_ROOT} yet (a full `anyany world build` ships one)"
+        print(reason)
+        pytest.skip(reason)
+
+
+def test_shipped_model_fits_the_budget_and_names_its_parts_inside_itself():
+    _shipped_or_skip()
+    assert folder_bytes(SHIPPED_ROOT) <= MAX_BYTES
+    config = json.loads((shipped_model() / ship_mod.CONFIG_NAME).read_text())
+    paths = [config["llm"]["name_or_path"], config["encoder"]["checkpoint"],
+             *(d["name_or_path"] for d in config["decoders"].values())]
+    assert all(p and not p.startswith("/") and (shipped_model() / p).exists() for p in paths), paths
+
+
+@pytest.mark.slow
+def test_shipped_model_answers_heldout_requests(tmp_path):
+    """A few held-out requests per kind; the thresholds sit well under what the shipped build scored
+    (its report is shipped beside it) and well over what an untrained model gets (0)."""
+    _shipped_or_skip()
+    from miniature import evaluate, evaluate_edits as ee
+    from miniature.data import split_items
+
+    pipe = load_shipped(progress=False)
+    held = {m: items[:3] for m, items in split_items("heldout").items()}
+    e2e = evaluate.end_to_end_accuracy(pipe, held, seed=0, progress=False)
+    pairs = ee.media_to_media(pipe, tmp_path, seeds=(0,), per_pair=2, progress=False)
+    turns = ee.multi_turn(pipe, seeds=(0,), scripts=2, progress=False)
+    demo = ee.demo_prompt(pipe, seeds=(0,))
+    text_to_media = sum(r["all"] * r["n"] for r in e2e.values()) / sum(r["n"] for r in e2e.values())
+    media_to_media = sum(r["all"] * r["n"] for r in pairs.values()) / sum(r["n"] for r in pairs.values())
+    turn_rows = [r for k, r in turns.items() if k != "example"]
+    multi = sum(r["all"] * r["n"] for r in turn_rows) / sum(r["n"] for r in turn_rows)
+    summary = (e2e, pairs, turns, demo)
+    assert text_to_media >= 0.6, summary
+    assert media_to_media >= 0.5, summary
+    assert multi >= 0.5, summary
+    assert demo["right"] == 1, summary
+    assert "  " not in demo["replies"][0] and " ." not in demo["replies"][0]  # detokenised cleanly
