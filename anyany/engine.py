@@ -22,7 +22,7 @@ import torch
 
 from .generation import generate_batch_with_signals, visible_text
 from .pipeline import AnyToAnyOutput, AnyToAnyPipeline, GeneratedMedia, LLMInputs, Message
-from .tokens import STOP_STRING
+from .tokens import stop_markers
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -138,17 +138,18 @@ class _TextStream:
     back until the next token shows what they become.
     """
 
-    def __init__(self, tokenizer, signal_of):
-        self.tokenizer, self.signal_of = tokenizer, signal_of
+    def __init__(self, tokenizer, signal_of, stop_string: str | None):
+        self.tokenizer, self.signal_of, self.stop_string = tokenizer, signal_of, stop_string
         self.sent = ""
 
     def push(self, generated: list[int]) -> str:
-        safe = visible_text(self.tokenizer, generated, self.signal_of).lstrip()
+        safe = visible_text(self.tokenizer, generated, self.signal_of, self.stop_string).lstrip()
+        stop = self.stop_string or ""
         while True:
             before = safe
             safe = safe.rstrip().rstrip("\ufffd")
-            for k in range(len(STOP_STRING) - 1, 0, -1):
-                if safe.endswith(STOP_STRING[:k]):
+            for k in range(len(stop) - 1, 0, -1):
+                if safe.endswith(stop[:k]):
                     safe = safe[:-k]
                     break
             if safe == before:
@@ -360,7 +361,8 @@ class Engine:
         if not live:
             return
         signal_of = self.model.token_ids.signal_modality()
-        streams = [_TextStream(self.model.tokenizer, signal_of) for _ in live]
+        stop_string = stop_markers(self.model)[1]
+        streams = [_TextStream(self.model.tokenizer, signal_of, stop_string) for _ in live]
         tokens: list[list[int]] = [[] for _ in live]
 
         def on_token(i: int, token: int) -> None:
@@ -447,18 +449,29 @@ class Engine:
             data = decoder.generate(conds[0], seed=seeds[0], progress=False, **kwargs)
         else:
             guidance = kwargs.get("guidance_scale", decoder.config.guidance_scale)
-            if guidance is not None and float(guidance) > 1.0:
+            if guidance is not None and float(guidance) > 1.0 and getattr(decoder, "uses_negatives", True):
                 # the one-row negative repeated: what each row gets alone (a batch-N negative differs in the last bits)
-                negative = decoder.negative_embeddings(1)
-                kwargs["negative_prompt_embeds"] = negative.expand(len(chunk), *negative.shape[1:])
+                kwargs["negative_prompt_embeds"] = _map(decoder.negative_embeddings(1), lambda t: t.expand(len(chunk), *t.shape[1:]))
             generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-            data = decoder.generate(torch.cat(conds), generator=generators, progress=False, **kwargs)
+            data = decoder.generate(_stack(conds), generator=generators, progress=False, **kwargs)
         fps = kwargs.get("fps", getattr(decoder.config, "fps", None)) if modality == "video" else None
-        out = [GeneratedMedia(modality, d, decoder.sample_rate, fps, c.detach()) for d, c in zip(data, conds)]
+        out = [GeneratedMedia(modality, d, decoder.sample_rate, fps, _map(c, torch.Tensor.detach)) for d, c in zip(data, conds)]
         if not self.pipeline.keep_decoders:
             del decoder
             self.pipeline.release_decoder(modality)
         return out
+
+
+def _map(cond, fn):
+    """``fn`` over a conditioning tensor, or over each tensor of a multi-tensor (dict) conditioning."""
+    return {k: fn(v) for k, v in cond.items()} if isinstance(cond, dict) else fn(cond)
+
+
+def _stack(conds: list):
+    """Rows' conditionings (each batch 1) -> one batch; dicts key by key."""
+    if isinstance(conds[0], dict):
+        return {k: torch.cat([c[k] for c in conds]) for k in conds[0]}
+    return torch.cat(conds)
 
 
 class _EmptyLLM:

@@ -150,20 +150,38 @@ def test_batched_decoder_rows_match_single_calls(pipe, engine):
     assert np.abs(np.asarray(batched[0].data, dtype=int) - other).max() > 10  # the seed matters far more than rounding
 
 
+def test_batched_multi_tensor_decoder_rows_match_single_calls(pipe):
+    """Today's decoders take several tensors (FLUX: prompt_embeds + pooled): batched key by key, same seeds."""
+    from decoders import DecoderConfig, build_decoder
+
+    flux = build_decoder(DecoderConfig.tiny("flux"), progress=False)
+    engine = Engine(AnyToAnyPipeline(pipe.model, decoders={"image": flux}, progress=False))  # not started: _decode only
+    cond = flux.encode_text(["a red circle", "a blue square"])
+    rows = [{k: v[i : i + 1] for k, v in cond.items()} for i in range(2)]
+    batched = engine._decode("image", [(i, 0, "image", rows[i], {}) for i in range(2)], [5, 6])
+    for i, item in enumerate(batched):
+        single = np.asarray(flux.generate(rows[i], seed=5 + i, progress=False)[0], dtype=int)
+        assert np.abs(np.asarray(item.data, dtype=int) - single).max() <= 2
+        assert set(item.conditioning) == set(cond)
+
+
 def test_text_deltas_add_up_to_the_reply_and_never_show_the_stop_marker(pipe):
     from anyany.engine import _TextStream
     from anyany.generation import visible_text
+    from anyany.tokens import stop_markers
 
+    stop = stop_markers(pipe.model)[1]
+    assert stop == "###"
     tok = pipe.model.tokenizer
     signal_of = pipe.model.token_ids.signal_modality()
     image = pipe.model.token_ids.signals["image"]
     for reply in (" a # b ", "hello ###", "x## y", "é and ü"):
         ids = tok(reply, add_special_tokens=False).input_ids
         ids = ids[:2] + list(image) + ids[2:]  # a signal group in the middle shows no text
-        stream, deltas = _TextStream(tok, signal_of), []
+        stream, deltas = _TextStream(tok, signal_of, stop), []
         for k in range(1, len(ids) + 1):
             deltas.append(stream.push(ids[:k]))
-        final = visible_text(tok, ids, signal_of).strip()
+        final = visible_text(tok, ids, signal_of, stop).strip()
         deltas.append(stream.close(final))
         assert "".join(deltas) == final == reply.split("###")[0].strip()
         assert all("###" not in "".join(deltas[:k]) for k in range(len(deltas)))
