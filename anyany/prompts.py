@@ -52,6 +52,7 @@ class _Piece:
     role: str  # "human" | "gpt"
     kind: str  # "instruction" (a human turn's text) | "reply" (a gpt turn's content)
     span: tuple[int, int] = (0, 0)
+    groups: list = field(default_factory=list)  # (offset in text, (modality, target_index)) of its media_out groups
 
 
 def byte_offsets(text: str, offsets: list) -> list[tuple[int, int]]:
@@ -119,8 +120,11 @@ class ChatTemplateFormat:
                 pieces.append(_Piece(marker, turn.text.strip(), "human", "instruction"))
                 messages.append({"role": ROLES["human"], "content": media + marker})
             else:
-                reply = turn.text.strip() + "".join(self.signal_text(m) for m, _ in turn.media_out)
-                pieces.append(_Piece(marker, reply, "gpt", "reply"))
+                reply, groups = turn.text.strip(), []
+                for modality, target_index in turn.media_out:
+                    groups.append((len(reply), (modality, target_index)))
+                    reply += self.signal_text(modality)
+                pieces.append(_Piece(marker, reply, "gpt", "reply", groups=groups))
                 messages.append({"role": ROLES["gpt"], "content": marker})
         return messages, pieces
 
@@ -182,16 +186,18 @@ class ChatTemplateFormat:
                 for k in hit:
                     instruction[k] = n
         media_in = [ref for t in turns if t.role == "human" for ref in t.media_in]
-        media_out = [ref for t in turns if t.role == "gpt" for ref in t.media_out]
-        return self._segments(ids, trained, instruction, media_in, media_out)
+        # Signal groups that a turn's media_out asked for, by where they start in the text; a group
+        # written in a reply's text (a history reply as generated) stays plain tokens, as in Vicuna-v0.
+        slots = {p.span[0] + at: ref for p in pieces for at, ref in p.groups}
+        return self._segments(ids, offsets, trained, instruction, media_in, slots)
 
-    def _segments(self, ids, trained, instruction, media_in, media_out) -> list:
+    def _segments(self, ids, offsets, trained, instruction, media_in, slots) -> list:
         Segment = self.segment_cls
         segments: list = []
         run: list[int] = []
         run_key = None
         signal_start = {group[0]: (m, group) for m, group in self.ids.signals.items()}
-        media_seen, signal_seen = 0, 0
+        media_seen = 0
 
         def flush():
             nonlocal run, run_key
@@ -211,16 +217,15 @@ class ChatTemplateFormat:
                 segments.append(Segment(media=tuple(media_in[media_seen])))
                 media_seen, k = media_seen + 1, k + 3
                 continue
-            if t in signal_start and tuple(ids[k : k + len(signal_start[t][1])]) == signal_start[t][1]:
+            if offsets[k][0] in slots and t in signal_start:
                 modality, group = signal_start[t]
+                ref = slots.pop(offsets[k][0])
+                if ref[0] != modality or tuple(ids[k : k + len(group)]) != group:
+                    raise ValueError(f"the {ref[0]} signal group did not tokenize to its tokens in the rendered conversation")
                 flush()
-                refs = media_out
-                if signal_seen >= len(refs) or refs[signal_seen][0] != modality:
-                    raise ValueError("a reply's text contains signal tokens ([IMG0], ...) that its media_out does not "
-                                     "list; give generated media through media_out, not as text")
                 segments.append(Segment(text=self.tokenizer.decode(list(group)), ids=tuple(group), trained=trained[k],
-                                        signal=(modality, refs[signal_seen][1])))
-                signal_seen, k = signal_seen + 1, k + len(group)
+                                        signal=ref))
+                k += len(group)
                 continue
             key = (trained[k], instruction[k])
             if key != run_key:
@@ -229,6 +234,8 @@ class ChatTemplateFormat:
             run.append(t)
             k += 1
         flush()
+        if slots:
+            raise ValueError(f"{len(slots)} signal group(s) of media_out were not found in the rendered conversation")
         if media_seen != len(media_in):
             raise ValueError(f"{len(media_in)} input media but {media_seen} media markers in the rendered conversation; "
                              "a message's text must not contain <Img>, <media> or </Img>")
