@@ -27,6 +27,7 @@ from anyany.pipeline import Message
 from anyany.tokens import signal_text
 
 from . import responses
+from .scripted import stop_id
 from .protocol import APIError, MediaWriter, bad, decoder_settings, parse_chat, parse_size
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
@@ -239,12 +240,12 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
         seed = body.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise bad(f"seed must be a non-negative integer, got {seed!r}", "seed")
-        tok, first = model.tokenizer, model.token_ids.signals["image"][0]
+        first, stop = model.token_ids.signals["image"][0], stop_id(model)
         handles = []
         for i in range(n):  # each its own request: the engine batches them
             req = EngineRequest([Message("user", prompt)], seed=seed + i, decoder_kwargs=settings, output_modalities=("image",),
                                 # the Images API asks for an image: the reply is the image's signal group
-                                logits_processor=[ScriptedTokens([first], tok.eos_token_id)])
+                                logits_processor=[ScriptedTokens([first], stop)])
             handles.append(await start(req, {}))
         data = []
         for handle, events in handles:

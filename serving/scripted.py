@@ -8,6 +8,7 @@ only its token choice is steered, as ``anyany.generation.ScriptedTokens`` does.
 from __future__ import annotations
 
 from anyany.generation import ScriptedTokens
+from anyany.tokens import stop_markers
 
 KEYWORDS = {"image": ("draw", "picture"), "video": ("video", "film"), "audio": ("play", "sound", "tone")}
 
@@ -22,9 +23,16 @@ def keyword_plan(model, text: str, reply: str = "Here you are: ") -> list[int]:
     return plan
 
 
+def stop_id(model) -> int:
+    """A token that ends ``model``'s reply: EOS when its prompt format stops there, else one of its stop ids."""
+    stops = stop_markers(model)[0]
+    eos = model.tokenizer.eos_token_id
+    return eos if eos in stops or not stops else min(stops)
+
+
 def keyword_replies(model, reply: str = "Here you are: "):
     def factory(request):
         last = next((m for m in reversed(request.messages) if m.role == "user"), None)
-        return [ScriptedTokens(keyword_plan(model, last.text if last else "", reply), model.tokenizer.eos_token_id)]
+        return [ScriptedTokens(keyword_plan(model, last.text if last else "", reply), stop_id(model))]
 
     return factory
