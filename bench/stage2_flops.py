@@ -23,7 +23,12 @@ the new token rows; the LLM is frozen:
 Also printed: the ceiling if stage 2 froze the new token rows too (then the signal states would be
 frozen features and only the output projection would train).
 
-    python bench/stage2_flops.py [--caption-tokens 16] [--clap-tokens 512]
+A second table does the same for today's decoder kinds (``decoders.checkpoints``: SDXL, SD3.5,
+FLUX.1, Wan 2.1, CogVideoX, AudioLDM2, Stable Audio) around the ``anyany-2026`` core (Qwen2.5-7B):
+their targets come from up to three text encoders (T5-XXL over 512 tokens for FLUX.1), and their
+output projections produce the whole conditioning spec (e.g. 512 x 4096 + a pooled 768).
+
+    python bench/stage2_flops.py [--caption-tokens 16] [--clap-tokens 512] [--no-today]
 """
 from __future__ import annotations
 
@@ -117,12 +122,112 @@ def projection_flops(modality: str, signals: int) -> float:
     return flops(lambda: projection(states).sum().backward())
 
 
+# Qwen2.5-7B-Instruct, the anyany-2026 core (published config; bench/real_size.py has the same).
+QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                 num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1e6)
+QWEN25_VOCAB = 152064
+TODAY = {  # hub id -> modality
+    "stabilityai/stable-diffusion-xl-base-1.0": "image", "stabilityai/stable-diffusion-3.5-large": "image",
+    "black-forest-labs/FLUX.1-dev": "image", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "video",
+    "THUDM/CogVideoX-5b": "video", "cvssp/audioldm2": "audio", "stabilityai/stable-audio-open-1.0": "audio",
+}
+
+
+def _component_flops(class_name: str, cfg: dict, tokens: int) -> float:
+    """One text component's forward over ``tokens`` tokens (uninitialised weights; values do not
+    change the count)."""
+    import transformers
+
+    model_cls = getattr(transformers, class_name)
+    with torch.device("meta"):
+        config = model_cls.config_class(**cfg)
+        model = model_cls(config)
+    zeros = torch.zeros(1, tokens, dtype=torch.long)
+    with torch.no_grad():
+        if class_name.startswith("Clap"):  # RoBERTa reads the ids' values: on the CPU, as above
+            text = model.to_empty(device="cpu")
+            if class_name == "ClapModel":  # its text tower and projection (the audio tower does not run)
+                text = text.text_model
+            return flops(lambda: text(input_ids=zeros + 5, attention_mask=zeros + 1, token_type_ids=zeros,
+                                      position_ids=torch.arange(2, tokens + 2)[None]))
+        return flops(lambda: model(input_ids=ids(tokens)))
+
+
+def todays_text_flops(hub_id: str, config, caption_tokens: int, clap_tokens: int) -> float:
+    """Every text component the pipeline runs to embed one caption (its stage-2 target)."""
+    from decoders.checkpoints import KNOWN_CHECKPOINTS
+
+    ckpt = KNOWN_CHECKPOINTS[hub_id]
+    total = 0.0
+    for name, (cls, cfg) in ckpt.text.items():
+        if cls.startswith("CLIP"):
+            tokens = 77  # CLIP pads to its 77 positions
+        elif cls.startswith("Clap"):
+            tokens = clap_tokens
+        elif cls == "GPT2Model":  # AudioLDM2: CLAP + T5 projected (+4 special tokens), then 8 generated states
+            tokens = 1 + caption_tokens + 4 + ckpt.spec_config["generated_tokens"]
+        elif ckpt.kind == "audioldm2":
+            tokens = caption_tokens  # AudioLDM2 pads T5 to the batch's longest caption
+        elif ckpt.kind == "cogvideox":
+            tokens = ckpt.spec_config["max_text_seq_length"]
+        else:
+            tokens = config.max_sequence_length
+        total += _component_flops(cls, cfg, tokens)
+    return total
+
+
+def todays_table(args, signal_counts) -> dict[str, float]:
+    from transformers import Qwen2Config, Qwen2Model
+
+    from anyany.config import output_projection_for
+    from decoders import DecoderConfig
+    from decoders.checkpoints import KNOWN_CHECKPOINTS, checkpoint_spec
+    from projections import OutputProjection
+
+    with torch.device("meta"):
+        llm = Qwen2Model(Qwen2Config(vocab_size=QWEN25_VOCAB, **QWEN25_7B)).requires_grad_(False)
+        lm_head = torch.nn.Linear(QWEN25_7B["hidden_size"], QWEN25_VOCAB, bias=False).requires_grad_(False)
+    hidden = QWEN25_7B["hidden_size"]
+    print(f"\ntoday's decoders around Qwen2.5-7B (anyany-2026's core), GFLOPs per caption row")
+    print(f"{'checkpoint':<42}{'spec':<44}{'text enc':>10}{'prefix':>9}{'signals':>9}{'proj':>7}"
+          f"{'cached':>9}{'recomp':>9}{'recomp/cached':>15}{'frozen rows':>13}")
+    ratios = {}
+    for hub_id, modality in TODAY.items():
+        config = DecoderConfig(kind=KNOWN_CHECKPOINTS[hub_id].kind, name_or_path=hub_id)
+        spec = checkpoint_spec(config)
+        n = signal_counts.count(modality)
+        settings = vars(output_projection_for(spec, **PROJECTION))
+        with torch.device("meta"):
+            projection = OutputProjection(llm_dim=hidden, **settings)
+        states = torch.zeros(1, n, hidden, device="meta")
+
+        def step():
+            out = projection(states)
+            sum(v.sum() for v in (out.values() if isinstance(out, dict) else [out])).backward()
+
+        proj = flops(step)
+        text = todays_text_flops(hub_id, config, args.caption_tokens, args.clap_tokens)
+        parts = llm_flops(llm, lm_head, args.caption_tokens, n)
+        cached = parts["signals"] + proj
+        recomputed = text + parts["prefix"] + cached
+        frozen = (text + parts["prefix"] + parts["signals_forward"] + proj) / proj
+        ratios[hub_id] = recomputed / cached
+        g = 1e9
+        print(f"{hub_id:<42}{spec.describe()[:43]:<44}{text / g:>10.1f}{parts['prefix'] / g:>9.1f}"
+              f"{parts['signals'] / g:>9.1f}{proj / g:>7.1f}{cached / g:>9.1f}{recomputed / g:>9.1f}"
+              f"{recomputed / cached:>14.1f}x{frozen:>12.0f}x")
+    print("frozen rows: recomputed / projection alone, the speed-up if the signal rows stay frozen "
+          "(--freeze-signal-rows): the signal states become cacheable features")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--caption-tokens", type=int, default=16,
                         help="LLaMA tokens before the signal group: BOS + the caption (CC3M captions average ~10 words)")
     parser.add_argument("--clap-tokens", type=int, default=512,
                         help="tokens AudioLDM's CLAP text encoder runs over (it pads to the tokenizer's model_max_length)")
+    parser.add_argument("--no-today", action="store_true", help="only the nextgpt-7b table")
     args = parser.parse_args()
 
     from transformers import LlamaConfig, LlamaModel
@@ -157,6 +262,10 @@ def main() -> None:
     print("the cached step keeps the LLM pass over the signal tokens: the new rows train, so it cannot be cached")
     print("if stage 2 froze the new rows (not the reference's recipe), the signal states would be cacheable too: "
           + ", ".join(f"{m} {r:.0f}x" for m, r in frozen_rows.items()))
+    if not args.no_today:
+        today = todays_table(args, signal_counts)
+        best = max(today, key=today.get)
+        print(f"today's decoders: the largest cache ratio is {best} ({today[best]:.1f}x): its T5 targets dominate")
     print(f"stage2_real_cache_flop_ratio_max: {max(ratios.values()):.1f}")
 
 

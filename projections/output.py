@@ -64,7 +64,7 @@ class OutputProjection(ModelMixin, ConfigMixin):
             raise ValueError(f"num_output_tokens x output_dim ({num_output_tokens} x {output_dim}) must be the shape "
                              f"of the spec's first tensor {spec.primary.name} {spec.primary.shape}")
         # One query per token of every sequence, then one per pooled vector.
-        n_queries = sum(t.shape[0] for t in spec.tensors if t.role != "mask")
+        n_queries = sum(t.shape[0] if t.role == "sequence" else 1 for t in spec.tensors if t.role != "mask")
         self.queries = nn.Parameter(torch.randn(1, n_queries, d_model) * 0.02)
         self.heads = nn.ModuleDict({
             t.name: nn.Linear(d_model, 1 if t.role == "mask" else t.shape[-1]) for t in spec.tensors

@@ -157,6 +157,7 @@ def test_output_projection_produces_and_learns_every_tensor_of_a_spec():
     proj = OutputProjection(llm_dim=12, num_output_tokens=6, output_dim=8, d_model=16, num_heads=2,
                             num_encoder_layers=1, num_decoder_layers=1, ff_dim=32, outputs=spec.to_list())
     assert proj.spec == spec
+    assert proj.queries.shape == (1, 6 + 1, 16)  # a query per sequence token and one per pooled vector
     states = torch.randn(3, 4, 12)
     out = proj(states)
     spec.check(out, "projection output", batch=3)
@@ -231,24 +232,33 @@ def test_todays_preset_uses_todays_decoders_lean():
     assert 4.7e9 < flux["text_encoder_2"] < 4.8e9 and 11.8e9 < flux["denoiser"] < 12.0e9
 
 
-# ---- the model: stage 2 over every tensor of a multi-tensor decoder, save and load -------------
-def test_stage2_trains_and_round_trips_a_multi_tensor_projection(tmp_path):
-    from anyany.config import get_preset, tiny_output_projection
+# ---- the model: swap the image decoder, retrain stage 2 over every tensor, save and load ---------
+def test_decoder_swap_retrains_only_that_projection_over_every_tensor(tmp_path):
+    from anyany.config import get_preset, output_projection_for
     from anyany.model import AnyToAnyModel
 
-    decoder = build_decoder(DecoderConfig.tiny("flux"), progress=False)
-    spec = decoder.conditioning_spec
-    cfg = get_preset("tiny")
-    cfg.decoders["image"] = decoder.config
-    cfg.output_projections["image"] = dataclasses.replace(tiny_output_projection(*spec.primary.shape),
-                                                          outputs=spec.to_list())
     torch.manual_seed(0)
-    model = AnyToAnyModel.from_config(cfg, with_encoder=False)
+    model = AnyToAnyModel.from_config(get_preset("tiny"), with_encoder=False)  # image: tiny SD-1.5
+    # the swap recipe (docs/decoders.md): new decoder config, a fresh projection for its spec
+    decoder = build_decoder(DecoderConfig.tiny("flux", text_encoders=False), progress=False)
+    spec = decoder.conditioning_spec
+    old = model.config.output_projections["image"]
+    sizes = dict(d_model=old.d_model, num_heads=old.num_heads, num_encoder_layers=old.num_encoder_layers,
+                 num_decoder_layers=old.num_decoder_layers, ff_dim=old.ff_dim)
+    model.config.decoders["image"] = decoder.config
+    model.config.output_projections["image"] = output_projection_for(spec, **sizes)
+    model.output_projections["image"] = OutputProjection(llm_dim=model.config.bridge["llm_dim"],
+                                                         **vars(model.config.output_projections["image"]))
+    model.save_pretrained(tmp_path / "swapped")
+    model = AnyToAnyModel.from_pretrained(tmp_path / "swapped", with_encoder=False)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+
     model.set_stage("stage2")
     captions = ["a red circle", "a green square"]
     seqs = [model.prompts.encode_segments(model.prompts.signal_segments(c, "image", i)) for i, c in enumerate(captions)]
     batch = model.collate(seqs)
-    batch["gen_targets"] = {"image": pack_conditioning(decoder.encode_text(captions))}  # as the target cache holds them
+    # the lean decoder loads its text encoders for the targets; packed as the target cache holds them
+    batch["gen_targets"] = {"image": pack_conditioning(decoder.encode_text(captions))}
     opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
     first = None
     for _ in range(25):
@@ -259,12 +269,19 @@ def test_stage2_trains_and_round_trips_a_multi_tensor_projection(tmp_path):
         first = first if first is not None else out.loss.item()
     final = model(**batch)
     assert final.loss.item() < 0.7 * first
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v.detach(), before[k])}
+    assert any(k.startswith("output_projections.image.heads.pooled_prompt_embeds") for k in changed)
+    untouched = [k for k in changed if "lora_" in k or k.startswith(("bridge", "output_projections.video",
+                                                                       "output_projections.audio"))]
+    assert not untouched, untouched  # LoRA, the bridge and the other projections stay as they were
     cond = final.conditioning["image"]
     spec.check(cond, "projected conditioning", batch=2)
-    # what the decoder generates from, after a save/load through the user's path
-    model.save_pretrained(tmp_path / "ckpt")
-    loaded = AnyToAnyModel.from_pretrained(tmp_path / "ckpt", with_encoder=False)
+    # generation with the new decoder, after a save/load through the user's path
+    model.save_pretrained(tmp_path / "retrained")
+    loaded = AnyToAnyModel.from_pretrained(tmp_path / "retrained", with_encoder=False)
+    assert loaded.config.decoders["image"].kind == "flux"
     again = loaded(**batch).conditioning["image"]
     assert all(torch.allclose(again[k], cond[k], atol=1e-6) for k in spec.names)
+    decoder.release_text_encoders()
     images = decoder.generate({k: v.detach() for k, v in cond.items()}, seed=0, progress=False)
     assert len(images) == 2 and images[0].size == (32, 32)
