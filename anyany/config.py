@@ -233,7 +233,7 @@ def output_projection_for(spec, **sizes) -> OutputProjectionConfig:
 def anyany_2026() -> AnyToAnyConfig:
     """Today's parts around the Qwen2.5-7B core: FLUX.1-dev, Wan 2.1 T2V 1.3B and Stable Audio Open 1.0
     (hub ids real; specs in ``decoders.checkpoints``). The decoders are loaded for generation
-    without their text encoders (T5-XXL, umT5-XXL, T5-base: 10.6 B parameters left out); those load
+    without their text encoders (CLIP-L, T5-XXL, umT5-XXL, T5-base: 10.7 B parameters left out); those load
     on demand to cache stage-2 targets. See docs/decoders.md."""
     from decoders.checkpoints import checkpoint_spec
 
