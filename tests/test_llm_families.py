@@ -142,6 +142,18 @@ def test_generation_stops_at_end_of_turn_and_signal_states_equal_teacher_forcing
     assert [(s.modality, s.target_index) for s in again.signals] == [("image", 0)]  # the earlier turn's media_out
 
 
+def test_added_tokens_are_single_ids_in_the_family_tokenizer(family_model):
+    from anyany.tokens import new_token_strings
+
+    tok = family_model.tokenizer
+    added = new_token_strings(family_model.config.signals)
+    ids = tok.convert_tokens_to_ids(added)
+    assert len(set(ids)) == len(added) and tok.unk_token_id not in ids
+    for text, i in zip(added, ids):  # alone and inside text, never split by the BPE / sentencepiece model
+        assert tok(text, add_special_tokens=False).input_ids == [i]
+        assert i in tok(f"a{text}b", add_special_tokens=False).input_ids
+
+
 def test_lora_lands_on_the_family_modules(family_model):
     family = family_model.config.llm.random_init["model_type"]
     wrapped = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in family_model.llm.named_parameters() if ".lora_A." in name}
@@ -323,3 +335,21 @@ def test_qwen_preset_is_a_current_instruct_llm():
     assert cfg.llm.name_or_path == "Qwen/Qwen2.5-7B-Instruct" and cfg.llm.prompt_format == "chat_template"
     assert cfg.decoders.keys() == get_preset("nextgpt-7b").decoders.keys()
     assert cfg.to_dict()["decoders"] == get_preset("nextgpt-7b").to_dict()["decoders"]
+
+
+def test_pipeline_steps_answer_with_a_chat_core_and_keep_hashes_in_its_reply():
+    """The pipeline's LLM steps on a Gemma-3 core: the history goes through the template and the reply
+    ends at <end_of_turn>, not at Vicuna's '###' (which a chat model may write). Decoding is the same
+    for every core and left to tests/test_pipeline.py."""
+    from anyany.pipeline import AnyToAnyPipeline, Message
+
+    torch.manual_seed(0)
+    pipe = AnyToAnyPipeline(AnyToAnyModel.from_config(family_config("gemma3_text"), with_encoder=False), progress=False)
+    model = pipe.model
+    messages = pipe.check_inputs("draw it", [Message("user", "hi"), Message("assistant", "hello ### there")], [])
+    turns, feats = pipe.encode_media(messages)
+    reply = model.tokenizer("a ### b", add_special_tokens=False).input_ids + [model.token_ids.signals["image"][0]]
+    out = pipe.generate_text(pipe.prepare_inputs(turns, feats), generator=None, max_new_tokens=30,
+                             logits_processor=[ScriptedTokens(reply, model.prompts.chat.end_of_turn_id())])
+    assert out.text == "a ### b" and out.raw_text == "a ### b" + "".join(f"[IMG{i}]" for i in range(4))
+    assert out.finish_reason == "stop" and [g.modality for g in out.groups] == ["image"]
