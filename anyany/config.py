@@ -111,6 +111,7 @@ class AnyToAnyConfig:
     # LLM-side adapters (anyany.adapters): [{"type": "gated_xattn" | "visual_expert" | "moe_lora", ...}]
     llm_adapters: list = field(default_factory=list)
     llm_adapters_replace_lora: bool = False  # stage 3 trains the adapters instead of LoRA
+    freeze_signal_rows: bool = False  # stage 2 trains the output projections alone (signal-token rows frozen)
 
     # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -151,6 +152,7 @@ class AnyToAnyConfig:
             stage1_instruction=d.get("stage1_instruction", cls.stage1_instruction),
             llm_adapters=d.get("llm_adapters", []),
             llm_adapters_replace_lora=d.get("llm_adapters_replace_lora", False),
+            freeze_signal_rows=d.get("freeze_signal_rows", False),
         )
 
     def save(self, path) -> None:

@@ -45,6 +45,7 @@ STAGE_TRAINABLE: dict[str, tuple[str, ...]] = {
 # Groups a boolean config switch takes out of a stage: {config attribute: {stage: groups}}.
 STAGE_EXCLUDED_BY: dict[str, dict[str, tuple[str, ...]]] = {
     "llm_adapters_replace_lora": {"stage3": ("lora",)},
+    "freeze_signal_rows": {"stage2": ("new_token_rows",)},
 }
 
 @dataclass

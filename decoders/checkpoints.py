@@ -152,6 +152,41 @@ def checkpoint_spec(config: DecoderConfig) -> ConditioningSpec:
     return spec_from_config(ckpt.kind, ckpt.spec_config, config.max_sequence_length)
 
 
+def _folder_config(folder, component: str) -> dict | None:
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / component / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_spec(config: DecoderConfig) -> ConditioningSpec:
+    """The conditioning spec of ``config`` without loading any weights: a known hub id from the
+    table, a local pipeline folder from its components' ``config.json`` files."""
+    from pathlib import Path
+
+    if config.name_or_path in KNOWN_CHECKPOINTS:
+        return checkpoint_spec(config)
+    folder = config.name_or_path
+    if folder is None or not (Path(folder) / "model_index.json").is_file():
+        raise ValueError(f"decoder {folder!r}: a spec is read from a known hub id ({sorted(KNOWN_CHECKPOINTS)}) or a "
+                         "local pipeline folder with model_index.json; build the decoder to read any other")
+    kind = config.kind
+    denoiser = _folder_config(folder, "unet") or _folder_config(folder, "transformer") or \
+        _folder_config(folder, "transformer_2") or {}
+    if kind in ("stable_diffusion", "text_to_video_sd"):
+        spec_config = {"tokens": 77, "dim": denoiser["cross_attention_dim"]}
+    elif kind == "audioldm":
+        spec_config = {"tokens": 1, "dim": denoiser["projection_class_embeddings_input_dim"]}
+    elif kind in ("audioldm2", "stable_audio"):
+        spec_config = dict(_folder_config(folder, "projection_model"))
+        if kind == "audioldm2":
+            spec_config["generated_tokens"] = int(_folder_config(folder, "language_model").get("max_new_tokens", 8))
+    else:
+        spec_config = denoiser
+    return spec_from_config(kind, spec_config, config.max_sequence_length)
+
+
 def _count(library: str, class_name: str, cfg: dict) -> int:
     import torch
 
@@ -179,4 +214,4 @@ def checkpoint_parameters(name_or_path: str) -> dict[str, int | None]:
     return out
 
 
-__all__ = ["KNOWN_CHECKPOINTS", "Checkpoint", "checkpoint_parameters", "checkpoint_spec", "spec_from_config"]
+__all__ = ["KNOWN_CHECKPOINTS", "Checkpoint", "checkpoint_parameters", "checkpoint_spec", "read_spec", "spec_from_config"]

@@ -285,3 +285,35 @@ def test_decoder_swap_retrains_only_that_projection_over_every_tensor(tmp_path):
     decoder.release_text_encoders()
     images = decoder.generate({k: v.detach() for k, v in cond.items()}, seed=0, progress=False)
     assert len(images) == 2 and images[0].size == (32, 32)
+
+
+def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path):
+    from PIL import Image
+
+    from anyany.cli import main as cli
+    from anyany.config import get_preset
+    from anyany.model import AnyToAnyModel
+    from training.swap import parse_decoder_arg
+
+    torch.manual_seed(0)
+    AnyToAnyModel.from_config(get_preset("tiny"), with_encoder=False).save_pretrained(tmp_path / "init")
+    flux = write_tiny_pipeline("flux", tmp_path / "flux", seed=0)
+    rows = []
+    for i, name in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (32, 32), name).save(tmp_path / f"{name}.png")
+        rows.append({"caption": f"a {name} square", "id": str(i), "image_name": f"{name}.png"})
+    (tmp_path / "cc3m.json").write_text(__import__("json").dumps(rows))
+    assert cli(["train", "stage2", "--data", str(tmp_path / "cc3m.json"), "--init", str(tmp_path / "init"),
+                "--out", str(tmp_path / "out"), "--decoder", f"image=flux:{flux}", "--freeze-signal-rows",
+                "--max-steps", "3", "--batch-size", "3", "--quiet"]) == 0
+    before = AnyToAnyModel.from_pretrained(tmp_path / "init", with_encoder=False)
+    after = AnyToAnyModel.from_pretrained(tmp_path / "out" / "final", with_encoder=False)
+    assert after.config.decoders["image"].kind == "flux" and not after.config.decoders["image"].text_encoders
+    assert after.output_projections["image"].spec.names == ["prompt_embeds", "pooled_prompt_embeds"]
+    old = dict(before.named_parameters())
+    same = [k for k, v in after.named_parameters() if not k.startswith("output_projections.image")]
+    assert same and all(torch.equal(old[k], dict(after.named_parameters())[k]) for k in same)  # rows frozen too
+    with pytest.raises(ValueError, match="expected MODALITY=KIND:PATH"):
+        parse_decoder_arg("image:flux")
+    with pytest.raises(ValueError, match="kind 'dalle' is not one of"):
+        parse_decoder_arg("image=dalle:/x")

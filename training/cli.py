@@ -28,6 +28,11 @@ def register(sub) -> None:
     t.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
     t.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted and reported) instead of failing")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--decoder", action="append", metavar="MODALITY=KIND:PATH",
+                   help="swap MODALITY's decoder for KIND from PATH (hub id or folder) before training; its output "
+                        "projection starts fresh for the new decoder's conditioning spec (docs/decoders.md)")
+    t.add_argument("--freeze-signal-rows", action="store_true",
+                   help="stage 2: keep the signal-token rows frozen, so only the output projections train")
     for f in fields(RECIPES["stage1"].real):
         if f.name in ("stage", "betas"):
             continue
@@ -75,6 +80,7 @@ def cmd_train(args) -> int:
 
     from .data import Collator, build_dataset, check_rows, read_stage_records
     from .loop import train_stage
+    from .swap import parse_decoder_arg, swap_decoder
 
     if args.resume and not (Path(args.out) / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: {args.out} has no checkpoints/ folder")
@@ -83,7 +89,12 @@ def cmd_train(args) -> int:
     eval_records = (read_stage_records(args.stage, args.eval_data, args.media_root, args.modality, _on_error(args))
                     if args.eval_data else None)
     needs_encoder = args.stage != "stage2" and not args.media_cache
+    swaps = [parse_decoder_arg(text) for text in args.decoder or []]
     model = _load_model(args, with_encoder=needs_encoder)
+    for modality, kind, path in swaps:
+        swap_decoder(model, modality, kind, path)
+    if args.freeze_signal_rows:
+        model.config.freeze_signal_rows = True
     cfg = RECIPES[args.stage].defaults(model.config.name)  # tiny models get CPU-sized defaults
     for f in fields(cfg):
         value = getattr(args, f"hp_{f.name}", None)
