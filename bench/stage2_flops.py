@@ -188,7 +188,7 @@ def todays_table(args, signal_counts) -> dict[str, float]:
         llm = Qwen2Model(Qwen2Config(vocab_size=QWEN25_VOCAB, **QWEN25_7B)).requires_grad_(False)
         lm_head = torch.nn.Linear(QWEN25_7B["hidden_size"], QWEN25_VOCAB, bias=False).requires_grad_(False)
     hidden = QWEN25_7B["hidden_size"]
-    print(f"\ntoday's decoders around Qwen2.5-7B (anyany-2026's core), GFLOPs per caption row")
+    print("\ntoday's decoders around Qwen2.5-7B (anyany-2026's core), GFLOPs per caption row")
     print(f"{'checkpoint':<42}{'spec':<44}{'text enc':>10}{'prefix':>9}{'signals':>9}{'proj':>7}"
           f"{'cached':>9}{'recomp':>9}{'recomp/cached':>15}{'frozen rows':>13}")
     ratios = {}

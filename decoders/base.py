@@ -21,8 +21,6 @@ import torch
 from .config import DecoderConfig, resolve_dtype
 from .spec import ConditioningSpec, conditioning_batch
 
-Conditioning = "torch.Tensor | dict[str, torch.Tensor]"
-
 
 @contextlib.contextmanager
 def _quiet_loading(quiet: bool):
