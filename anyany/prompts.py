@@ -102,12 +102,13 @@ class ChatTemplateFormat:
         return frozenset(stops)
 
     def end_of_turn_id(self) -> int | None:
-        """The special token the template puts right after an assistant content, if it puts one."""
+        """The special token the template puts right after an assistant content (whitespace between
+        them allowed), if it puts one."""
         text, pieces = self.render([_Turn("human", "hi"), _Turn("gpt", "ok")], generation_prompt=False)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         end = pieces[-1].span[1]
         special = set(self.tokenizer.all_special_ids) | {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
-        after = [i for i, (a, b) in zip(enc.input_ids, enc.offset_mapping) if a >= end and b > a]
+        after = [i for i, (a, b) in zip(enc.input_ids, enc.offset_mapping) if a >= end and text[a:b].strip()]
         return after[0] if after and after[0] in special else None
 
     # -- rendering -------------------------------------------------------------------
@@ -180,8 +181,13 @@ class ChatTemplateFormat:
                 for k in hit:
                     trained[k] = True
                 after = (hit[-1] + 1) if hit else next((k for k, (a, _) in enumerate(offsets) if a >= piece.span[1]), len(ids))
-                if after < len(ids) and ids[after] in self.stop_token_ids:
-                    trained[after] = True
+                # The stop token closing the turn is learned, with any whitespace the template puts before it.
+                stop = after
+                while stop < len(ids) and ids[stop] not in self.stop_token_ids and not text[slice(*offsets[stop])].strip():
+                    stop += 1
+                if stop < len(ids) and ids[stop] in self.stop_token_ids:
+                    for k in range(after, stop + 1):
+                        trained[k] = True
             else:
                 for k in hit:
                     instruction[k] = n

@@ -353,3 +353,23 @@ def test_pipeline_steps_answer_with_a_chat_core_and_keep_hashes_in_its_reply():
                              logits_processor=[ScriptedTokens(reply, model.prompts.chat.end_of_turn_id())])
     assert out.text == "a ### b" and out.raw_text == "a ### b" + "".join(f"[IMG{i}]" for i in range(4))
     assert out.finish_reason == "stop" and [g.modality for g in out.groups] == ["image"]
+
+
+def test_whitespace_between_reply_and_stop_token_is_learned_with_it():
+    """A template that writes a newline before the end-of-turn token: the reply, the newline and the stop
+    token are labelled (generation must produce all three), the template's other newlines are not."""
+    from anyany.architectures import tiny_chat_tokenizer
+    from anyany.tokens import PromptBuilder, SignalTokenConfig, TokenIds, extend_tokenizer
+
+    tok = tiny_chat_tokenizer("phi3")
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n<|end|>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    signals = SignalTokenConfig(image=4, video=6, audio=2)
+    extend_tokenizer(tok, signals)
+    prompts = PromptBuilder(tok, TokenIds.from_tokenizer(tok, signals), signals, lambda m, s: 1, 512,
+                            prompt_format="chat_template")
+    end = tok.convert_tokens_to_ids("<|end|>")
+    assert prompts.chat.end_of_turn_id() == end and end in prompts.stop_token_ids
+    seq = prompts.encode_segments(prompts.conversation_segments([ChatTurn("human", "hi"), ChatTurn("gpt", "a red circle")]))
+    (run,) = labelled_runs(seq)
+    assert run[-1] == end and tok.decode(run[:-1]) == "a red circle\n"
