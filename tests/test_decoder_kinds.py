@@ -285,6 +285,14 @@ def test_decoder_swap_retrains_only_that_projection_over_every_tensor(tmp_path):
     decoder.release_text_encoders()
     images = decoder.generate({k: v.detach() for k, v in cond.items()}, seed=0, progress=False)
     assert len(images) == 2 and images[0].size == (32, 32)
+    # the pipeline's decode step hands the projected dict to the decoder and keeps it with the media
+    from anyany.pipeline import AnyToAnyPipeline
+
+    pipe = AnyToAnyPipeline(loaded, decoders={"image": decoder}, progress=False)
+    media = pipe.decode([("image", {k: v[:1].detach() for k, v in cond.items()})], seed=0, decoder_kwargs={})
+    diff = np.abs(np.asarray(media[0].data, np.int16) - np.asarray(images[0], np.int16))
+    assert diff.max() <= 1  # row 0 of the batch, seed 0: the same image (up to batch rounding)
+    assert set(media[0].conditioning) == set(spec.names)
 
 
 def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path):
