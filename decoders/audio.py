@@ -33,6 +33,12 @@ class AudioLDMDecoder(Decoder):
     pipeline_class_name = "AudioLDMPipeline"
     output_description = "list of np.ndarray float32 [samples] (mono, at sample_rate)"
 
+    def __init__(self, pipeline: Any, config=None) -> None:
+        if config is not None and not config.text_encoders:
+            raise ValueError("audioldm: text_encoders=False is not supported (AudioLDMPipeline reads its text encoder's "
+                             "dtype even when given prompt_embeds); use text_encoders=True (CLAP's text tower, 0.13 B)")
+        super().__init__(pipeline, config)
+
     @property
     def conditioning_shape(self) -> tuple[int, int]:
         if self.pipeline.text_encoder is None:  # the CLAP embedding enters as the UNet's class embedding
