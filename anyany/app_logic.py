@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arguments import ArgumentError, check_number, check_text, show_value
+from .inputs import INLINE_MEDIA
 from .media import ACCEPTED_EXTENSIONS, MediaError, detect_modality, unique_path
 from .pipeline import Message
 from .tokens import MODALITIES
@@ -47,10 +49,6 @@ def _mb(n_bytes: float) -> str:
 
 
 # --------------------------------------------------------------------------- arguments
-class ArgumentError(ValueError):
-    """API arguments that cannot be used; the message has one sentence per problem."""
-
-
 #: (Settings field, label, kind, minimum, maximum, step) in API argument order (app.py's widgets).
 SETTING_FIELDS = [
     ("seed", "Seed", "int", 0, 2**31 - 1, 1),
@@ -67,58 +65,6 @@ SETTING_FIELDS = [
 ]
 
 
-def _show(value) -> str:
-    return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-
-
-def check_number(name: str, value, kind: str, lo: float, hi: float):
-    """``value`` as an int / float within ``[lo, hi]``; ``None`` (or "") stays ``None`` (the default). Numeric
-    strings are accepted ("7", "0.5", as forms send them); else :class:`ArgumentError`, one sentence."""
-    what = f"a whole number from {lo} to {hi}" if kind == "int" else f"a number from {lo:g} to {hi:g}"
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ArgumentError(f"{name}: got {type(value).__name__} {_show(value)}; use {what}.")
-    number = value
-    if isinstance(value, str):
-        try:
-            number = float(value.strip())
-        except ValueError:
-            raise ArgumentError(f"{name}: {_show(value)} is not a number; use {what}.") from None
-    if not math.isfinite(number):
-        raise ArgumentError(f"{name}: {_show(value)} is not a finite number; use {what}.")
-    if kind == "int":
-        if number != int(number):
-            raise ArgumentError(f"{name}: {_show(value)} is not a whole number; use {what}.")
-        number = int(number)
-    else:
-        number = float(number)
-    if not lo <= number <= hi:
-        raise ArgumentError(f"{name}: {_show(value)} is out of range; use {what}.")
-    return number
-
-
-def check_text(text, max_chars: int) -> str:
-    """The message as a str (UTF-8 bytes decoded), else :class:`ArgumentError`."""
-    if text is None:
-        return ""
-    if isinstance(text, (bytes, bytearray)):
-        try:
-            text = bytes(text).decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise ArgumentError(f"text: the message is not valid UTF-8 (byte {err.start}); send UTF-8 text.") from None
-    if not isinstance(text, str):
-        raise ArgumentError(f"text: got {type(text).__name__} {_show(text)}; send the message as a string.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:  # lone surrogates, e.g. from a JSON "\udcff"
-        raise ArgumentError(f"text: character {err.start} is not valid Unicode text (a lone surrogate); "
-                            "send UTF-8 text.") from None
-    if len(text) > max_chars:
-        raise ArgumentError(f"text: the message is {len(text):,} characters long; the limit is {max_chars:,}.")
-    return text
-
-
 def check_files(files, max_files: int) -> list[str]:
     """Upload paths from None, a path, a list of paths or of ``{"path": ...}`` dicts (gradio's FileData)."""
     if files is None or files == "":
@@ -126,7 +72,7 @@ def check_files(files, max_files: int) -> list[str]:
     if isinstance(files, (str, os.PathLike, dict)):
         files = [files]
     if not isinstance(files, (list, tuple)):
-        raise ArgumentError(f"files: got {type(files).__name__} {_show(files)}; send a list of file paths.")
+        raise ArgumentError(f"files: got {type(files).__name__} {show_value(files)}; send a list of file paths.")
     paths = []
     for item in files:
         if isinstance(item, dict):
@@ -134,7 +80,7 @@ def check_files(files, max_files: int) -> list[str]:
         if item is None or item == "":
             continue
         if not isinstance(item, (str, os.PathLike)):
-            raise ArgumentError(f"files: {_show(item)} is not a file path; send a list of file paths.")
+            raise ArgumentError(f"files: {show_value(item)} is not a file path; send a list of file paths.")
         paths.append(os.fspath(item))
     if len(paths) > max_files:
         raise ArgumentError(f"files: {len(paths)} files attached; the limit is {max_files} per message.")
@@ -499,6 +445,9 @@ class ChatApp:
     def _respond(self, session: ChatSession, text, files, settings: Settings | None) -> Reply:
         try:
             text = check_text(text, self.max_text_chars).strip()
+            if INLINE_MEDIA.search(text):  # the server's files are not the user's to name
+                raise ArgumentError("text: <Image>/<Video>/<Audio> tags name files on the server, which this app does "
+                                    "not read; attach the file to the message instead.")
             files = check_files(files, self.max_files)
             settings = (settings or self.defaults).checked(self.defaults)
         except ArgumentError as err:

@@ -29,12 +29,46 @@ def _decoder_kwargs(args) -> dict:
 
 
 def _pipeline(args):
+    from .arguments import check_device
     from .pipeline import AnyToAnyPipeline
 
+    check_device(args.device)
+    if args.quiet:  # the libraries' own loading bars too, not only ours
+        from diffusers.utils import logging as diffusers_logging
+        from transformers.utils import logging as transformers_logging
+
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
     source = args.checkpoint or args.preset
     if args.checkpoint and not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint folder not found")
     return AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=not args.quiet)
+
+
+# (flag, kind, minimum, maximum): what each generation flag accepts, checked before any model loads
+_GENERATION_LIMITS = {
+    "seed": ("int", 0, 2**31 - 1),  # as the app and server accept
+    "max_new_tokens": ("int", 1, 100_000),
+    "temperature": ("float", 0.0, 100.0),
+    "top_p": ("float", 0.0, 1.0),
+    "steps": ("int", 1, 10_000),
+    "guidance": ("float", 0.0, 1_000.0),
+    "video_frames": ("int", 1, 10_000),
+    "audio_seconds": ("float", 0.01, 3_600.0),
+}
+
+
+def _check_generation_args(args) -> None:
+    from .arguments import ArgumentError, check_number
+
+    problems = []
+    for name, (kind, lo, hi) in _GENERATION_LIMITS.items():
+        try:
+            check_number("--" + name.replace("_", "-"), getattr(args, name), kind, lo, hi)
+        except ArgumentError as err:
+            problems.append(str(err))
+    if problems:
+        raise ArgumentError(" ".join(problems))
 
 
 def _call_kwargs(args) -> dict:
@@ -44,25 +78,40 @@ def _call_kwargs(args) -> dict:
     )
 
 
-def _check_media_args(args) -> list[str]:
+def _check_media(pairs) -> list[str]:
+    """``(modality, path)`` pairs -> paths, each an existing file of that modality."""
     from .media import MediaError, detect_modality
 
     media = []
-    for modality, paths in (("image", args.image), ("video", args.video), ("audio", args.audio)):
-        for path in paths or []:
-            if not Path(path).is_file():
-                raise MediaError(f"{path}: file not found")
-            found = detect_modality(path)
-            if found != modality:
-                raise MediaError(f"{path}: passed as --{modality} but it is a {found} file")
-            media.append(path)
+    for modality, path in pairs:
+        if not Path(path).is_file():
+            raise MediaError(f"{path}: {modality} file not found")
+        found = detect_modality(path)
+        if found != modality:
+            raise MediaError(f"{path}: given as {modality} but it is a {found} file")
+        media.append(path)
     return media
 
 
+def _check_media_args(args) -> list[str]:
+    return _check_media((m, p) for m in ("image", "video", "audio") for p in getattr(args, m) or [])
+
+
+def _prompt_and_media(text: str) -> tuple[str, list[str]]:
+    """The prompt checked as text, with the reference's inline <Image>path</Image> tags turned into media."""
+    from .arguments import check_text
+    from .inputs import split_inline_media
+
+    text, inline = split_inline_media(check_text(text, 1_000_000, name="prompt"))
+    return text, _check_media(inline)
+
+
 def cmd_generate(args) -> int:
-    media = _check_media_args(args)
+    _check_generation_args(args)
+    prompt, inline = _prompt_and_media(args.prompt)
+    media = inline + _check_media_args(args)
     pipe = _pipeline(args)
-    result = pipe(args.prompt, media=media, output_dir=args.out, **_call_kwargs(args))
+    result = pipe(prompt, media=media, output_dir=args.out, **_call_kwargs(args))
     print(result.text)
     for path in result.files:
         print(f"wrote {path}")
@@ -73,6 +122,7 @@ def cmd_chat(args) -> int:
     from .media import MediaError
     from .pipeline import Message
 
+    _check_generation_args(args)
     pipe = _pipeline(args)
     history: list[Message] = []
     print("anyany chat — attach media with '/image PATH', '/video PATH', '/audio PATH'; '/reset' clears; Ctrl-D quits.")
@@ -98,10 +148,12 @@ def cmd_chat(args) -> int:
                 print(f"error: {err}")
             continue
         try:
-            result = pipe(line, media=pending, messages=history, output_dir=args.out, **_call_kwargs(args))
+            line, inline = _prompt_and_media(line)
+            result = pipe(line, media=pending + inline, messages=history, output_dir=args.out, **_call_kwargs(args))
         except (MediaError, ValueError) as err:
             print(f"error: {err}")
             continue
+        pending += inline
         history += [Message("user", line, pending), Message("assistant", result.raw_text)]
         pending = []
         print(f"anyany> {result.text}")
@@ -148,15 +200,43 @@ def _registered_commands() -> list:
 
 
 def main(argv=None) -> int:
-    from .media import MediaError
-
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, before or after the subcommand
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (MediaError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"anyany: error: {err}", file=sys.stderr)
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError) as err:
+        # expected problems with the user's input (MediaError, DataFormatError, ArgumentError are ValueErrors)
+        print(f"anyany: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("anyany: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a short message, the trace kept for the bug report
+        if debug:
+            raise
+        log = _write_trace()
+        print(f"anyany: unexpected error: {type(err).__name__}: {_one_line(err)} (full traceback in {log}; "
+              "--debug shows it here)", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    return text.strip() or type(err).__name__
+
+
+def _write_trace() -> str:
+    import tempfile
+    import traceback
+
+    fd, path = tempfile.mkstemp(prefix="anyany-error-", suffix=".log")
+    with open(fd, "w") as fh:
+        traceback.print_exc(file=fh)
+    return path
 
 
 if __name__ == "__main__":

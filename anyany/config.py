@@ -160,7 +160,18 @@ class AnyToAnyConfig:
 
     @classmethod
     def load(cls, path) -> "AnyToAnyConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise TypeError(f"the top level is a {type(data).__name__}, not an object")
+            return cls.from_dict(data)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no anyany config here (a folder written by save_pretrained or a "
+                                    "training stage holds one)") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as err:  # bad JSON or fields of the wrong shape
+            raise ValueError(f"{path}: not a valid anyany config ({' '.join(str(err).split())[:200]}); "
+                             "write it with AnyToAnyConfig.save or a training stage") from None
 
     @property
     def output_modalities(self) -> list[str]:

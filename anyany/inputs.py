@@ -1,6 +1,7 @@
 """Files -> preprocessed encoder inputs (the one place that chains reading and preprocessing)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -26,7 +27,7 @@ def load_media(path, modality: str | None = None, feature_kind: str = "pooled", 
 
     * ``"pixels"`` (patch bridges, no encoder): [3, H, W] at the image's own resolution,
       downscaled only past ``max_image_size`` (``preprocess_image_native``).
-    * ``"tiles"`` (AnyRes): a :class:`~projections.literature.TiledImage` of
+    * ``"tiles"`` (AnyRes): a :class:`~encoders.tiling.TiledImage` of
       ``[1 + R*C, 3, tile_size, tile_size]`` views (global view, then the tiles) and the grid
       ``tile_image`` picks for ``max_tiles``.
 
@@ -76,3 +77,15 @@ def batch_media(items: list):
     if all(isinstance(x, torch.Tensor) for x in items) and len({tuple(x.shape) for x in items}) == 1:
         return torch.stack(items)
     return list(items)
+
+
+# The reference's way of naming a medium inside a prompt: <Image>path</Image>, <Video>…, <Audio>….
+INLINE_MEDIA = re.compile(r"<(image|video|audio)>\s*([^<>]*?)\s*</\1>", re.IGNORECASE)
+
+
+def split_inline_media(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """``text`` without its inline media tags, and the ``(modality, path)`` each tag names, in order."""
+    found = [(m.group(1).lower(), m.group(2)) for m in INLINE_MEDIA.finditer(text)]
+    if not found:
+        return text, []
+    return re.sub(r"[ \t]{2,}", " ", INLINE_MEDIA.sub(" ", text)).strip(), found

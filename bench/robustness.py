@@ -304,6 +304,76 @@ def classify_api(app, case: dict, timeout: float) -> tuple[str, str, float]:
     return ("clear" if named and not generic else "unclear"), reply.text, seconds
 
 
+# --------------------------------------------------------------------------- CLI cases
+CLI_FLAGS = ["--seed", "--steps", "--temperature", "--top-p", "--max-new-tokens", "--guidance", "--video-frames",
+             "--audio-seconds"]
+CLI_VALUES = ["abc", "nan", "inf", "-1", "0", "1e999", str(2**70), "-0.5", "3.5", ""]
+
+
+def cli_cases(folder: Path, media: list[Path], rng: np.random.Generator, n: int) -> list[tuple[list[str], list[str]]]:
+    """(argv, what a clear refusal may name) for ``anyany``: bad flags, prompts, media, devices, data files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {
+        "latin1.json": "[{\"caption\": \"caf\u00e9\", \"image_name\": \"a.png\"}]".encode("latin-1"),
+        "object.json": b'{"caption": "x"}', "nulls.json": b"[null, null]", "trunc.json": b'[{"caption": "x", "ima',
+        "deep.json": b"[" * 5000 + b"]" * 5000, "empty.json": b"", "utf16.json": '[{"caption": "a"}]'.encode("utf-16"),
+        "climb.json": b'[{"caption": "x", "id": "1", "image_name": "../../etc/passwd.png"}]',
+    }
+    for name, content in data.items():
+        (folder / name).write_bytes(content)
+    cases = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            flag = CLI_FLAGS[int(rng.integers(len(CLI_FLAGS)))]
+            value = CLI_VALUES[int(rng.integers(len(CLI_VALUES)))]
+            cases.append((["generate", "hi", flag, value, "--quiet"], [flag]))
+        elif kind == 1:
+            prompt = ["x\udcff", "<Image>/no/such.png</Image> look", "<audio>" + str(media[0]) + "</audio>", "\x00"][i % 4]
+            cases.append((["generate", prompt, "--quiet", "--steps", "1"], ["prompt", "no/such.png", media[0].name]))
+        elif kind == 2:
+            path = media[int(rng.integers(len(media)))]
+            flag = ["--image", "--video", "--audio"][int(rng.integers(3))]
+            cases.append((["generate", "what is this", flag, str(path), "--quiet", "--steps", "1"], [path.name]))
+        elif kind == 3:
+            device = ["cuda", "cuda:7", "tpu", "banana", "mps"][int(rng.integers(5))]
+            cases.append((["generate", "hi", "--device", device, "--quiet"], ["device"]))
+        else:
+            name = list(data)[int(rng.integers(len(data)))]
+            cases.append((["train", "stage1", "--data", str(folder / name), "--out", str(folder / "run"), "--quiet",
+                           "--max-steps", "1"], [name]))
+    return cases
+
+
+def classify_cli(argv: list[str], mentions: list[str], timeout: float) -> tuple[str, str, float]:
+    import contextlib
+    import io
+
+    from anyany.cli import main as cli
+
+    err, out = io.StringIO(), io.StringIO()
+
+    def call():
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            return cli(argv)
+
+    rc, error, seconds, hung = run_with_timeout(call, timeout)
+    if hung:
+        return "hung", f"still running after {timeout:g} s", seconds
+    lines = err.getvalue().strip().splitlines()
+    # the refusal itself: library warnings printed before it are judged by the noise tests, not here
+    message = next((line for line in lines if line.startswith("anyany:")), "\n".join(lines))
+    if error is not None and not (isinstance(error, SystemExit) and error.code == 2):
+        return "crashed", f"{type(error).__name__}: {error}", seconds
+    if error is not None:  # argparse's own refusal of a value of the wrong type: one usage line naming the flag
+        return ("clear" if any(m in message for m in mentions) else "unclear"), message.splitlines()[-1], seconds
+    if rc == 0:
+        return "accepted", "", seconds
+    if rc == 2 and message.startswith("anyany: error:") and "Traceback" not in message:
+        return ("clear" if any(m in message for m in mentions) else "unclear"), message, seconds
+    return "crashed" if rc == 1 else "unclear", message, seconds
+
+
 # --------------------------------------------------------------------------- memory
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
@@ -376,6 +446,14 @@ def main(argv=None) -> int:
             tally.add(outcome, repr(case)[:120], message)
             if seconds > slowest.get("app.respond", (0.0, ""))[0]:
                 slowest["app.respond"] = (seconds, repr(case)[:60])
+
+        tally = tallies.setdefault("cli", Tally())
+        good_media = [Path(tmp) / "media" / n for n in ("src.png", "src.wav", "src.mp4")] + bad_media[:6]
+        for argv_, mentions in cli_cases(Path(tmp) / "cli", good_media, rng, 40 if args.quick else 100):
+            outcome, message, seconds = classify_cli(argv_, mentions, args.timeout)
+            tally.add(outcome, " ".join(argv_)[:120], message)
+            if seconds > slowest.get("cli", (0.0, ""))[0]:
+                slowest["cli"] = (seconds, " ".join(argv_)[:60])
 
         good = [Path(tmp) / "media" / "src.png", Path(tmp) / "media" / "src.wav", Path(tmp) / "media" / "src.mp4"]
         before, after = memory_run(app, cases, good, requests)

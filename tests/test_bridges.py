@@ -1,4 +1,4 @@
-"""The literature bridges (projections/literature.py): shapes, token counts, save/load, instruction use, gradients."""
+"""The literature bridges (projections/<family>.py): shapes, token counts, save/load, instruction use, gradients."""
 from __future__ import annotations
 
 import json

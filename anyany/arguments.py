@@ -1,0 +1,86 @@
+"""Checking user-supplied arguments (CLI flags, app and API fields): one sentence per problem.
+
+One place for the rules, so the command line, the Gradio app and the HTTP server answer a bad
+value the same way: which argument, what was wrong, what is accepted.
+"""
+from __future__ import annotations
+
+import math
+
+
+class ArgumentError(ValueError):
+    """API arguments that cannot be used; the message has one sentence per problem."""
+
+
+def show_value(value) -> str:
+    return repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+
+
+def check_number(name: str, value, kind: str, lo: float, hi: float):
+    """``value`` as an int / float within ``[lo, hi]``; ``None`` (or "") stays ``None`` (the default). Numeric
+    strings are accepted ("7", "0.5", as forms send them); else :class:`ArgumentError`, one sentence."""
+    what = f"a whole number from {lo} to {hi}" if kind == "int" else f"a number from {lo:g} to {hi:g}"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ArgumentError(f"{name}: got {type(value).__name__} {show_value(value)}; use {what}.")
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ArgumentError(f"{name}: {show_value(value)} is not a number; use {what}.") from None
+    if not math.isfinite(number):
+        raise ArgumentError(f"{name}: {show_value(value)} is not a finite number; use {what}.")
+    if kind == "int":
+        if number != int(number):
+            raise ArgumentError(f"{name}: {show_value(value)} is not a whole number; use {what}.")
+        number = int(number)
+    else:
+        number = float(number)
+    if not lo <= number <= hi:
+        raise ArgumentError(f"{name}: {show_value(value)} is out of range; use {what}.")
+    return number
+
+
+def check_text(text, max_chars: int, name: str = "text") -> str:
+    """The message as a str (UTF-8 bytes decoded), else :class:`ArgumentError` naming ``name``."""
+    if text is None:
+        return ""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ArgumentError(f"{name}: the message is not valid UTF-8 (byte {err.start}); send UTF-8 text.") from None
+    if not isinstance(text, str):
+        raise ArgumentError(f"{name}: got {type(text).__name__} {show_value(text)}; send the message as a string.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:  # lone surrogates, e.g. from a JSON "\udcff"
+        raise ArgumentError(f"{name}: character {err.start} is not valid Unicode text (a lone surrogate); "
+                            "send UTF-8 text.") from None
+    if len(text) > max_chars:
+        raise ArgumentError(f"{name}: the message is {len(text):,} characters long; the limit is {max_chars:,}.")
+    return text
+
+
+def check_device(device) -> str:
+    """A torch device string that exists on this machine (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ArgumentError(f"device: {show_value(device)} is not a torch device; use cpu, cuda or cuda:N.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ArgumentError(f"device: {show_value(device)} asks for a CUDA GPU, and none is available here; "
+                                "use --device cpu.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ArgumentError(f"device: {show_value(device)} names GPU {parsed.index}, but this machine has "
+                                f"{torch.cuda.device_count()}; use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+    elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ArgumentError(f"device: {show_value(device)} is not available here; use --device cpu.")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ArgumentError(f"device: {show_value(device)} is not supported; use cpu or cuda.")
+    return str(device)

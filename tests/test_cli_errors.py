@@ -1,0 +1,99 @@
+"""The `anyany` command answers bad input with one line naming it, before any model loads; an
+unexpected failure gives a short line and where the trace went (``--debug`` shows it)."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from anyany.cli import main
+
+
+def run(argv, capsys):
+    rc = main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--steps", "0"], "--steps: 0 is out of range"),
+    (["--seed", str(10**30)], "--seed"),
+    (["--seed", "-1"], "--seed"),
+    (["--temperature", "nan"], "--temperature: nan is not a finite number"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--audio-seconds", "inf"], "--audio-seconds"),
+    (["--device", "cuda:3"], "device:"),
+    (["--device", "banana"], "device: 'banana' is not a torch device"),
+])
+def test_bad_generation_flags_are_one_line_naming_the_flag(argv, needle, capsys):
+    rc, _, err = run(["generate", "hi", "--quiet", *argv], capsys)
+    assert rc == 2 and err.startswith("anyany: error:") and needle in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_prompt_bytes_that_are_not_utf8(capsys):
+    rc, _, err = run(["generate", "caf\udce9", "--quiet"], capsys)  # argv's surrogate-escaped 0xE9 byte
+    assert rc == 2 and "prompt:" in err and "Unicode" in err
+
+
+def test_inline_media_tags_attach_the_file(tmp_path, capsys):
+    """The reference's <Image>path</Image> in a prompt attaches that file; a missing one is named."""
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    rc, _, err = run(["generate", f"what is this <Image>{tmp_path / 'gone.png'}</Image>", "--quiet"], capsys)
+    assert rc == 2 and "gone.png: image file not found" in err
+    sf.write(tmp_path / "tone.wav", np.zeros(8000, np.float32), 16000)
+    rc, _, err = run(["generate", f"<Image>{tmp_path / 'tone.wav'}</Image>", "--quiet"], capsys)
+    assert rc == 2 and "given as image but it is a audio file" in err
+    rc, out, err = run(["generate", f"what is this <Image>{tmp_path / 'red.png'}</Image>", "--quiet", "--steps", "1",
+                        "--max-new-tokens", "4", "--out", str(tmp_path / "out")], capsys)
+    assert rc == 0, err
+
+
+def test_inline_tag_split_keeps_the_text():
+    from anyany.inputs import split_inline_media
+
+    text, media = split_inline_media("look <Image> a.png </Image> and <audio>b.wav</AUDIO> now")
+    assert text == "look and now" and media == [("image", "a.png"), ("audio", "b.wav")]
+    assert split_inline_media("no tags <Img> here") == ("no tags <Img> here", [])
+
+
+def test_broken_checkpoint_config_is_named(tmp_path, capsys):
+    (tmp_path / "anyany_config.json").write_text('{"llm": 5}')
+    rc, _, err = run(["generate", "hi", "--checkpoint", str(tmp_path), "--quiet"], capsys)
+    assert rc == 2 and "anyany_config.json: not a valid anyany config" in err
+
+
+def test_unexpected_errors_point_at_the_trace_and_debug_shows_it(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    folder = shutil.copytree(tiny_checkpoint, tmp_path / "ck")
+    for weights in (folder / "bridge").glob("*.safetensors"):
+        weights.write_bytes(b"\x00" * 64)  # corrupt weights: safetensors raises its own error type
+    argv = ["generate", "hi", "--checkpoint", str(folder), "--quiet"]
+    rc, _, err = run(argv, capsys)
+    assert rc == 1 and len(err.strip().splitlines()) == 1 and "--debug" in err
+    log = err.split("full traceback in ")[1].split(";")[0]
+    assert "Traceback" in open(log).read()
+    with pytest.raises(Exception):
+        main(argv + ["--debug"])
+
+
+def test_fuzzed_generation_flags_never_trace(capsys):
+    """Seeded random values for every numeric flag: exit 0 or 2, never a traceback or exit 1."""
+    rng = random.Random(7)
+    flags = ["--seed", "--steps", "--temperature", "--top-p", "--max-new-tokens", "--guidance", "--video-frames",
+             "--audio-seconds"]
+    values = ["abc", "nan", "-inf", "-1", "0", "1e999", str(2**70), "0.5", "", " ", "0x10", "1_0", "１"]
+    for _ in range(60):
+        flag, value = rng.choice(flags), rng.choice(values)
+        try:
+            rc, _, err = run(["generate", "hi", "--quiet", flag, value, "--device", "nope"], capsys)
+        except SystemExit as exit_:  # argparse refusing a value of the wrong type: its usage line names the flag
+            err = capsys.readouterr().err
+            assert exit_.code == 2 and flag in err and "Traceback" not in err
+            continue
+        assert rc == 2 and "Traceback" not in err and err.startswith("anyany: error:")
