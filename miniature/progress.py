@@ -74,8 +74,8 @@ class PartBars:
 
 
 # Library notices that say nothing about the build (AudioLDM's deprecation in diffusers,
-# transformers' FutureWarnings and its torchvision fallback notice); silenced at the build's
-# entry points only, so library users still see them.
+# transformers' FutureWarnings, its torchvision fallback notice and weight-loading bars); silenced
+# at the build's, demo's and eval's entry points only, so library users still see them.
 _QUIET_MESSAGES = (r".*has been deprecated.*", r".*deprecat.*")
 
 
@@ -87,6 +87,7 @@ def quiet_libraries() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()  # "Loading weights" bars of every tiny part: the build has its own
     except ImportError:  # pragma: no cover - transformers is a dependency
         pass
     try:

@@ -102,10 +102,8 @@ def folder_bytes(folder: Path) -> int:
 def ship(home, root: Path = SHIPPED_ROOT, max_bytes: int = MAX_BYTES) -> dict:
     """Write the build in ``home`` into ``root`` (replacing what was there). Returns
     ``{"bytes", "path"}``; refuses (ValueError, nothing replaced) when the copy exceeds ``max_bytes``."""
-    from .build import MODEL
-
     home, root = Path(home), Path(root)
-    model = home / MODEL
+    model = home / "model"  # build.MODEL (not imported: build imports this module)
     config = json.loads((model / CONFIG_NAME).read_text())
     tmp = root.with_name(root.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
