@@ -168,6 +168,7 @@ class ChatTemplateFormat:
         text, pieces = self.render(turns, generation_prompt)
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids, offsets = list(enc.input_ids), byte_offsets(text, list(enc.offset_mapping))
+        ids, offsets = self._literal_human_text(text, pieces, ids, offsets)
 
         def overlapping(span) -> list[int]:
             s, e = span
@@ -196,6 +197,23 @@ class ChatTemplateFormat:
         # written in a reply's text (a history reply as generated) stays plain tokens, as in Vicuna-v0.
         slots = {p.span[0] + at: ref for p in pieces for at, ref in p.groups}
         return self._segments(ids, offsets, trained, instruction, media_in, slots)
+
+    def _literal_human_text(self, text, pieces, ids, offsets):
+        """A person's words never become control tokens: a human content that tokenized into an added
+        token (typed "<media>", "[IMG0]", "<|im_end|>") is tokenized again with those strings split."""
+        control = set(self.tokenizer.all_special_ids) | set(self.tokenizer.added_tokens_decoder)
+        for piece in reversed([p for p in pieces if p.kind == "instruction"]):
+            s, e = piece.span
+            inside = [k for k, (a, b) in enumerate(offsets) if a >= s and b <= e and b > a]
+            if not inside or not any(ids[k] in control for k in inside):
+                continue
+            first, last = inside[0], inside[-1]
+            enc = self.tokenizer(text[s:e], add_special_tokens=False, split_special_tokens=True,
+                                 return_offsets_mapping=True)
+            sub_offsets = [(a + s, b + s) for a, b in byte_offsets(text[s:e], list(enc.offset_mapping))]
+            ids = ids[:first] + list(enc.input_ids) + ids[last + 1:]
+            offsets = offsets[:first] + sub_offsets + offsets[last + 1:]
+        return ids, offsets
 
     def _segments(self, ids, offsets, trained, instruction, media_in, slots) -> list:
         Segment = self.segment_cls

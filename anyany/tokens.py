@@ -146,6 +146,7 @@ class Segment:
     signal: tuple[str, int] | None = None  # (modality, target_index): text is this group's tokens
     instruction: bool = False  # the text the preceding media of this turn are about
     ids: tuple[int, ...] | None = None  # already tokenized (a chat-template render); ``text`` is then informative
+    literal: bool = False  # a person's words: strings that spell a control token stay plain text
 
 
 @dataclass
@@ -184,8 +185,9 @@ class PromptBuilder:
             self.stop_token_ids = frozenset([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
             self.stop_string = STOP_STRING
 
-    def _text_ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+    def _text_ids(self, text: str, literal: bool = False) -> list[int]:
+        # ``literal``: typed "<media>" or "[IMG0]" must not become the control token it spells
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=literal).input_ids
 
     def encode_segments(self, segments: Sequence[Segment], add_bos: bool = True, feature_shapes=None) -> EncodedSequence:
         """``feature_shapes``: ``{modality: [shape per feature_index]}`` (``anyany.inputs.media_shapes``);
@@ -207,7 +209,7 @@ class PromptBuilder:
                 seq.input_ids += ids
                 seq.labels += [IGNORE_INDEX] * len(ids)
                 continue
-            ids = list(seg.ids) if seg.ids is not None else self._text_ids(seg.text or "")
+            ids = list(seg.ids) if seg.ids is not None else self._text_ids(seg.text or "", seg.literal)
             if seg.instruction:
                 for k in turn_media:
                     seq.media[k].instruction = (len(seq.input_ids), len(ids))
@@ -255,7 +257,7 @@ class PromptBuilder:
                 for modality, index in turn.media_in:
                     segments.append(Segment(media=(modality, index)))
                     segments.append(Segment(text=" "))
-                segments.append(Segment(text=turn.text.strip(), instruction=True))
+                segments.append(Segment(text=turn.text.strip(), instruction=True, literal=True))
                 segments.append(Segment(text=ASSISTANT.rstrip(" ")))
                 segments.append(Segment(text=" "))
             else:
