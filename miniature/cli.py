@@ -65,7 +65,7 @@ def cmd_build(args) -> int:
 def _demo_pipeline(args):
     from anyany.pipeline import AnyToAnyPipeline
     from .build import MODEL, build
-    from .ship import load_shipped, shipped_model
+    from .ship import load_shipped, ship, shipped_model
 
     if args.checkpoint:
         return AnyToAnyPipeline.from_pretrained(args.checkpoint, progress=not args.quiet)
@@ -75,6 +75,10 @@ def _demo_pipeline(args):
     if not (home / MODEL / "anyany_config.json").is_file():
         print(f"no shipped model and none in {home}: training it now (about 20 minutes on 2 cores; cached afterwards)")
         build(home, progress=not args.quiet)
+        try:  # so that the app and the next demo start at once
+            print(f"shipped the model into {ship(home)['path']}")
+        except (OSError, ValueError) as exc:
+            print(f"not shipped ({exc}); using {home / MODEL}")
     return AnyToAnyPipeline.from_pretrained(str(home / MODEL), progress=not args.quiet)
 
 
