@@ -294,11 +294,17 @@ def format_report(report: dict) -> str:
 
 
 def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
+    """World -> frozen parts -> stages -> evaluation in ``home``; returns (and writes) the report.
+    Library notices are silenced for the build only."""
+    from .progress import quiet
+
+    with quiet():
+        return _build(home, quick, seed, workers, progress)
+
+
+def _build(home, quick: bool, seed: int, workers: int, progress: bool) -> dict:
     from .data import write_world
 
-    from .progress import quiet_libraries
-
-    quiet_libraries()
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     plan = BuildPlan.quick() if quick else BuildPlan()

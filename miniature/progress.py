@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue as queue_module
 import time
 import warnings
+from contextlib import contextmanager
 
 _SINK = {"queue": None, "part": None, "last": 0.0}
 
@@ -96,3 +97,22 @@ def quiet_libraries() -> None:
         df_logging.set_verbosity_error()
     except ImportError:  # pragma: no cover
         pass
+
+
+@contextmanager
+def quiet():
+    """:func:`quiet_libraries` for the block only (the build runs inside other programs, e.g. tests)."""
+    from diffusers.utils import logging as df_logging
+    from transformers.utils import logging as hf_logging
+
+    levels = hf_logging.get_verbosity(), df_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    with warnings.catch_warnings():
+        quiet_libraries()
+        try:
+            yield
+        finally:
+            hf_logging.set_verbosity(levels[0])
+            df_logging.set_verbosity(levels[1])
+            if bars:
+                hf_logging.enable_progress_bar()

@@ -49,3 +49,14 @@ def test_library_notices_are_silenced_only_after_the_entry_point_asks():
         hf_logging.set_verbosity(levels[0])
         df_logging.set_verbosity(levels[1])
         hf_logging.enable_progress_bar()
+
+
+def test_quiet_block_restores_the_libraries_log_levels_and_warning_filters():
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    before, filters = hf_logging.get_verbosity(), list(warnings.filters)
+    with progress.quiet():
+        assert hf_logging.get_verbosity() == hf_logging.ERROR
+    assert hf_logging.get_verbosity() == before and warnings.filters == filters
