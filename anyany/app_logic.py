@@ -27,6 +27,7 @@ from pathlib import Path
 from .arguments import ArgumentError, check_number, check_text, show_value
 from .inputs import INLINE_MEDIA
 from .media import ACCEPTED_EXTENSIONS, MediaError, detect_modality, unique_path
+from .engine import Engine, EngineRequest
 from .pipeline import Message
 from .tokens import MODALITIES
 
@@ -334,9 +335,9 @@ class ChatApp:
         self.max_text_chars = max_text_chars
         self.max_files = max_files
         self.defaults = Settings.defaults_for(pipe)
-        # Generation is serialized: diffusers pipelines keep per-call scheduler state and the
-        # decoders are loaded lazily, so two threads must not run the model at the same time.
-        self.model_lock = threading.Lock()
+        # The server's engine: concurrent chats share the LLM's decoding steps and the decoders'
+        # calls, and one worker thread owns the model (diffusers pipelines keep per-call state).
+        self.engine = Engine(pipe)
         self._sessions: set[ChatSession] = set()  # strong refs: every folder is deleted at exit
         self._by_key: dict[str, ChatSession] = {}
         self._registry_lock = threading.Lock()
@@ -502,14 +503,12 @@ class ChatApp:
             made = self.logits_processor_factory()
             processors = list(made) if isinstance(made, (list, tuple)) else [made]
         try:
-            with self.model_lock:
-                out = self.pipe(
-                    text, media=[str(p) for p in stored], messages=list(session.history),
-                    seed=int(settings.seed or 0), max_new_tokens=max_new,
-                    temperature=settings.temperature,
-                    decoder_kwargs=settings.decoder_kwargs(), logits_processor=processors,
-                    output_dir=session.outputs,
-                )
+            request = EngineRequest(
+                messages=[*session.history, message], seed=int(settings.seed or 0), max_new_tokens=max_new,
+                temperature=settings.temperature, decoder_kwargs=settings.decoder_kwargs(), logits_processor=processors,
+            )
+            out = self.engine.generate(request).output
+            out.save(session.outputs)
         except MediaError as err:
             msg = str(err)
             for p, n in zip(stored, names):
