@@ -175,9 +175,9 @@ def test_output_projection_produces_and_learns_every_tensor_of_a_spec():
     moved["prompt_embeds"][:, 3:] += 100.0
     assert torch.allclose(generation_distance(out, moved, spec=spec), loss)
     # a few steps on the loss fit the target (each tensor's head learns)
-    opt = torch.optim.Adam(proj.parameters(), lr=1e-2)
+    opt = torch.optim.Adam(proj.parameters(), lr=2e-2)
     first = float(loss)
-    for _ in range(30):
+    for _ in range(15):
         opt.zero_grad()
         step = generation_distance(proj(states), target, spec=spec)
         step.backward()
@@ -249,8 +249,6 @@ def test_decoder_swap_retrains_only_that_projection_over_every_tensor(tmp_path):
     model.config.output_projections["image"] = output_projection_for(spec, **sizes)
     model.output_projections["image"] = OutputProjection(llm_dim=model.config.bridge["llm_dim"],
                                                          **vars(model.config.output_projections["image"]))
-    model.save_pretrained(tmp_path / "swapped")
-    model = AnyToAnyModel.from_pretrained(tmp_path / "swapped", with_encoder=False)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
 
     model.set_stage("stage2")
@@ -259,9 +257,9 @@ def test_decoder_swap_retrains_only_that_projection_over_every_tensor(tmp_path):
     batch = model.collate(seqs)
     # the lean decoder loads its text encoders for the targets; packed as the target cache holds them
     batch["gen_targets"] = {"image": pack_conditioning(decoder.encode_text(captions))}
-    opt = torch.optim.Adam(model.trainable_parameters(), lr=1e-2)
+    opt = torch.optim.Adam(model.trainable_parameters(), lr=2e-2)
     first = None
-    for _ in range(25):
+    for _ in range(12):
         out = model(**batch)
         opt.zero_grad()
         out.loss.backward()
