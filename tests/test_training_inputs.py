@@ -65,6 +65,7 @@ def test_bad_rows_are_found_before_training_and_skipped_on_request(two_datasets,
     rc = _train(two_datasets, tmp_path / "run", "--data", data)
     err = capsys.readouterr().err
     assert rc == 2 and "1 of 3 rows" in err and "c.json, row key broken.png" in err and "--skip-bad-rows" in err
+    assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained before the check
 
     rc = _train(two_datasets, tmp_path / "run", "--data", data, "--skip-bad-rows")

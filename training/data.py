@@ -275,10 +275,11 @@ def check_rows(dataset, collate, sources=None, *, skip: bool = False, progress: 
             bad_index.add(i)
     if not bad:
         return dataset
-    shown = "\n  ".join(bad[:5]) + (f"\n  ... and {len(bad) - 5} more" if len(bad) > 5 else "")
     if not skip:
-        raise ValueError(f"{len(bad)} of {len(dataset)} rows cannot be used (pass --skip-bad-rows to train without "
-                         f"them):\n  {shown}")
+        more = f"; {len(bad) - 1} more are named with --skip-bad-rows" if len(bad) > 1 else ""
+        raise ValueError(f"{len(bad)} of {len(dataset)} rows cannot be used, first {bad[0]}{more}; fix them, or pass "
+                         "--skip-bad-rows to train without them")
+    shown = "\n  ".join(bad[:20]) + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else "")
     print(f"skipping {len(bad)} of {len(dataset)} rows:\n  {shown}")
     keep = [i for i in range(len(dataset)) if i not in bad_index]
     if not keep:
