@@ -556,7 +556,9 @@ def _encode_h264(arr: np.ndarray, tmp: Path, fps: float, suffix: str) -> None:
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height = arr.shape[2], arr.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast"}
+        # one encoder thread: x264's threaded encodes differed between runs on a loaded machine (the
+        # same frames gave other bytes), and a seeded generation or world build must give the same file
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1"}
         for f in arr:
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 container.mux(packet)
