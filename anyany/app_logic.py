@@ -28,7 +28,7 @@ from .arguments import ArgumentError, check_number, check_text, show_value
 from .inputs import INLINE_MEDIA
 from .media import ACCEPTED_EXTENSIONS, MediaError, detect_modality, unique_path
 from .engine import Engine, EngineRequest
-from .pipeline import Message
+from .pipeline import Message, chat_turns
 from .tokens import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -223,20 +223,7 @@ def context_budget(model, max_new_tokens: int) -> tuple[int, int]:
 def prompt_tokens(model, messages, shape_of) -> int:
     """Length of the prompt the pipeline builds for ``messages``; ``shape_of(path)`` gives a
     medium's ``(modality, shape)`` (its token count may depend on the shape)."""
-    from .tokens import ChatTurn
-
-    shapes: dict[str, list] = {}
-    turns = []
-    for m in messages:
-        if m.role == "assistant":
-            turns.append(ChatTurn("gpt", m.text))
-            continue
-        refs = []
-        for path in m.media:
-            modality, shape = shape_of(path)
-            shapes.setdefault(modality, []).append(shape)
-            refs.append((modality, len(shapes[modality]) - 1))
-        turns.append(ChatTurn("human", m.text, refs))
+    turns, shapes = chat_turns(messages, shape_of)
     counter = copy.copy(model.prompts)
     counter.max_length = None  # measure instead of refusing
     return len(counter.encode_segments(model.prompts.conversation_segments(turns), feature_shapes=shapes).input_ids)

@@ -84,6 +84,25 @@ class LLMInputs:
     media_mask: torch.Tensor  # [1, L] True at media positions (the LLM adapters attend to these)
 
 
+def chat_turns(messages: list[Message], medium) -> tuple[list[ChatTurn], dict[str, list]]:
+    """Messages -> the turns the prompt builder takes, each medium referred to by its index among its
+    modality's; ``medium(item) -> (modality, value)`` gives what is collected per modality (features
+    for the LLM, or only shapes to count tokens)."""
+    values: dict[str, list] = {}
+    turns = []
+    for m in messages:
+        if m.role == "assistant":
+            turns.append(ChatTurn("gpt", m.text))
+            continue
+        refs = []
+        for item in m.media:
+            modality, value = medium(item)
+            values.setdefault(modality, []).append(value)
+            refs.append((modality, len(values[modality]) - 1))
+        turns.append(ChatTurn("human", m.text, refs))
+    return turns, values
+
+
 class AnyToAnyPipeline:
     def __init__(self, model, decoders: dict | None = None, progress: bool = True, keep_decoders: bool = True):
         from decoders import DecoderSet
@@ -147,19 +166,11 @@ class AnyToAnyPipeline:
 
         Features per modality are stacked, or a list where their sizes differ (patch / tiled bridges).
         """
-        features: dict[str, list] = {}
-        turns = []
-        for m in messages:
-            if m.role == "assistant":
-                turns.append(ChatTurn("gpt", m.text))
-                continue
-            refs = []
-            for item in m.media:
-                modality, inputs = self.model.load_media(item)
-                encoded = self.model.encode_media(modality, [inputs])[0]
-                features.setdefault(modality, []).append(encoded)
-                refs.append((modality, len(features[modality]) - 1))
-            turns.append(ChatTurn("human", m.text, refs))
+        def encode(item):
+            modality, inputs = self.model.load_media(item)
+            return modality, self.model.encode_media(modality, [inputs])[0]
+
+        turns, features = chat_turns(messages, encode)
         return turns, {k: batch_media(v) for k, v in features.items()}
 
     def prepare_inputs(self, turns, features) -> LLMInputs:
