@@ -9,6 +9,11 @@
   the LLM saw in pretraining. ``###``, ``Human:`` and ``Assistant:`` are single tokens;
   ``<Img>``/``</Img>`` are special tokens of the base vocabulary (``extend_tokenizer`` then
   only adds the signal tokens and ``<media>``). Decoding joins words with spaces.
+* ``family="qwen2"`` (another core, issue 20): a ``Qwen2ForCausalLM`` of the same sizes, and the
+  word-level tokenizer gets ChatML's special tokens and Qwen2's chat template; every Vicuna-v0 line
+  of the corpus is rendered again through that template (:func:`chat_corpus`: same turns, same
+  words), so the frozen LLM knows the turn format that ``prompt_format="chat_template"`` gives the
+  stages. The default ``"llama"`` is the Vicuna-v0 world, unchanged.
 * :func:`train_llm` trains a tiny ``LlamaForCausalLM`` on the corpus. The words between
   ``<Img>`` and ``</Img>`` are collapsed into ONE input position holding the (noised) mean of
   their word embeddings: the LLM learns to read a single soft token in the media slot, which is
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -36,6 +42,10 @@ from .pretrain_encoder import budget_used
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<Img>", "</Img>"]
 # whole template markers first, then words, then single punctuation characters
 PRETOKEN_PATTERN = r"###|Human:|Assistant:|\w+|[^\w\s]"
+LLM_FAMILIES = ("llama", "qwen2")  # the world LLM's core: Vicuna-v0 LLaMA, or ChatML Qwen2
+# ChatML's tokens as Qwen2 has them; the world tokenizer has no BOS, like Qwen's
+CHATML_SPECIAL_TOKENS = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<Img>", "</Img>"]
+CHAT_PRETOKEN_PATTERN = r"\w+|[^\w\s]"
 CAPTION_INSTRUCTIONS = (
     "Generate a caption for this.",  # AnyToAnyConfig.stage1_instruction
     "Describe this.",
@@ -100,12 +110,70 @@ def world_corpus(n: int = 6000, *, seed: int = 0, media_slot: bool = True) -> li
     return lines
 
 
+def check_family(family: str) -> str:
+    if family not in LLM_FAMILIES:
+        raise ValueError(f"world LLM family {family!r} is not supported; use one of {', '.join(LLM_FAMILIES)}")
+    return family
+
+
+_VICUNA_TURN = re.compile(r"### Human: (.*?)\n### Assistant: (.*?)\n")
+
+
+def vicuna_turns(line: str) -> list[tuple[str, str]] | None:
+    """The (human, assistant) pairs of a Vicuna-v0 line (``_conv``, ``data.vicuna``); None for plain text."""
+    if not line.startswith("### Human: "):
+        return None
+    pairs = _VICUNA_TURN.findall(line)
+    if "".join(f"### Human: {h}\n### Assistant: {g}\n" for h, g in pairs) + "###" != line:
+        raise ValueError(f"corpus line {line[:60]!r} starts like a Vicuna-v0 conversation but is not one "
+                         "('### Human: ...\\n### Assistant: ...\\n' turns, then '###')")
+    return pairs
+
+
+def chat_messages(pairs: list[tuple[str, str]]) -> list[dict]:
+    """Chat messages of Vicuna turns; a media slot's words end with a newline after ``</Img>``, where
+    :class:`anyany.prompts.ChatTemplateFormat` puts one after ``<Img><media></Img>``."""
+    out = []
+    for human, assistant in pairs:
+        out.append({"role": "user", "content": re.sub(r"</Img> ", "</Img>\n", human)})
+        out.append({"role": "assistant", "content": assistant})
+    return out
+
+
+def chat_corpus(lines, tokenizer) -> list[str]:
+    """``lines`` with every Vicuna-v0 conversation rendered by ``tokenizer``'s chat template (the
+    same turns and words); plain lines (captions) unchanged."""
+    out = []
+    for line in lines:
+        pairs = vicuna_turns(line)
+        out.append(line if pairs is None else tokenizer.apply_chat_template(chat_messages(pairs), tokenize=False))
+    return out
+
+
+def _chat_template_renderer():
+    """A vocabulary-less tokenizer carrying Qwen2's template: renders the corpus before the world
+    tokenizer (trained on the rendered text) exists."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from anyany.architectures import CHAT_FORMATS
+
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>")),
+                                  unk_token="<unk>", eos_token="<|im_end|>")
+    tok.chat_template = CHAT_FORMATS["qwen2"].template
+    return tok
+
+
 # ------------------------------------------------------------------------------- tokenizer
-def build_world_tokenizer(corpus):
-    """WordLevel tokenizer trained on ``corpus`` (an iterable of strings) -> PreTrainedTokenizerFast."""
+def build_world_tokenizer(corpus, family: str = "llama"):
+    """WordLevel tokenizer trained on ``corpus`` (an iterable of strings) -> PreTrainedTokenizerFast.
+    ``family="qwen2"``: ChatML special tokens, no BOS, EOS ``<|im_end|>``, Qwen2's chat template
+    (``corpus`` already rendered with it)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    if check_family(family) == "qwen2":
+        return _chatml_world_tokenizer(corpus)
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(PRETOKEN_PATTERN), behavior="isolated")]
@@ -120,12 +188,36 @@ def build_world_tokenizer(corpus):
     )
 
 
+def _chatml_world_tokenizer(corpus):
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from anyany.architectures import CHAT_FORMATS
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(CHAT_PRETOKEN_PATTERN), behavior="isolated")]
+    )
+    trainer = trainers.WordLevelTrainer(special_tokens=CHATML_SPECIAL_TOKENS, min_frequency=1)
+    # Training does not split out special tokens; without this "<|im_start|>" would add "im_start", "|", ...
+    specials = re.compile("|".join(re.escape(t) for t in CHATML_SPECIAL_TOKENS))
+    tok.train_from_iterator([specials.sub(" ", line) for line in corpus], trainer=trainer)
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", unk_token="<unk>", pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<Img>", "</Img>"], clean_up_tokenization_spaces=True,
+    )
+    out.chat_template = CHAT_FORMATS["qwen2"].template
+    return out
+
+
 # ------------------------------------------------------------------------------- LLM
-def world_llm_config(vocab_size: int, tokenizer=None) -> dict:
+def world_llm_config(vocab_size: int, tokenizer=None, family: str = "llama") -> dict:
     cfg = dict(
         vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, tie_word_embeddings=False,
     )
+    if check_family(family) == "qwen2":
+        cfg.update(head_dim=32, use_sliding_window=False)
     if tokenizer is not None:
         cfg.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     return cfg
@@ -133,7 +225,8 @@ def world_llm_config(vocab_size: int, tokenizer=None) -> dict:
 
 def _encode_with_slots(tokenizer, line: str):
     """ids with each ``<Img> words </Img>`` span collapsed to one position -> (ids, labels, [(pos, span_ids)])."""
-    ids = [tokenizer.bos_token_id] + tokenizer(line, add_special_tokens=False).input_ids
+    bos = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]  # a ChatML render starts unannounced
+    ids = bos + tokenizer(line, add_special_tokens=False).input_ids
     start_id, end_id = tokenizer.convert_tokens_to_ids(["<Img>", "</Img>"])
     out, labels, slots = [], [], []
     i = 0
@@ -189,17 +282,24 @@ def train_llm(
     llm_config: dict | None = None,
     progress: bool = True,
     report: dict | None = None,
+    family: str = "llama",
 ) -> Path:
-    """Train a tiny LlamaForCausalLM on ``corpus`` (default :func:`world_corpus`); save model + tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """Train a tiny LlamaForCausalLM on ``corpus`` (default :func:`world_corpus`); save model + tokenizer.
+
+    ``family="qwen2"``: a Qwen2ForCausalLM of the same sizes, on ``corpus`` (Vicuna-v0 lines, as
+    :func:`world_corpus` writes them) rendered by Qwen2's chat template (:func:`chat_corpus`)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     t0 = time.time()
+    check_family(family)
     corpus = list(corpus) if corpus is not None else world_corpus(seed=seed)
-    tokenizer = build_world_tokenizer(corpus)
+    if family == "qwen2":
+        corpus = chat_corpus(corpus, _chat_template_renderer())
+    tokenizer = build_world_tokenizer(corpus, family)
     torch.manual_seed(seed)
-    cfg = world_llm_config(len(tokenizer), tokenizer)
+    cfg = world_llm_config(len(tokenizer), tokenizer, family)
     cfg.update(llm_config or {})
-    llm = LlamaForCausalLM(LlamaConfig(**cfg))
+    llm = (Qwen2ForCausalLM(Qwen2Config(**cfg)) if family == "qwen2" else LlamaForCausalLM(LlamaConfig(**cfg)))
     opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
@@ -227,7 +327,9 @@ def train_llm(
     out.mkdir(parents=True, exist_ok=True)
     llm.eval()
     llm.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    # Beside a Qwen2 config.json, AutoTokenizer would load the word-level tokenizer as a Qwen2Tokenizer (BPE
+    # without merges: one character per token); in a folder of its own it loads as saved.
+    tokenizer.save_pretrained(out / "tokenizer" if family == "qwen2" else out)
     if report is not None:
         report.update(llm_steps=step, llm_final_loss=float(np.mean(losses[-50:])), llm_seconds=time.time() - t0,
                       vocab_size=len(tokenizer), llm_parameters=sum(p.numel() for p in llm.parameters()))
@@ -235,12 +337,22 @@ def train_llm(
 
 
 # ------------------------------------------------------------------------------- stage-1 probe
-def world_model_config(imagebind_path, llm_folder, imagebind_config=None):
-    """The tiny preset with the world's frozen ImageBind and LLM plugged in."""
+def llm_family_of(llm_folder) -> str:
+    """The family of a saved world LLM (its config's ``model_type``); "llama" when not saved yet."""
+    import json
+
+    path = Path(llm_folder) / "config.json"
+    return json.loads(path.read_text()).get("model_type", "llama") if path.is_file() else "llama"
+
+
+def world_model_config(imagebind_path, llm_folder, imagebind_config=None, family: str | None = None):
+    """The tiny preset with the world's frozen ImageBind and LLM plugged in. ``family`` (default: the
+    saved LLM's) "qwen2" renders conversations with the tokenizer's chat template."""
     from anyany.config import get_preset
 
     from .pretrain_encoder import world_imagebind_config
 
+    family = check_family(family or llm_family_of(llm_folder))
     cfg = get_preset("tiny")
     cfg.name = "world"
     cfg.encoder.checkpoint = str(imagebind_path)
@@ -249,6 +361,9 @@ def world_model_config(imagebind_path, llm_folder, imagebind_config=None):
     cfg.llm.tokenizer_name_or_path = None
     cfg.llm.random_init = None
     cfg.bridge = {"type": "linear"}  # input_dim / llm_dim filled from the encoder and the LLM
+    if family == "qwen2":
+        cfg.llm.prompt_format = "chat_template"
+        cfg.llm.tokenizer_name_or_path = str(Path(llm_folder) / "tokenizer")
     return cfg
 
 
