@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -63,8 +64,9 @@ class BuildPlan:
 # ---------------------------------------------------------------------------- frozen parts
 
 
-def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None) -> tuple[str, float, dict]:
-    """One frozen part, in its own process on one thread (two run side by side)."""
+def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None, llm: str = "llama") -> tuple[str, float, dict]:
+    """One frozen part, in its own process on one thread (two run side by side). ``llm``: the LLM's
+    family (``pretrain_llm.LLM_FAMILIES``)."""
     from .progress import attach, quiet_libraries
 
     quiet_libraries()
@@ -84,7 +86,7 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None) -> tu
 
         corpus = world_corpus(seed=seed) + world_text_corpus(seed)
         train_llm(frozen / "llm", corpus, seed=seed, minutes=plan["llm_minutes"], steps=plan["llm_steps"], progress=False,
-                  report=report)
+                  report=report, family=llm)
     elif name in ("image", "video"):
         from . import visual_decoders
 
@@ -100,18 +102,20 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None) -> tu
     return name, time.time() - start, {k: v for k, v in report.items() if isinstance(v, (int, float, str, dict))}
 
 
-def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, progress: bool) -> tuple[dict, dict]:
-    """Train the five frozen parts, two processes side by side. Returns (seconds, report) per part.
-    Each part's bar shows its current stage, step and ETA (``miniature.progress``)."""
+def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, progress: bool, llm: str = "llama",
+                          jobs: list[str] | None = None) -> tuple[dict, dict]:
+    """Train the five frozen parts (or ``jobs`` of them), two processes side by side. Returns (seconds,
+    report) per part. Each part's bar shows its current stage, step and ETA (``miniature.progress``)."""
     from multiprocessing import Manager
 
     from .progress import PartBars
 
-    jobs = ["video", "image", "audio", "imagebind", "llm"]  # two workers: video | image, audio; then imagebind, llm
+    # two workers: video | image, audio; then imagebind, llm
+    jobs = jobs or ["video", "image", "audio", "imagebind", "llm"]
     times, reports = {}, {}
     with Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         queue = manager.Queue()
-        futures = {pool.submit(_pretrain_job, j, str(home), seed, vars(plan), queue): j for j in jobs}
+        futures = {pool.submit(_pretrain_job, j, str(home), seed, vars(plan), queue, llm): j for j in jobs}
         bars = PartBars(jobs, enabled=progress)
         pending = set(futures)
         while pending:
@@ -293,16 +297,55 @@ def format_report(report: dict) -> str:
     return "\n".join(lines + format_edits(report))
 
 
-def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True) -> dict:
+def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True,
+          llm: str = "llama", frozen_from=None) -> dict:
     """World -> frozen parts -> stages -> evaluation in ``home``; returns (and writes) the report.
-    Library notices are silenced for the build only."""
+    Library notices are silenced for the build only.
+
+    ``llm``: the frozen LLM's family, ``"llama"`` (Vicuna-v0) or ``"qwen2"`` (ChatML, the tokenizer's
+    chat template; ``miniature.pretrain_llm``). ``frozen_from``: another build's home (same ``seed``)
+    whose ImageBind and decoders are copied in; only the LLM is pretrained here."""
+    from .pretrain_llm import check_family
     from .progress import quiet
 
+    check_family(llm)
+    if frozen_from is not None:
+        _check_frozen_source(Path(frozen_from), Path(home))
     with quiet():
-        return _build(home, quick, seed, workers, progress)
+        return _build(home, quick, seed, workers, progress, llm, frozen_from)
 
 
-def _build(home, quick: bool, seed: int, workers: int, progress: bool) -> dict:
+REUSED_PARTS = ("imagebind.pth", "decoders")  # inside frozen/: what ``frozen_from`` takes from another build
+
+
+def _check_frozen_source(source: Path, home: Path) -> None:
+    missing = [name for name in REUSED_PARTS if not (source / "frozen" / name).exists()]
+    missing += [f"decoders/{m}" for m in ("image", "video", "audio") if not (source / "frozen" / "decoders" / m).is_dir()]
+    if missing:
+        raise ValueError(f"frozen_from {str(source)!r} is not a finished world build: frozen/{', frozen/'.join(missing)} "
+                         "missing; give the home of a build whose frozen parts are trained")
+    if source.resolve() == home.resolve():
+        raise ValueError(f"frozen_from {str(source)!r} is the build's own home; give another build's home")
+
+
+def reuse_frozen_parts(source: Path, home: Path) -> None:
+    """``source``'s trained ImageBind and decoders copied into ``home/frozen`` (a few MB). Copies, not
+    hard links: a rebuild of ``source`` rewrites its files in place, which would change this build's parts."""
+    frozen = home / "frozen"
+    frozen.mkdir(parents=True, exist_ok=True)
+    for name in REUSED_PARTS:
+        src, dst = source / "frozen" / name, frozen / name
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        elif dst.exists():
+            dst.unlink()
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+
+
+def _build(home, quick: bool, seed: int, workers: int, progress: bool, llm: str = "llama", frozen_from=None) -> dict:
     from .data import write_world
 
     home = Path(home)
@@ -312,12 +355,17 @@ def _build(home, quick: bool, seed: int, workers: int, progress: bool) -> dict:
     t0 = t = time.time()
     write_world(home / "world", seed=seed)
     times["world"] = time.time() - t
-    part_seconds, part_reports = pretrain_frozen_parts(home, plan, seed, workers, progress)
+    jobs = None
+    if frozen_from is not None:
+        reuse_frozen_parts(Path(frozen_from), home)
+        jobs = ["llm"]
+    part_seconds, part_reports = pretrain_frozen_parts(home, plan, seed, workers, progress, llm, jobs)
     times.update({f"pretrain {k}": v for k, v in part_seconds.items()})
     times["pretrain wall"] = time.time() - t0 - times["world"]
     times.update(train_stages(home, plan, seed, progress))
     # the phases so far, in case the evaluation fails (the model is saved; `anyany eval` redoes it)
-    (home / "report.json").write_text(json.dumps({"seconds": times, "plan": vars(plan), "evaluated": False}, indent=2))
+    source = {"llm": llm, "frozen_from": None if frozen_from is None else str(Path(frozen_from).resolve())}
+    (home / "report.json").write_text(json.dumps({"seconds": times, "plan": vars(plan), "evaluated": False, **source}, indent=2))
     t = time.time()
     report = evaluate_world(home, progress=progress, seeds=plan.eval_seeds, plan=plan)
     times["evaluation"] = time.time() - t
@@ -325,5 +373,6 @@ def _build(home, quick: bool, seed: int, workers: int, progress: bool) -> dict:
     report["seconds"] = times
     report["plan"] = vars(plan)
     report["frozen_parts"] = {k: v for k, v in part_reports.items() if v}
+    report.update(source)
     (home / "report.json").write_text(json.dumps(report, indent=2))
     return report

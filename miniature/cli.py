@@ -15,6 +15,11 @@ def register(sub) -> None:
     b.add_argument("--workers", type=int, default=2, help="parallel single-thread pretraining jobs (one per core)")
     b.add_argument("--no-ship", action="store_true",
                    help="do not copy the built model into the package (a full build ships it; --quick never does)")
+    b.add_argument("--llm", choices=("llama", "qwen2"), default="llama",
+                   help="the frozen LLM's core: llama (Vicuna-v0 prompts, the default) or qwen2 (ChatML, its chat "
+                        "template; never shipped)")
+    b.add_argument("--frozen-from", metavar="HOME",
+                   help="reuse that build's trained ImageBind and decoders (copied); only the LLM is pretrained")
     b.set_defaults(func=cmd_build)
 
     d = sub.add_parser("demo", help="answer a prompt with the miniature model (trains and caches it on first use)")
@@ -44,7 +49,8 @@ def cmd_build(args) -> int:
     from .build import build, format_report
     from .ship import compare_reports, ship, shipped_report
 
-    report = build(args.home, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet)
+    report = build(args.home, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet,
+                   llm=args.llm, frozen_from=args.frozen_from)
     print(format_report(report))
     for phase, seconds in report["seconds"].items():
         print(f"time {phase}: {seconds / 60:.2f} min")
@@ -52,7 +58,9 @@ def cmd_build(args) -> int:
         print("compared with the shipped model:")
         for line in compare_reports(report, shipped_report()):
             print(f"  {line}")
-        if not args.no_ship:
+        if args.llm != "llama":  # the shipped model, the demo and the app are the LLaMA world
+            print(f"not shipped: a --llm {args.llm} build stays in {args.home}")
+        elif not args.no_ship:
             try:
                 shipped = ship(args.home)
                 print(f"shipped the model into {shipped['path']} ({shipped['bytes'] / 2**20:.1f} MiB)")

@@ -187,3 +187,60 @@ def test_bad_family_and_bad_vicuna_line():
     with pytest.raises(ValueError, match="is not one"):
         pl.vicuna_turns("### Human: hi\n### Assistant: there")  # no closing '###'
     assert pl.vicuna_turns("a red circle on the left") is None
+
+
+# ---------------------------------------------------------------------------- the build's options
+
+
+def fake_build(home):
+    (home / "frozen" / "llm").mkdir(parents=True)
+    (home / "frozen" / "imagebind.pth").write_bytes(b"imagebind of " + str(home).encode())
+    for m in ("image", "video", "audio"):
+        (home / "frozen" / "decoders" / m / "unet").mkdir(parents=True)
+        (home / "frozen" / "decoders" / m / "unet" / "weights").write_text(f"{m} decoder")
+    return home
+
+
+def test_frozen_from_copies_imagebind_and_decoders_only(tmp_path):
+    from miniature.build import _check_frozen_source, reuse_frozen_parts
+
+    source, home = fake_build(tmp_path / "full"), tmp_path / "qwen"
+    (source / "frozen" / "llm" / "config.json").write_text("{}")
+    (home / "frozen" / "decoders" / "image").mkdir(parents=True)
+    (home / "frozen" / "decoders" / "image" / "stale").write_text("from an earlier run")
+    _check_frozen_source(source, home)
+    reuse_frozen_parts(source, home)
+    frozen = home / "frozen"
+    assert (frozen / "imagebind.pth").read_bytes() == (source / "frozen" / "imagebind.pth").read_bytes()
+    assert sorted(p.relative_to(frozen).as_posix() for p in frozen.rglob("*") if p.is_file()) == \
+        ["decoders/audio/unet/weights", "decoders/image/unet/weights", "decoders/video/unet/weights", "imagebind.pth"]
+    # copies, not links: rewriting the source build in place leaves this one's parts as they were
+    (source / "frozen" / "decoders" / "video" / "unet" / "weights").write_text("rebuilt")
+    assert (frozen / "decoders" / "video" / "unet" / "weights").read_text() == "video decoder"
+
+
+def test_frozen_from_refuses_an_unfinished_or_own_home(tmp_path):
+    from miniature.build import _check_frozen_source
+
+    source = fake_build(tmp_path / "full")
+    (source / "frozen" / "decoders" / "audio" / "unet" / "weights").unlink()
+    (source / "frozen" / "decoders" / "audio" / "unet").rmdir()
+    (source / "frozen" / "decoders" / "audio").rmdir()
+    with pytest.raises(ValueError, match=r"is not a finished world build: frozen/decoders/audio missing"):
+        _check_frozen_source(source, tmp_path / "qwen")
+    with pytest.raises(ValueError, match=r"frozen/imagebind.pth, frozen/decoders, frozen/decoders/image"):
+        _check_frozen_source(tmp_path / "nothing", tmp_path / "qwen")
+    full = fake_build(tmp_path / "other")
+    with pytest.raises(ValueError, match="is the build's own home"):
+        _check_frozen_source(full, full)
+
+
+def test_world_build_flags():
+    from anyany.cli import build_parser
+
+    args = build_parser().parse_args(["world", "build", "--home", "h", "--llm", "qwen2", "--frozen-from", "/full"])
+    assert (args.llm, args.frozen_from) == ("qwen2", "/full")
+    args = build_parser().parse_args(["world", "build"])
+    assert (args.llm, args.frozen_from) == ("llama", None)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["world", "build", "--llm", "gpt2"])
