@@ -37,6 +37,14 @@ def register(sub) -> None:
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(func=cmd_eval)
 
+    s = wsub.add_parser("swap-decoder", help="swap the built model's image decoder for an SD3-style one, stage 2 only "
+                                             "(trained and frozen signal rows), and evaluate held out")
+    _home_args(s)
+    s.add_argument("--family", default="sd3", choices=["sd3"], help="family of the new image decoder")
+    s.add_argument("--steps", type=int, default=None, help="training steps of the new decoder (default: its recipe's)")
+    s.add_argument("--quick", action="store_true", help="CI-sized budgets (a minute; numbers not meaningful)")
+    s.set_defaults(func=cmd_swap_decoder)
+
 
 def _home_args(p) -> None:
     from .build import DEFAULT_HOME
@@ -120,4 +128,14 @@ def cmd_eval(args) -> int:
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_swap_decoder(args) -> int:
+    from .swap import format_swap_report, swap_decoder_in_world
+
+    report = swap_decoder_in_world(args.home, family=args.family, steps=args.steps, quick=args.quick,
+                                   progress=not args.quiet)
+    print(format_swap_report(report))
+    print(f"report written to {Path(args.home) / 'swap_report.json'}")
     return 0

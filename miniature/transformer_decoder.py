@@ -1,0 +1,279 @@
+"""A second world image decoder of today's family: a tiny SD3-style ``StableDiffusion3Pipeline``.
+
+Where the world's first image decoder (``miniature.visual_decoders``) is an SD-1.5-style latent UNet
+on one CLIP sequence, this one is built like Stable Diffusion 3, from config with diffusers' own
+classes: an ``SD3Transformer2DModel`` (joint text/image attention, the pooled text in the time
+embedding), a rectified-flow ``FlowMatchEulerDiscreteScheduler``, and three text encoders of its
+own (two CLIP encoders with projection, whose penultimate states and pooled vectors it takes, and
+a T5 encoder whose sequence is appended). Its conditioning is therefore the SD3 spec:
+``prompt_embeds`` [77 + max_sequence_length, t5_dim] + ``pooled_prompt_embeds`` [2 * clip_hidden].
+It is the decoder ``miniature.swap`` swaps in with stage 2 only.
+
+Recipe (``SD3_RECIPE``):
+
+* VAE: the world image decoder's trained ``AutoencoderKL`` (32x32 -> 8x8x4), frozen, when a folder
+  is given (a fresh one is trained otherwise, e.g. in tests). SD3 decodes with
+  ``latents / scaling_factor + shift_factor``, so both are set from the world's latents (their mean
+  and the inverse std around it) on the saved copy, and training uses the same normalisation.
+* Transformer: patch size 1 (64 image tokens, so position is resolved per latent pixel), trained
+  with the flow-matching objective (``x_t = (1 - s) x_0 + s noise``, target ``noise - x_0``, timestep
+  ``1000 s``), EMA weights, 10 % caption dropout to ``""`` for classifier-free guidance.
+* Text encoders: random tiny CLIPs and T5 are nearly blind to which colour/shape word a caption
+  holds, so all three are trained jointly with the transformer at a lower lr (``text_lr``), as the
+  SD-style world decoder does with its CLIP; its held-out accuracy is how we check that unseen
+  combinations land where their words say. The T5 tokenizer has a piece per world word, so a
+  caption fits its ``max_sequence_length`` (8) tokens.
+* Training sees the train combinations only (``miniature.data.split_items("train")``), jittered
+  renders cached as latents; one thread, seeded, budgets in steps.
+
+``python -m miniature.transformer_decoder OUT [--vae FOLDER] [--steps N]`` trains and prints the
+checker accuracy on the held-out and on all combinations.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import string
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import split_items
+from .spec import IMAGE_SIZE, all_images, all_videos, all_audios, render_image
+from .visual_decoders import (
+    IMAGE_RECIPE, _EMA, _build_vae, _encode_latents, _progress, _to_unit, _train_vae, _warmup_lr,
+    evaluate_image_decoder,
+)
+
+KIND = "stable_diffusion_3"
+SD3_RECIPE: dict[str, Any] = dict(
+    # text encoders: two CLIPs (hidden 16 each: their penultimate states concatenated fill t5_dim) and a T5
+    clip_hidden=16, clip_layers=2, clip_heads=2, t5_dim=32, t5_layers=2, max_sequence_length=8,
+    # SD3 transformer on 8x8x4 latents
+    layers=3, heads=4, head_dim=16, shift=1.0,
+    # flow-matching training (text_lr > 0: the text encoders train jointly)
+    steps=1000, lr=1e-3, text_lr=3e-4, warmup=30, ema=0.99, cfg_dropout=0.1, pool=24,
+    # used only when no VAE folder is given
+    vae_steps=IMAGE_RECIPE["vae_steps"],
+    # sampling defaults written next to the pipeline (``sampling.json``)
+    num_inference_steps=15, guidance_scale=3.0,
+)
+
+
+def world_words() -> list[str]:
+    """Every word of every world caption (the T5 tokenizer's word pieces)."""
+    words: list[str] = []
+    for item in [*all_images(), *all_videos(), *all_audios()]:
+        for w in item.caption.split():
+            if w not in words:
+                words.append(w)
+    return words
+
+
+def world_t5_tokenizer(max_length: int):
+    """A T5 (Unigram) tokenizer with one piece per world word (characters as the fallback)."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(c, -5.0) for c in "▁" + string.ascii_letters + string.digits + string.punctuation]
+    vocab += [("▁" + w, -1.0) for w in world_words()]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length)
+
+
+def _text_components(r: dict, seed: int) -> dict:
+    from decoders.tiny_parts import _clip_tokenizer
+    from decoders.tiny_today import clip_encoder, t5_encoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        clip_sizes = dict(text_layers=r["clip_layers"], text_heads=r["clip_heads"], max_length=77)
+        tok, tok_2 = _clip_tokenizer(77), _clip_tokenizer(77)
+        tok_3 = world_t5_tokenizer(r["max_sequence_length"])
+        return dict(
+            tokenizer=tok, tokenizer_2=tok_2, tokenizer_3=tok_3,
+            text_encoder=clip_encoder(r["clip_hidden"], clip_sizes, tok, projection=True),
+            text_encoder_2=clip_encoder(r["clip_hidden"], clip_sizes, tok_2, projection=True),
+            text_encoder_3=t5_encoder(dict(t5_dim=r["t5_dim"], text_layers=r["t5_layers"]), tok_3),
+        )
+
+
+def _world_vae(vae_from, r: dict, items, rng: np.random.Generator, progress: bool):
+    """The world image decoder's VAE (frozen) or, without a folder, a freshly trained one."""
+    if vae_from is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(vae_from))
+        return vae.eval().requires_grad_(False), None
+    vae = _build_vae({**IMAGE_RECIPE, "vae_steps": r["vae_steps"]})
+    loss = _train_vae(vae, lambda g: np.stack([render_image(it, g) for it in items]),
+                      {**IMAGE_RECIPE, "vae_steps": r["vae_steps"]}, rng, progress, None, "SD3 VAE")
+    return vae, loss
+
+
+def _flow_train(pipe, latents: torch.Tensor, captions: list[str], r: dict, rng: np.random.Generator,
+                progress: bool):
+    """Rectified-flow training of ``pipe.transformer`` (and, with ``text_lr > 0``, of its text
+    encoders, through the pipeline's own ``encode_prompt``); returns (EMA transformer, last loss)."""
+    transformer = pipe.transformer
+    encoders = [pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3]
+    train_text = r["text_lr"] > 0
+    transformer.train().requires_grad_(True)
+    groups = [{"params": list(transformer.parameters()), "base_lr": r["lr"]}]
+    for enc in encoders:
+        enc.train(train_text).requires_grad_(train_text)
+        if train_text:
+            groups.append({"params": list(enc.parameters()), "base_lr": r["text_lr"]})
+    ema = _EMA(transformer, r["ema"])
+    opt = torch.optim.AdamW(groups, lr=r["lr"], weight_decay=0.0)
+    every = captions + [""]  # the last row is the empty prompt (caption dropout)
+
+    def encode():
+        embeds, _, pooled, _ = pipe.encode_prompt(every, None, None, device=torch.device("cpu"),
+                                                  do_classifier_free_guidance=False,
+                                                  max_sequence_length=r["max_sequence_length"])
+        return embeds, pooled
+
+    if not train_text:
+        with torch.no_grad():
+            fixed = encode()
+    pool, n = latents.shape[:2]
+    steps = r["steps"]
+    gen = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+    loss = torch.zeros(())
+    for step in _progress(range(steps), progress, desc="SD3 transformer"):
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * _warmup_lr(step, r["warmup"], steps)
+        idx = np.arange(n)
+        x0 = latents[rng.integers(pool, size=n), idx]
+        rows = torch.from_numpy(np.where(rng.random(n) < r["cfg_dropout"], n, idx))
+        embeds, pooled = encode() if train_text else fixed
+        u = torch.rand(n, generator=gen)
+        sigma = r["shift"] * u / (1 + (r["shift"] - 1) * u)  # the scheduler's shift, applied to training too
+        noise = torch.randn(x0.shape, generator=gen)
+        s = sigma.view(-1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        pred = transformer(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=embeds[rows],
+                           pooled_projections=pooled[rows]).sample
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], 1.0)
+        opt.step()
+        ema.update(transformer, step)
+    transformer.eval().requires_grad_(False)
+    for enc in encoders:
+        enc.eval().requires_grad_(False)
+    return ema.shadow, float(loss.detach())
+
+
+def train_sd3_decoder(out_folder, *, vae_from=None, seed: int = 0, steps: int | None = None, progress: bool = True,
+                      **overrides: Any) -> Path:
+    """Train the SD3-style world image decoder and ``save_pretrained`` it to ``out_folder``.
+
+    ``vae_from``: a trained ``AutoencoderKL`` folder to reuse frozen (e.g. ``HOME/frozen/decoders/image/vae``);
+    ``steps`` overrides the transformer's step count; other ``overrides`` update ``SD3_RECIPE``.
+    """
+    unknown = set(overrides) - set(SD3_RECIPE)
+    if unknown:
+        raise ValueError(f"train_sd3_decoder: unknown recipe keys {sorted(unknown)}; known: {sorted(SD3_RECIPE)}")
+    r = {**SD3_RECIPE, **overrides, **({"steps": int(steps)} if steps is not None else {})}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions on a shared machine: a second thread made it ~10x slower
+    try:
+        return _train(Path(out_folder), vae_from, seed, progress, r)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out: Path, vae_from, seed: int, progress: bool, r: dict) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    t0, c0 = time.time(), time.process_time()
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    items = split_items("train")["image"]
+    vae, vae_loss = _world_vae(vae_from, r, items, rng, progress)
+
+    x = _to_unit(np.stack([np.stack([render_image(it, rng) for it in items]) for _ in range(r["pool"])]))
+    with torch.no_grad():
+        lat = _encode_latents(vae, x.flatten(0, 1))
+    shift, scale = float(lat.mean()), float(1.0 / (lat - lat.mean()).std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    lat = ((lat - shift) * scale).view(r["pool"], len(items), *lat.shape[1:])
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        transformer = SD3Transformer2DModel(
+            sample_size=lat.shape[-1], patch_size=1, in_channels=lat.shape[2], out_channels=lat.shape[2],
+            num_layers=r["layers"], attention_head_dim=r["head_dim"], num_attention_heads=r["heads"],
+            joint_attention_dim=r["t5_dim"], caption_projection_dim=r["heads"] * r["head_dim"],
+            pooled_projection_dim=2 * r["clip_hidden"], pos_embed_max_size=lat.shape[-1],
+        )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=r["shift"]), vae=vae,
+        image_encoder=None, feature_extractor=None, **_text_components(r, seed),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    pipe.transformer, loss = _flow_train(pipe, lat, [it.caption for it in items], r, rng, progress)
+    pipe.save_pretrained(out)
+    (out / "sampling.json").write_text(json.dumps({
+        "num_inference_steps": r["num_inference_steps"], "guidance_scale": r["guidance_scale"],
+        "height": IMAGE_SIZE, "width": IMAGE_SIZE, "max_sequence_length": r["max_sequence_length"],
+        "seed": seed, "transformer_steps": r["steps"], "loss": loss, "vae_loss": vae_loss,
+        "vae_from": None if vae_from is None else str(vae_from),
+        "seconds": time.time() - t0, "cpu_seconds": time.process_time() - c0,
+    }, indent=2))
+    return out
+
+
+def decoder_config(folder, **config: Any):
+    """The ``DecoderConfig`` of a trained folder, with the sampling defaults saved next to it."""
+    from decoders import DecoderConfig
+
+    folder = Path(folder)
+    sampling = json.loads((folder / "sampling.json").read_text()) if (folder / "sampling.json").is_file() else {}
+    known = {k: v for k, v in sampling.items() if k in DecoderConfig.__dataclass_fields__}
+    return DecoderConfig(kind=KIND, name_or_path=str(folder), **{**known, **config})
+
+
+def load_sd3_decoder(folder, **config: Any):
+    """``build_decoder`` for a trained folder (its ``sampling.json`` defaults, overridable)."""
+    from decoders import build_decoder
+
+    return build_decoder(decoder_config(folder, **config), progress=False)
+
+
+def evaluate_sd3_decoder(decoder, seeds=(0, 1), *, split: str | None = None, **kw: Any) -> dict:
+    """Checker accuracy from true captions (``split``: "heldout", "train" or None for all 36)."""
+    items = None if split is None else split_items(split)["image"]
+    return evaluate_image_decoder(decoder, seeds, items=items, **kw)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m miniature.transformer_decoder", description=__doc__.split("\n")[0])
+    p.add_argument("out")
+    p.add_argument("--vae", help="trained AutoencoderKL folder to reuse (default: train one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--eval-seeds", type=int, default=3)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="recipe override")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    t0 = time.time()
+    folder = train_sd3_decoder(args.out, vae_from=args.vae, seed=args.seed, steps=args.steps, **overrides)
+    t1 = time.time()
+    print(f"trained {KIND} in {(t1 - t0) / 60:.2f} min -> {folder}")
+    dec = load_sd3_decoder(folder)
+    seeds = tuple(range(100, 100 + args.eval_seeds))
+    print("held-out:", json.dumps(evaluate_sd3_decoder(dec, seeds, split="heldout")))
+    print("all:     ", json.dumps(evaluate_sd3_decoder(dec, seeds)))
+    print(f"evaluated in {time.time() - t1:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
