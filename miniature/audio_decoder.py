@@ -12,9 +12,9 @@ Components (the AudioLDM layout, tiny sizes):
 * ``vae``: an ``AutoencoderKL`` on normalised log-mels [1, 100 frames, 64 bins] (10 ms hop at
   16 kHz; 220/440/880/1760 Hz fall in mel bins 6/11/20/31), latent [4, 25, 16], trained to reconstruct.
 * ``unet``: ``UNet2DConditionModel`` conditioned only through ``class_embed_type="simple_projection"``
-  (``class_embeddings_concat=True``) on the CLAP embedding, as AudioLDM does; epsilon prediction,
-  caption dropout (the ``""`` embedding, as the pipeline's negative) for classifier-free guidance.
-* ``scheduler``: ``DDIMScheduler`` with AudioLDM's betas.
+  (``class_embeddings_concat=True``) on the CLAP embedding, as AudioLDM does, applied as a scale and
+  shift of the ResNet features; v-prediction, caption dropout (the ``""`` embedding, as the pipeline's negative) for classifier-free guidance.
+* ``scheduler``: ``DDIMScheduler``, cosine betas, v-prediction, trailing timesteps.
 * ``vocoder``: :class:`miniature.vocoder.GriffinLimVocoder` (non-learned).
 
 Measured (2 CPU cores shared with other trainers, one thread, seed 0, defaults): ~3 min
@@ -56,10 +56,12 @@ PROJECTION_DIM = 32
 
 DEFAULTS = dict(
     text_steps=300,
-    vae_steps=150,
+    # 150 steps left a blurred VAE: 12-Hz flutter and half the loud tones were lost in its round trip
+    # (rhythm 7/24, loudness 18/24 on the 24 sounds); 900-1200 steps reconstruct all 24 on every attribute
+    vae_steps=1000,
     unet_steps=1000,
     batch_size=32,
-    unet_lr=1.5e-3,
+    unet_lr=3e-3,  # with FiLM conditioning: all attributes right 88 % at 1.5e-3 -> 94 % (24 captions x 2 seeds)
     variants_per_item=24,
     cfg_dropout=0.15,
     num_inference_steps=20,
@@ -107,10 +109,16 @@ def build_untrained_pipeline(seed: int = 0):
             attention_head_dim=8, norm_num_groups=8,
             class_embed_type="simple_projection", projection_class_embeddings_input_dim=PROJECTION_DIM,
             class_embeddings_concat=True,
+            # The caption reaches this UNet only through the time embedding; as a scale and shift of every
+            # ResNet's features (FiLM) it steers loudness and rhythm, which an added bias did not (same
+            # VAE and steps, 24 captions x 2 seeds: all attributes right 37 % -> 88 %).
+            resnet_time_scale_shift="scale_shift",
         )
+        # v-prediction on a cosine schedule, as the world's image and video decoders use (epsilon on
+        # AudioLDM's linear betas rendered the level and gating of a sound far less reliably)
         scheduler = DDIMScheduler(
-            beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
-            clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+            num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction",
+            clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing",
         )
         vocoder = GriffinLimVocoder(model_in_dim=MEL_BINS, sampling_rate=spec.SAMPLE_RATE, hop_length=160,
                                     log_offset=LOG_OFFSET, log_scale=LOG_SCALE)
@@ -244,7 +252,8 @@ def _fit_unet(pipe, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Ten
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(xt, t, encoder_hidden_states=None, class_labels=c).sample
-        loss = F.mse_loss(pred, noise)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if sched.config.prediction_type == "v_prediction" else noise
+        loss = F.mse_loss(pred, target)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)

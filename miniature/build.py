@@ -111,7 +111,8 @@ def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, 
     from .progress import PartBars
 
     # two workers: video | image, audio; then imagebind, llm
-    jobs = jobs or ["video", "image", "audio", "imagebind", "llm"]
+    # longest first, two workers: video | audio, image; then imagebind and llm on whichever is free
+    jobs = jobs or ["video", "audio", "image", "imagebind", "llm"]
     times, reports = {}, {}
     with Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         queue = manager.Queue()
