@@ -110,7 +110,6 @@ def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, 
 
     from .progress import PartBars
 
-    # two workers: video | image, audio; then imagebind, llm
     # longest first, two workers: video | audio, image; then imagebind and llm on whichever is free
     jobs = jobs or ["video", "audio", "image", "imagebind", "llm"]
     times, reports = {}, {}
