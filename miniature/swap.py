@@ -33,7 +33,7 @@ from .build import MODEL, BuildPlan
 
 FAMILIES = {"sd3": "stable_diffusion_3"}
 VARIANTS = ("trained_rows", "frozen_rows", "frozen_rows_cached")
-QUICK = dict(decoder_steps=20, vae_steps=10, pool=2, stage2_steps=20, eval_seeds=1)
+QUICK = dict(decoder_steps=20, vae_steps=10, pool=2, fit_steps=10, stage2_steps=20, eval_seeds=1)
 
 
 def _check_home(home: Path) -> None:
@@ -52,7 +52,7 @@ def ensure_decoder(home: Path, family: str, *, steps: int | None, quick: bool, s
     reused = (folder / "model_index.json").is_file() and (folder / "sampling.json").is_file()
     if not reused:
         vae = home / "frozen" / "decoders" / "image" / "vae"
-        extra = {"vae_steps": QUICK["vae_steps"], "pool": QUICK["pool"]} if quick else {}
+        extra = {k: QUICK[k] for k in ("vae_steps", "pool", "fit_steps")} if quick else {}
         if steps is None and quick:
             steps = QUICK["decoder_steps"]
         train_sd3_decoder(folder, vae_from=vae if (vae / "config.json").is_file() else None, seed=seed, steps=steps,

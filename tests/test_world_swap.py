@@ -26,7 +26,12 @@ def swapped(tmp_path_factory):
     (home / "world" / "train").mkdir(parents=True)
     rows = [{"caption": it.caption, "name": f"train_image_{i:03d}"} for i, it in enumerate(split_items("train")["image"])]
     (home / "world" / "train" / "captions_image.json").write_text(json.dumps(rows))
-    report = swap_decoder_in_world(home, quick=True, progress=False, stage2_steps=4, eval_seeds=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions and matmuls: a second thread only waits on a busy machine
+    try:
+        report = swap_decoder_in_world(home, quick=True, progress=False, stage2_steps=4, eval_seeds=1)
+    finally:
+        torch.set_num_threads(threads)
     return home, report
 
 
