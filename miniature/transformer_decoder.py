@@ -18,13 +18,22 @@ Recipe (``SD3_RECIPE``):
 * Transformer: patch size 1 (64 image tokens, so position is resolved per latent pixel), trained
   with the flow-matching objective (``x_t = (1 - s) x_0 + s noise``, target ``noise - x_0``, timestep
   ``1000 s``), EMA weights, 10 % caption dropout to ``""`` for classifier-free guidance.
-* Text encoders: random tiny CLIPs and T5 are nearly blind to which colour/shape word a caption
-  holds, so all three are trained jointly with the transformer at a lower lr (``text_lr``), as the
-  SD-style world decoder does with its CLIP; its held-out accuracy is how we check that unseen
-  combinations land where their words say. The T5 tokenizer has a piece per world word, so a
-  caption fits its ``max_sequence_length`` (8) tokens.
+* Text encoders: random tiny CLIPs and T5 put "circle" and "square" captions at cosine 0.995, so
+  the three are first fitted (``_fit_text_encoders``, a few hundred steps) to be additive in the
+  attribute words, on the train captions and the partial captions they contain (as
+  ``miniature.audio_decoder`` fits its CLAP), then frozen: held-out captions land where their words
+  say. The T5 tokenizer has a piece per world word, so a caption fits its ``max_sequence_length``
+  (8) tokens.
 * Training sees the train combinations only (``miniature.data.split_items("train")``), jittered
   renders cached as latents; one thread, seeded, budgets in steps.
+
+Measured (seed 0, defaults, one thread on a shared 2-core machine, the VAE of a full build, which
+itself reconstructs ~82 % of jittered shapes recognisably): 6.4 min wall / 4.5 min CPU to train;
+from true captions, 15 steps, guidance 3, seeds 100-102: held-out combinations 17/18 right
+(colour + shape + position), all 36 combinations 81/108 (colour 98 %, position 100 %, shape 77 %:
+circles and squares come out as rounded blobs). Without the text fit (encoders trained jointly,
+2000 steps): all 90/108 but held-out 9/18 (held-out colours wrong too: the joint encoders do not
+compose); fit, 1000 steps: held-out 11/18.
 
 ``python -m miniature.transformer_decoder OUT [--vae FOLDER] [--steps N]`` trains and prints the
 checker accuracy on the held-out and on all combinations.
@@ -59,7 +68,8 @@ SD3_RECIPE: dict[str, Any] = dict(
     # frozen (text_lr 0; > 0 trains them on with the transformer)
     fit_steps=300, fit_lr=3e-3,
     # flow-matching training
-    steps=1000, lr=1e-3, text_lr=0.0, warmup=30, ema=0.99, cfg_dropout=0.1, pool=24,
+    # (1000 -> 1600 steps: held-out 11/18 -> 17/18 from true captions, on a full build's VAE)
+    steps=1600, lr=1e-3, text_lr=0.0, warmup=30, ema=0.99, cfg_dropout=0.1, pool=24,
     # used only when no VAE folder is given
     vae_steps=IMAGE_RECIPE["vae_steps"],
     # sampling defaults written next to the pipeline (``sampling.json``)
