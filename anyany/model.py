@@ -288,6 +288,11 @@ class AnyToAnyModel(nn.Module):
                 setattr(config.llm, attr, str(path / value))
         if config.encoder.checkpoint and (path / config.encoder.checkpoint).exists():
             config.encoder.checkpoint = str(path / config.encoder.checkpoint)
+        # a self-contained folder (e.g. the shipped miniature model) names its decoders inside itself, so it
+        # loads from any working directory and through every entry point (generate, app, serve)
+        for dec in config.decoders.values():
+            if dec.name_or_path and (path / dec.name_or_path).is_dir():
+                dec.name_or_path = str(path / dec.name_or_path)
         tokenizer, base = load_tokenizer_and_llm(config.llm, config.signals, device)
         apply_base_overrides(base, path / BASE_OVERRIDES_NAME)
         llm = PeftModel.from_pretrained(base, path / "llm_adapter", is_trainable=True)

@@ -148,3 +148,24 @@ def test_cli_generate_writes_files_and_rejects_bad_inputs(tmp_path):
     help_ = run_cli("--help", cwd=tmp_path)
     for command in ("generate", "chat", "train", "cache-features"):
         assert command in help_.stdout
+
+
+def test_a_folder_naming_its_decoder_inside_itself_loads_from_any_directory(pipe, tmp_path, monkeypatch):
+    import json
+
+    from decoders.tiny import write_tiny_pipeline
+
+    ckpt = tmp_path / "ckpt"
+    pipe.model.save_pretrained(ckpt)
+    write_tiny_pipeline("stable_diffusion", ckpt / "decoders" / "image", seed=3)
+    config = json.loads((ckpt / "anyany_config.json").read_text())
+    config["decoders"]["image"].update(name_or_path="decoders/image", random_init=None)
+    (ckpt / "anyany_config.json").write_text(json.dumps(config))
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # "decoders/image" does not exist relative to here
+    loaded = AnyToAnyPipeline.from_pretrained(str(ckpt), progress=False)
+    assert loaded.model.config.decoders["image"].name_or_path == str(ckpt / "decoders" / "image")
+    unet = loaded.decoder("image").pipeline.unet
+    saved = json.loads((ckpt / "decoders" / "image" / "unet" / "config.json").read_text())
+    assert list(unet.config.block_out_channels) == saved["block_out_channels"]
+    assert loaded.model.config.decoders["audio"].name_or_path is None  # a random-init decoder is left alone
