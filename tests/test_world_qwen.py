@@ -17,6 +17,7 @@ from anyany.model import AnyToAnyModel
 from anyany.tokens import IGNORE_INDEX, ChatTurn
 from miniature import pretrain_llm as pl
 from miniature.data import _conversations, split_items, world_text_corpus
+from test_llm_families import messages_of  # the same turns written as plain chat messages
 
 torch.set_num_threads(1)
 
@@ -66,20 +67,6 @@ def world_rows(n_per_kind: int = 1) -> list[list[ChatTurn]]:
             kinds.add(kind)
             picked.append(turns)
     return picked
-
-
-def messages_of(model, turns) -> list[dict]:
-    """The turns as plain chat messages, media and signal groups written as their token strings."""
-    tok, ids = model.tokenizer, model.token_ids
-    media = "".join(tok.convert_ids_to_tokens([ids.media_start, ids.placeholder, ids.media_end]))
-    out = []
-    for t in turns:
-        if t.role == "human":
-            out.append({"role": "user", "content": "".join(media + "\n" for _ in t.media_in) + t.text})
-        else:
-            groups = "".join("".join(tok.convert_ids_to_tokens(list(ids.signals[m]))) for m, _ in t.media_out)
-            out.append({"role": "assistant", "content": t.text + groups})
-    return out
 
 
 def test_qwen2_world_llm_saves_and_loads_through_the_model(qwen_folder, qwen_model, tmp_path):
