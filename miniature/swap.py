@@ -239,7 +239,6 @@ def swap_decoder_in_world(home, family: str = "sd3", steps: int | None = None, q
         report["decoder"]["alone_heldout"] = evaluate_sd3_decoder(decoder, tuple(range(eval_seeds)), split="heldout")
         report["decoder"]["spec"] = decoder.conditioning_spec.describe()
         report["seconds"]["decoder_eval"] = time.time() - t
-        report["original"] = _original_numbers(home)
 
         captions = read_text_captions(home / "world" / "train" / "captions_image.json", "image")[0]
         reference = AnyToAnyModel.from_pretrained(home / MODEL, with_encoder=False)
@@ -292,6 +291,7 @@ def swap_decoder_in_world(home, family: str = "sd3", steps: int | None = None, q
             row["eval_seconds"] = time.time() - t
             report["variants"][variant] = row
             (home / "swap_report.json").write_text(json.dumps(report, indent=2))  # each finished run is kept
+    report["original"] = _original_numbers(home)  # read last: the build's evaluation may still be writing it
     for variant, row in report["variants"].items():
         report["seconds"][f"stage2 {variant}"] = row["stage2_seconds"]
     (home / "swap_report.json").write_text(json.dumps(report, indent=2))
