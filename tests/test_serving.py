@@ -572,16 +572,22 @@ def test_ray_serve_two_replicas(tmp_path):
 
 # ---------------------------------------------------------------------------------- the miniature world
 def _miniature_model() -> Path:
+    """The shipped miniature model (what `anyany demo` and the app use), else a local build."""
     from miniature.build import DEFAULT_HOME, MODEL
+    from miniature.ship import shipped_model
 
-    return DEFAULT_HOME / MODEL
+    return shipped_model() or DEFAULT_HOME / MODEL
 
 
 MINIATURE = _miniature_model()
 
 
-@pytest.mark.skipif(not (MINIATURE / "anyany_config.json").is_file(), reason=f"no built miniature model at {MINIATURE} (anyany world build)")
+@pytest.mark.skipif(not (MINIATURE / "anyany_config.json").is_file(), reason=f"no miniature model at {MINIATURE} (none shipped; `anyany world build` makes one)")
+@pytest.mark.xfail(strict=True, reason="the shipped model stops this two-output reply before its signal tokens "
+                   "(README: 'Two outputs in one reply with a sound'); a fix makes this pass")
 def test_miniature_model_draws_and_plays_through_the_openai_client():
+    """The issue's request through the real client and `anyany serve`'s app: the PNG and the WAV
+    it returns are judged by the world's checkers on every attribute the request names."""
     from miniature import checkers
 
     engine = Engine(AnyToAnyPipeline.from_pretrained(str(MINIATURE), progress=False)).start()
@@ -594,7 +600,9 @@ def test_miniature_model_draws_and_plays_through_the_openai_client():
         image = png_pixels(parts_of(message, "image_url")[0]["image_url"]["url"])
         assert (checkers.image_colour(image), checkers.image_shape(image), checkers.image_position(image)) == ("blue", "square", "left")
         wave, rate = sf.read(io.BytesIO(base64.b64decode(message.audio.data)), dtype="float32")
-        assert checkers.audio_pitch(wave, rate) == "low"
+        assert (checkers.audio_pitch(wave, rate), checkers.audio_rhythm(wave, rate)) == ("low", "steady")
+        text = "".join(p["text"] for p in parts_of(message, "text")) if isinstance(message.content, list) else message.content
+        assert "blue square" in text and message.audio.transcript
     finally:
         srv.stop()
         engine.close()
