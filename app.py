@@ -165,12 +165,11 @@ def main(argv=None) -> None:
 
     from anyany.pipeline import AnyToAnyPipeline
 
-    from miniature.ship import decoders_inside, shipped_model
+    from miniature.ship import shipped_model
 
     shipped = None if args.checkpoint or args.preset else shipped_model()  # the built miniature model, if shipped
     source = args.checkpoint or args.preset or (str(shipped) if shipped else "tiny")
-    pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False,
-                                            config_overrides=decoders_inside(source))
+    pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
     demo = build_demo(pipe, max_file_mb=args.max_file_mb, session_ttl_s=args.session_ttl)
     demo.queue(default_concurrency_limit=args.concurrency)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)

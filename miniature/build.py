@@ -225,7 +225,6 @@ def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: in
     from anyany.pipeline import AnyToAnyPipeline
     from . import evaluate
     from .data import split_items
-    from .ship import decoders_inside
 
     home = Path(home)
 
@@ -239,7 +238,7 @@ def evaluate_world(home: Path, checkpoint=None, progress: bool = True, seeds: in
 
     def pipeline(path: Path) -> AnyToAnyPipeline:
         if path not in pipes:
-            pipes[path] = AnyToAnyPipeline.from_pretrained(str(path), progress=False, config_overrides=decoders_inside(path))
+            pipes[path] = AnyToAnyPipeline.from_pretrained(str(path), progress=False)
         return pipes[path]
 
     final = Path(checkpoint) if checkpoint is not None else home / MODEL

@@ -38,18 +38,6 @@ def shipped_report(root: Path | None = None) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def decoders_inside(folder):
-    """A ``config_overrides`` for ``from_pretrained``: decoder folders named relative to ``folder``."""
-    folder = Path(folder)
-
-    def resolve(config) -> None:
-        for dec in config.decoders.values():
-            if dec.name_or_path and not Path(dec.name_or_path).is_absolute() and (folder / dec.name_or_path).is_dir():
-                dec.name_or_path = str(folder / dec.name_or_path)
-
-    return resolve
-
-
 def load_shipped(root: Path | None = None, **kwargs):
     """``AnyToAnyPipeline.from_pretrained`` of the shipped model (FileNotFoundError when none is shipped)."""
     from anyany.pipeline import AnyToAnyPipeline
@@ -57,7 +45,7 @@ def load_shipped(root: Path | None = None, **kwargs):
     folder = shipped_model(root)
     if folder is None:
         raise FileNotFoundError(f"no shipped miniature model in {_root(root)}: run `anyany world build` to train and ship one")
-    return AnyToAnyPipeline.from_pretrained(str(folder), config_overrides=decoders_inside(folder), **kwargs)
+    return AnyToAnyPipeline.from_pretrained(str(folder), **kwargs)  # its parts are named inside it
 
 
 # ------------------------------------------------------------------------------ writing

@@ -114,9 +114,8 @@ def end_to_end(path: Path, seeds: int, progress: bool) -> dict:
     from anyany.pipeline import AnyToAnyPipeline
     from . import evaluate
     from .data import split_items
-    from .ship import decoders_inside
 
-    pipe = AnyToAnyPipeline.from_pretrained(str(path), progress=False, config_overrides=decoders_inside(path))
+    pipe = AnyToAnyPipeline.from_pretrained(str(path), progress=False)
     items = {"image": split_items("heldout")["image"]}
     runs = [evaluate.end_to_end_accuracy(pipe, items, seed=s * 1000, progress=progress)["image"] for s in range(seeds)]
     return {k: (int(sum(r[k] for r in runs)) if k == "n" else sum(r[k] for r in runs) / seeds) for k in runs[0]}
