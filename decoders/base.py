@@ -31,13 +31,17 @@ def _quiet_loading(quiet: bool):
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
+    # restore what was there: a program that silenced the bars for good (``anyany demo``) keeps them off
+    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     try:
         yield
     finally:
-        dlog.enable_progress_bar()
-        tlog.enable_progress_bar()
+        if was[0]:
+            dlog.enable_progress_bar()
+        if was[1]:
+            tlog.enable_progress_bar()
 
 
 def _import_component_module(module: str, source: str) -> None:
@@ -412,7 +416,7 @@ class Decoder(abc.ABC):
             else:
                 negative = self._check_conditioning(negative_prompt_embeds, "negative_prompt_embeds", batch)
 
-        self.pipeline.set_progress_bar_config(disable=not progress)
+        self.pipeline.set_progress_bar_config(disable=not progress, desc=f"{self.modality} decoder", leave=False)
         kwargs = self._pipeline_kwargs(dict(overrides))
         out = self.pipeline(
             **self._conditioning_kwargs(embeds, negative),

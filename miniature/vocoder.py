@@ -12,7 +12,7 @@ squeezed) and reads ``vocoder.config.sampling_rate``, ``.model_in_dim`` (= mel b
 * it returns ``frames * hop_length`` samples, which is what ``decoders.AudioLDMDecoder.num_samples``
   computes from ``upsample_rates=[hop]`` / ``upsample_kernel_sizes=[hop]``.
 
-:func:`log_mel` is the matching analysis transform (waveform -> normalised log-mel [.., frames, bins]).
+:meth:`GriffinLimVocoder.log_mel` is the matching analysis transform (waveform -> normalised log-mel [.., frames, bins]).
 
 It is a ``ModelMixin`` + ``ConfigMixin``, so ``save_pretrained`` writes ``vocoder/config.json``
 (+ the filterbank buffers) and diffusers' ``from_pretrained`` imports it back through the module
@@ -26,7 +26,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-__all__ = ["GriffinLimVocoder", "mel_filterbank", "log_mel"]
+__all__ = ["GriffinLimVocoder", "mel_filterbank"]
 
 
 def _hz_to_mel(f):

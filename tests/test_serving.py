@@ -27,7 +27,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from anyany.engine import Engine, EngineRequest  # noqa: E402
+from anyany.engine import Engine  # noqa: E402
 from anyany.generation import ScriptedTokens, generate_batch_with_signals, generate_with_signals  # noqa: E402
 from anyany.media import read_video, write_audio, write_image, write_video  # noqa: E402
 from anyany.pipeline import AnyToAnyPipeline, Message  # noqa: E402

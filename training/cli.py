@@ -1,7 +1,6 @@
 """``anyany train stage1|stage2|stage3`` and ``anyany cache-features``."""
 from __future__ import annotations
 
-import argparse
 import functools
 from dataclasses import fields
 from pathlib import Path
