@@ -95,6 +95,7 @@ def quiet_libraries() -> None:
         from diffusers.utils import logging as df_logging
 
         df_logging.set_verbosity_error()
+        df_logging.disable_progress_bar()  # "Loading pipeline components" of each decoder
     except ImportError:  # pragma: no cover
         pass
 
@@ -106,7 +107,7 @@ def quiet():
     from transformers.utils import logging as hf_logging
 
     levels = hf_logging.get_verbosity(), df_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
+    bars = hf_logging.is_progress_bar_enabled(), df_logging.is_progress_bar_enabled()
     with warnings.catch_warnings():
         quiet_libraries()
         try:
@@ -114,5 +115,7 @@ def quiet():
         finally:
             hf_logging.set_verbosity(levels[0])
             df_logging.set_verbosity(levels[1])
-            if bars:
+            if bars[0]:
                 hf_logging.enable_progress_bar()
+            if bars[1]:
+                df_logging.enable_progress_bar()
