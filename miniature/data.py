@@ -136,7 +136,7 @@ _ANSWER = {
     "video": ("It shows {c}.", "This clip shows {c}.", "I see {c}."),
     "audio": ("It is {c}.", "This is {c}.", "I hear {c}."),
 }
-_REQUEST = {
+REQUEST = {
     "image": ("draw {c}", "show me a picture of {c}", "can you make an image of {c}?"),
     "video": ("make a video of {c}", "show me a clip of {c}", "animate {c}"),
     "audio": ("play {c}", "let me hear {c}", "make the sound of {c}"),
@@ -194,16 +194,20 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
     for m in ("image", "video", "audio"):
         for k, item in enumerate(items[m] * 2):
             asked = item.caption if k < len(items[m]) else _partial(item, rng)
-            add([human(_pick(rng, _REQUEST[m]).format(c=asked)),
+            add([human(_pick(rng, REQUEST[m]).format(c=asked)),
                  gpt(_HERE[m].format(c=item.caption), [(m, item.caption)])])
     # 3. two modalities out at once ("draw a blue square and play a low tone"): every image with a
-    #    video and with a sound, asked for in full or in part
-    for item in items["image"]:
-        for other_m in ("video", "audio"):
-            other = _pick(rng, items[other_m])
+    #    video and with two sounds, asked for in full or in part. The sounds cycle through a shuffled
+    #    list: with one random sound per image, a low pitch was asked for beside an image in 6 rows,
+    #    and the model stopped its reply after "and a quiet low" (p(###) = 0.95).
+    sounds = [items["audio"][i] for i in rng.permutation(len(items["audio"]))] if items["audio"] else []
+    for k, item in enumerate(items["image"]):
+        others = [("video", _pick(rng, items["video"]))] if items["video"] else []
+        others += [("audio", sounds[(2 * k + j) % len(sounds)]) for j in range(2)] if sounds else []
+        for other_m, other in others:
             asked = [x.caption if rng.random() < 0.5 else _partial(x, rng) for x in (item, other)]
-            req = f"{_pick(rng, _REQUEST['image']).format(c=asked[0]).rstrip('?')} and " \
-                  f"{_pick(rng, _REQUEST[other_m]).format(c=asked[1]).rstrip('?')}"
+            req = f"{_pick(rng, REQUEST['image']).format(c=asked[0]).rstrip('?')} and " \
+                  f"{_pick(rng, REQUEST[other_m]).format(c=asked[1]).rstrip('?')}"
             ans = f"Here is {item.caption} and {'a video of ' if other_m == 'video' else ''}{other.caption}."
             add([human(req), gpt(ans, [("image", item.caption), (other_m, other.caption)])])
     # 4. media in AND media out: the reply names the input, then makes the edited medium
@@ -238,9 +242,9 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
         add([
             human(_pick(rng, _DESCRIBE["image"]), [("image", path)]),
             gpt(_pick(rng, _ANSWER["image"]).format(c=item.caption)),
-            human(_pick(rng, _REQUEST["audio"]).format(c=snd.caption)),
+            human(_pick(rng, REQUEST["audio"]).format(c=snd.caption)),
             gpt(_HERE["audio"].format(c=snd.caption), [("audio", snd.caption)]),
-            human(_pick(rng, _REQUEST["video"]).format(c=vid.caption)),
+            human(_pick(rng, REQUEST["video"]).format(c=vid.caption)),
             gpt(_HERE["video"].format(c=vid.caption), [("video", vid.caption)]),
         ])
     if items["image"] and items["video"] and items["audio"]:

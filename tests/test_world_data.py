@@ -123,6 +123,17 @@ def test_every_attribute_value_in_train(world):
         assert any(pos in p.caption for p in pairs)
 
 
+def test_every_train_sound_is_asked_for_beside_an_image(world):
+    # Two-output replies stopped after "and a quiet low" when a low pitch beside an image was in 6 rows.
+    convs, _ = read_conversations(world.train.mosit)
+    with_image = [t for c in convs for t in c.turns
+                  if {r.modality for r in t.media_out} == {"image", "audio"}]
+    sounds = {r.caption for t in with_image for r in t.media_out if r.modality == "audio"}
+    assert sounds == {a.caption for a in split_items("train")["audio"]}
+    for pitch in spec.PITCHES:
+        assert sum(f" {pitch} " in r.caption for t in with_image for r in t.media_out if r.modality == "audio") >= 10
+
+
 def _digest(folder, patterns=("*.json", "*.png", "*.wav")):
     h = hashlib.sha256()
     for pattern in patterns:
