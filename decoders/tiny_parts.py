@@ -48,6 +48,18 @@ def _word_merges(word: list[str]) -> list[tuple[str, str]]:
     return merges
 
 
+def _segment(word: list[str], merges: list[tuple[str, str]]) -> list[str]:
+    """``word`` (symbols) after byte-pair encoding with ``merges`` (earlier = applied first)."""
+    rank = {m: i for i, m in enumerate(merges)}
+    while len(word) > 1:
+        pairs = [(rank.get((a, b), len(rank)), i) for i, (a, b) in enumerate(zip(word, word[1:]))]
+        best, i = min(pairs)
+        if best == len(rank):
+            break
+        word = word[:i] + [word[i] + word[i + 1]] + word[i + 2:]
+    return word
+
+
 def _write_bpe(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> tuple[str, str]:
     folder.mkdir(parents=True, exist_ok=True)
     vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
@@ -58,16 +70,22 @@ def _write_bpe(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]
     return str(vocab_file), str(merges_file)
 
 
-def write_clip_bpe(folder: str | Path) -> tuple[str, str]:
-    """CLIP-style vocabulary: bytes, bytes + ``</w>``, word merges, ``<|startoftext|>``, ``<|endoftext|>``."""
+def write_clip_bpe(folder: str | Path, words=_WORDS) -> tuple[str, str]:
+    """CLIP-style vocabulary: bytes, bytes + ``</w>``, word merges, ``<|startoftext|>``, ``<|endoftext|>``.
+    ``words`` get merges that make each of them one token (a real BPE learns its merges from its corpus)."""
     symbols = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {}
     for s in symbols + [s + "</w>" for s in symbols]:
         vocab[s] = len(vocab)
     merges: list[tuple[str, str]] = []
-    for w in _WORDS:
+    for w in words:
         if len(w) > 1:
-            for a, b in _word_merges(list(w[:-1]) + [w[-1] + "</w>"]):
+            symbols = list(w[:-1]) + [w[-1] + "</w>"]
+            new = _word_merges(symbols)
+            if len(_segment(symbols, merges + [m for m in new if m not in merges])) > 1:
+                # an earlier word's merge splits this one ("ri" of "right" in "triangle"): merge what is left
+                new = _word_merges(_segment(symbols, merges))
+            for a, b in new:
                 if (a, b) not in merges:
                     merges.append((a, b))
                     vocab.setdefault(a + b, len(vocab))
@@ -91,11 +109,11 @@ def write_roberta_bpe(folder: str | Path) -> tuple[str, str]:
     return _write_bpe(Path(folder), vocab, merges)
 
 
-def _clip_tokenizer(max_length: int):
+def _clip_tokenizer(max_length: int, words=_WORDS):
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        vocab_file, merges_file = write_clip_bpe(tmp)
+        vocab_file, merges_file = write_clip_bpe(tmp, words)
         # NB: ``vocab=``/``merges=`` (paths), not ``vocab_file=`` (silently ignored in transformers 5)
         return CLIPTokenizer(vocab=vocab_file, merges=merges_file, model_max_length=max_length)
 

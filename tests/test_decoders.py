@@ -154,6 +154,18 @@ def test_written_tokenizers_do_bpe(tmp_path):
     assert roberta.decode(ids, skip_special_tokens=True) == "a low tone"
 
 
+def test_every_merged_word_is_one_token_even_when_an_earlier_merge_splits_it(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from decoders.tiny_parts import _WORDS
+
+    clip = CLIPTokenizer(*write_clip_bpe(tmp_path / "default"), model_max_length=77)
+    assert all(clip.tokenize(w) == [w + "</w>"] for w in _WORDS)  # "green" came out "g re e n" ("re" of "red")
+    words = _WORDS + ("right", "triangle", "moving", "yellow")  # "ri" of "right" splits "triangle"
+    clip = CLIPTokenizer(*write_clip_bpe(tmp_path / "world", words), model_max_length=77)
+    assert clip.tokenize("a yellow triangle moving right") == [w + "</w>" for w in "a yellow triangle moving right".split()]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_tiny_pipeline_build_is_seeded_small_and_fast(kind):
     build_tiny_pipeline(kind, seed=0)  # warm imports
