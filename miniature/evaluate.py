@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkers, spec
+from . import spec
 
 ATTRIBUTES = {
     "image": {"colour": list(spec.COLOURS), "shape": list(spec.SHAPES), "position": list(spec.POSITIONS)},
@@ -80,12 +80,15 @@ def _judge(medium) -> dict:  # every attribute (position, video colour and shape
 
 
 @torch.no_grad()
-def end_to_end_accuracy(pipe, items: dict[str, list], seed: int = 0, progress=True, **call_kwargs):
+def end_to_end_accuracy(pipe, items: dict[str, list], seed: int = 0, progress=True):
     """Ask for each held-out item by caption; judge the generated medium of that modality."""
+    from .evaluate_edits import ask_all
+
     per = {}
     for modality, its in items.items():
-        for k, item in enumerate(tqdm(its, desc=f"eval e2e {modality}", disable=not progress)):
-            out = pipe(REQUEST[modality].format(item.caption), seed=seed + k, **call_kwargs)
+        outs = ask_all(pipe, [(REQUEST[modality].format(item.caption), (), None, seed + k) for k, item in enumerate(its)],
+                       progress=progress, desc=f"eval e2e {modality}")
+        for item, out in zip(its, outs):
             got = out.of(modality)
             if not got:
                 row = {attr: False for attr in _judged_attributes(modality)}

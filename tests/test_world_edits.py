@@ -103,7 +103,7 @@ def test_harness_gives_100_percent_to_ground_truth_and_keeps_the_replies_with_si
     responder = GroundTruthResponder()
     pairs = ee.media_to_media(responder, tmp_path / "inputs", seeds=(0,), per_pair=3, progress=False)
     assert set(pairs) == set(ee.PAIRS) and all(r["all"] == 1.0 and r["n"] == 3 for r in pairs.values())
-    assert (tmp_path / "inputs" / "image").is_dir() and (tmp_path / "inputs" / "audio").is_dir()
+    assert list((tmp_path / "inputs").rglob("*.png")) and list((tmp_path / "inputs").rglob("*.wav"))
     turns = ee.multi_turn(responder, seeds=(0, 1), scripts=3, progress=False)
     assert [k for k in turns if k != "example"] == ["turn 1", "turn 2", "turn 3", "turn 4"]
     assert all(turns[f"turn {t}"]["all"] == 1.0 and turns[f"turn {t}"]["n"] == 6 for t in range(1, 5))
