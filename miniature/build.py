@@ -39,6 +39,7 @@ class BuildPlan:
     image_steps: int | None = 1500
     video_minutes: float | None = None
     video_steps: int | None = 1800
+    video_vae_steps: int | None = None  # None: the recipe's (``visual_decoders.VIDEO_RECIPE``)
     audio_steps: int | None = 1600
     # stage 3: 1600 steps since the media-in edits and multi-turn edit scripts (~1150 rows, was ~700)
     stage_steps: dict = field(default_factory=lambda: {"stage1": 900, "stage2": 1500, "stage3": 1600})
@@ -57,7 +58,7 @@ class BuildPlan:
         # Step budgets only (wall budgets made the bridge test's margins move from run to run). The counts
         # are what 1.0 / 0.8 / 0.7 / 0.7 minutes gave on a quiet 2-core machine; the decoders' VAEs use most
         # of their time, and the CI checks of stage 3 look at the signal tokens, not at the decoded media.
-        return cls(imagebind_steps=330, llm_steps=700, image_steps=20, video_steps=20, audio_steps=300, eval_seeds=1,
+        return cls(imagebind_steps=330, llm_steps=700, image_steps=20, video_steps=20, video_vae_steps=250, audio_steps=300, eval_seeds=1,
                    sweep_seeds=0, pairs_per_kind=2, scripts=2, demo_seeds=1)
 
 
@@ -91,8 +92,9 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None, llm: 
         from . import visual_decoders
 
         train = getattr(visual_decoders, f"train_{name}_decoder")
+        vae = {"vae_steps": plan["video_vae_steps"]} if name == "video" and plan.get("video_vae_steps") else {}
         train(frozen / "decoders" / name, seed=seed, minutes=plan[f"{name}_minutes"], steps=plan[f"{name}_steps"],
-              progress=False)
+              progress=False, **vae)
     elif name == "audio":
         from .audio_decoder import train_audio_decoder
 

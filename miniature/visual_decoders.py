@@ -62,9 +62,11 @@ IMAGE_RECIPE: dict[str, Any] = dict(
     num_inference_steps=15, guidance_scale=3.0,
 )
 VIDEO_RECIPE: dict[str, Any] = dict(
-    # per-frame VAE: 32x32 -> 4x4x8 latents (the UNet3D is expensive; coarse latents keep it cheap)
-    vae_channels=(16, 32, 64, 64), latent_channels=8, vae_groups=8, vae_steps=250, vae_lr=3e-3, vae_kl=1e-6,
-    vae_batch=12, vae_dec_noise=0.0,
+    # per-frame VAE: 32x32 -> 4x4x8 latents (the UNet3D is expensive; coarse latents keep it cheap). At 250
+    # steps of 12 frames its round trip alone turned red into yellow and triangles into circles (colour 71 %,
+    # shape 38 % of the 48 videos): 700 steps of 24 gave 100 / 73 %, 1500 steps of 24 100 / 100 %.
+    vae_channels=(16, 32, 64, 64), latent_channels=8, vae_groups=8, vae_steps=1500, vae_lr=2e-3, vae_kl=1e-6,
+    vae_batch=24, vae_dec_noise=0.0,
     # cross-attention at every level (incl. the 2x2 one) was what made direction follow the caption
     unet_channels=(32, 64), cross_attn_all=True, unet_groups=8, attention_heads=4, layers_per_block=1,
     steps=800, lr=2e-3, text_lr=3e-4, warmup=20, ema=0.99, batch_repeat=1, cfg_dropout=0.1, pool=8, batch=12,
