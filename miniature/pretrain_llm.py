@@ -360,6 +360,10 @@ def world_model_config(imagebind_path, llm_folder, imagebind_config=None, family
     cfg.llm.tokenizer_name_or_path = None
     cfg.llm.random_init = None
     cfg.bridge = {"type": "linear"}  # input_dim / llm_dim filled from the encoder and the LLM
+    # The world's longest replies (an image in, a video and a sound out: "The image shows …. Here is a
+    # video of … and a … tone." and 8 signal tokens) take ~40 tokens; at the tiny preset's 32 the sound's
+    # group never started, and every such request made its video only.
+    cfg.generation.max_new_tokens = 64
     if family == "qwen2":
         cfg.llm.prompt_format = "chat_template"
         cfg.llm.tokenizer_name_or_path = str(Path(llm_folder) / "tokenizer")
