@@ -583,8 +583,6 @@ MINIATURE = _miniature_model()
 
 
 @pytest.mark.skipif(not (MINIATURE / "anyany_config.json").is_file(), reason=f"no miniature model at {MINIATURE} (none shipped; `anyany world build` makes one)")
-@pytest.mark.xfail(strict=True, reason="the shipped model stops this two-output reply before its signal tokens "
-                   "(README: 'Two outputs in one reply with a sound'); a fix makes this pass")
 def test_miniature_model_draws_and_plays_through_the_openai_client():
     """The issue's request through the real client and `anyany serve`'s app: the PNG and the WAV
     it returns are judged by the world's checkers on every attribute the request names."""
