@@ -22,7 +22,7 @@ LRS = {"linear": 1e-2, "token_linear": 1e-2, "mlp_llava15": 1e-2, "context_conte
        "patches": 1e-2}
 # The slow learners get more steps: patches reads raw pixels (no encoder; its image-only steps are the
 # cheapest), and the Q-Formers.
-STEPS_FOR = {"patches": 800, "qformer_blip2": 90, "qformer_instructblip": 90}
+STEPS_FOR = {"patches": 800, "qformer_blip2": 150, "qformer_instructblip": 90}
 MARGIN = 0.2  # mean attribute accuracy over the held-out media, trained minus untrained
 # patches (Fuyu) captions images only, from raw pixels with no encoder: its untrained baseline sits at
 # the image-attribute chance level (~0.33), and it learns slowest (0.44 / 0.50 after 200 / 400 steps).

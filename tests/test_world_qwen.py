@@ -22,9 +22,10 @@ from test_llm_families import messages_of  # the same turns written as plain cha
 torch.set_num_threads(1)
 
 # sha256 of "\n".join(world_corpus(seed=0)) and of the sorted vocabulary of the LLaMA world tokenizer
-# trained on world_corpus(seed=0) + world_text_corpus(0), as they were before the Qwen2 core was added
+# trained on world_corpus(seed=0) + world_text_corpus(0), as they were before the Qwen2 core was added (the
+# vocabulary pin updated when the two-output rows began asking for two sounds per image)
 LLAMA_CORPUS_SHA = "fc5cf6d91e53d84052cdfc6f45f656eba015337b6256be5d1bf5120e036aed1d"
-LLAMA_VOCAB_SHA = "5540c6f8585eda8484a824b02413f571253d161249ce161e8f5b51a566a36095"
+LLAMA_VOCAB_SHA = "ea0d1fc9fc636195b0780c16bcec37551d0b1f58b5c96ab4b7b9e07a4858a760"
 
 
 def corpus() -> list[str]:
