@@ -262,7 +262,9 @@ class AnyToAnyModel(nn.Module):
         config.llm.tokenizer_name_or_path = "tokenizer"
         config.llm.chat_template_file = None  # the saved tokenizer carries the template
         self.tokenizer.save_pretrained(path / "tokenizer")
-        self.llm.save_pretrained(path / "llm_adapter")
+        # Only LoRA and the new token rows (trainable_tokens_delta): peft would otherwise also write the
+        # whole resized embedding and lm_head (2 x 32k x 4096 for Vicuna-7B), which the base LLM already holds.
+        self.llm.save_pretrained(path / "llm_adapter", save_embedding_layers=False)
         self.bridge.save_pretrained(path / "bridge")
         for m, proj in self.output_projections.items():
             proj.save_pretrained(path / "output_projections" / m)

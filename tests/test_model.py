@@ -174,6 +174,48 @@ def test_llm_loads_from_a_saved_folder_like_a_hub_id(tiny_model, tiny_checkpoint
     torch.testing.assert_close(base_a, base_b, rtol=0, atol=0)
 
 
+def test_adapter_folder_holds_only_what_training_changed(tiny_model, tiny_checkpoint, tmp_path):
+    """llm_adapter/ carries LoRA and the new token rows, not a copy of the resized embedding and lm_head
+    (for Vicuna-7B that copy is 2 x 32k x 4096 values); a model on a hub-style base loads back equal."""
+    from safetensors import safe_open
+
+    def saved_keys(folder):
+        with safe_open(str(folder / "llm_adapter" / "adapter_model.safetensors"), "pt") as f:
+            return list(f.keys())
+
+    def only_trained(keys):
+        return keys and all("lora_" in k or "trainable_tokens_delta" in k for k in keys)
+
+    assert only_trained(saved_keys(tiny_checkpoint)), saved_keys(tiny_checkpoint)
+    from transformers import AutoModelForCausalLM
+
+    # a hub-style base: the LLM as published, without rows for anyany's new tokens (so loading grows it)
+    base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint / "base_llm")
+    base.resize_token_embeddings(len(tiny_model.tokenizer) - len(tiny_model.token_ids.all_new), mean_resizing=False)
+    base.save_pretrained(tmp_path / "published")
+    config = AnyToAnyConfig.load(tiny_checkpoint / "anyany_config.json")
+    config.llm.name_or_path = str(tmp_path / "published")
+    config.llm.tokenizer_name_or_path = str(tiny_checkpoint / "tokenizer")
+    config.llm.random_init = None
+    config.encoder.checkpoint = str(tiny_checkpoint / "encoder" / "imagebind.pth")
+    model = AnyToAnyModel.from_config(config)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(5)
+        for n, p in model.named_parameters():
+            if "trainable_tokens_delta" in n or "lora_B" in n:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    model.save_pretrained(tmp_path / "hub_base")
+    assert only_trained(saved_keys(tmp_path / "hub_base")), saved_keys(tmp_path / "hub_base")
+    torch.manual_seed(123)  # a different draw for the resized rows: they must not matter
+    loaded = AnyToAnyModel.from_pretrained(tmp_path / "hub_base")
+    for n, p in model.named_parameters():
+        if "trainable_tokens_delta" in n or "lora_" in n:
+            assert torch.equal(p, dict(loaded.named_parameters())[n]), n
+    batch = conversation_batch(model)
+    torch.testing.assert_close(model(**batch).losses["lm"], loaded(**conversation_batch(loaded)).losses["lm"],
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_config_json_roundtrip(tiny_config):
     again = AnyToAnyConfig.from_dict(copy.deepcopy(tiny_config.to_dict()))
     assert again.to_dict() == tiny_config.to_dict()
