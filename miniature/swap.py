@@ -12,7 +12,14 @@ the image captions with the build's stage-2 steps and lr, in three ways:
 * ``frozen_rows_cached``: with frozen rows the signal tokens' states are a fixed function of the
   caption, so they are computed once per caption (one no-grad pass of the LLM) and stage 2 trains
   the projection alone on them: the same objective, optimiser, schedule, steps and batch size as
-  ``training.loop.train_stage``, without the LLM in the step.
+  ``training.loop.train_stage``, without the LLM in the step;
+* ``frozen_rows_cached_replies``: as ``frozen_rows_cached``, plus the signal states of every image
+  request in the world's instruction data (``HOME/world/train/mosit.json``, media features from
+  ``HOME/cache/media``), teacher-forced: the instruction-tuned model emits its signal tokens at the
+  end of a reply ("Here is a red circle on the left. <Img>[IMG0]...") after a human turn, not after
+  a bare caption, and the projection is asked at generation for the states of that context. The
+  targets are still the new decoder's encodings of each request's caption, so the data stays text
+  plus cached features and nothing but the projection trains.
 
 After each run the LLM, LoRA, bridge, the other projections (and, with frozen rows, the signal rows)
 are asserted bit-identical to ``HOME/model``. Each result is judged like the build judges its own:
@@ -32,7 +39,7 @@ import torch
 from .build import MODEL, BuildPlan
 
 FAMILIES = {"sd3": "stable_diffusion_3"}
-VARIANTS = ("trained_rows", "frozen_rows", "frozen_rows_cached")
+VARIANTS = ("trained_rows", "frozen_rows", "frozen_rows_cached", "frozen_rows_cached_replies")
 QUICK = dict(decoder_steps=20, vae_steps=10, pool=2, fit_steps=10, stage2_steps=20, eval_seeds=1)
 
 
@@ -46,15 +53,17 @@ def _check_home(home: Path) -> None:
 
 def ensure_decoder(home: Path, family: str, *, steps: int | None, quick: bool, seed: int, progress: bool) -> tuple[Path, dict]:
     """The family's decoder folder in ``HOME/frozen/decoders/image_<family>``, trained unless already there."""
-    from .transformer_decoder import train_sd3_decoder
+    from .transformer_decoder import SD3_RECIPE, train_sd3_decoder
 
     folder = home / "frozen" / "decoders" / f"image_{family}"
+    if steps is None:
+        steps = QUICK["decoder_steps"] if quick else SD3_RECIPE["steps"]
     reused = (folder / "model_index.json").is_file() and (folder / "sampling.json").is_file()
+    if reused and json.loads((folder / "sampling.json").read_text()).get("transformer_steps") != steps:
+        reused = False  # trained to another budget (e.g. an older recipe): train it again
     if not reused:
         vae = home / "frozen" / "decoders" / "image" / "vae"
         extra = {k: QUICK[k] for k in ("vae_steps", "pool", "fit_steps")} if quick else {}
-        if steps is None and quick:
-            steps = QUICK["decoder_steps"]
         train_sd3_decoder(folder, vae_from=vae if (vae / "config.json").is_file() else None, seed=seed, steps=steps,
                           progress=progress, **extra)
     sampling = json.loads((folder / "sampling.json").read_text())
@@ -122,21 +131,60 @@ def end_to_end(path: Path, seeds: int, progress: bool) -> dict:
 
 
 @torch.no_grad()
-def signal_states(model, captions: list[str], batch_size: int = 64) -> torch.Tensor:
-    """[captions, signal tokens, H]: what the image projection reads for each caption (the frozen
-    LLM's last-layer state at each signal token plus that token's embedding)."""
-    proj = model.output_projections["image"]
+def _projection_inputs(model, batches, modality: str = "image") -> torch.Tensor:
+    """[signal groups, signal tokens, H]: what ``modality``'s projection reads in each batch (model
+    keyword arguments), in the batches' signal-slot order: the frozen LLM's last-layer state at each
+    signal token plus that token's embedding."""
     seen: list[torch.Tensor] = []
-    hook = proj.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().float().cpu()))
+    hook = model.output_projections[modality].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].detach().float().cpu()))
     try:
+        for kwargs in batches:
+            model(**kwargs)
+    finally:
+        hook.remove()
+    return torch.cat(seen)
+
+
+def signal_states(model, captions: list[str], batch_size: int = 64) -> torch.Tensor:
+    """[captions, signal tokens, H]: what the image projection reads for each caption in stage 2's
+    sequence (the caption, then the signal group)."""
+    def batches():
         for start in range(0, len(captions), batch_size):
             chunk = captions[start : start + batch_size]
             batch = model.collate([model.prompts.encode_segments(model.prompts.signal_segments(c, "image", i))
                                    for i, c in enumerate(chunk)])
-            model(batch["input_ids"], batch["attention_mask"], batch["labels"], signal_slots=batch["signal_slots"])
-    finally:
-        hook.remove()
-    return torch.cat(seen)
+            yield dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                       signal_slots=batch["signal_slots"])
+
+    return _projection_inputs(model, batches())
+
+
+def reply_signal_states(model, conversations, media_cache, batch_size: int = 32) -> tuple[torch.Tensor, list[str]]:
+    """The image projection's inputs at every image request of ``conversations`` (teacher-forced
+    through the model's prompt format, media in from ``media_cache``), and each request's caption."""
+    from training.data import Collator, build_dataset
+
+    rows = [c for c in conversations if any(r.modality == "image" for t in c.turns for r in t.media_out)]
+    if not rows:
+        raise ValueError("the instruction data asks for no image: no reply contexts to train the projection on")
+    dataset = build_dataset("stage3", rows, model, media_cache, None, model.config.stage1_instruction)
+    collate = Collator(model.prompts, model.tokenizer.pad_token_id)
+    captions: list[str] = []
+
+    def batches():
+        for start in range(0, len(dataset), batch_size):
+            examples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            batch = collate(examples)
+            asked = [value for ex in examples for m, _, value in ex.targets if m == "image"]  # uncached: captions
+            captions.extend(asked[s.target_index] for s in batch["signal_slots"] if s.modality == "image")
+            features = {m: value if kind == "features" else model.encode_media(m, value)
+                        for m, (kind, value) in batch["media"].items()}
+            yield dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
+                       media_slots=batch["media_slots"], signal_slots=batch["signal_slots"], media_features=features)
+
+    states = _projection_inputs(model, batches())
+    return states, captions
 
 
 def train_projection_on_cached_states(model, states: torch.Tensor, targets: torch.Tensor, cfg, progress: bool) -> dict:
@@ -203,7 +251,7 @@ def swap_decoder_in_world(home, family: str = "sd3", steps: int | None = None, q
     from training.data import build_dataset, target_sources
     from training.features import build_prefix_cache, build_target_cache
     from training.loop import train_stage
-    from training.records import read_text_captions
+    from training.records import read_conversations, read_text_captions
     from training.recipes import TrainConfig
     from training.swap import swap_decoder
 
@@ -240,6 +288,11 @@ def swap_decoder_in_world(home, family: str = "sd3", steps: int | None = None, q
         report["seconds"]["decoder_eval"] = time.time() - t
 
         captions = read_text_captions(home / "world" / "train" / "captions_image.json", "image")[0]
+        conversations = []
+        if "frozen_rows_cached_replies" in variants:
+            conversations = read_conversations(home / "world" / "train" / "mosit.json")[0]
+        media_cache = home / "cache" / "media" if (home / "cache" / "media").is_dir() else None
+        asked = sorted({r.caption for c in conversations for t in c.turns for r in t.media_out if r.modality == "image"})
         reference = AnyToAnyModel.from_pretrained(home / MODEL, with_encoder=False)
         untouched = {True: _frozen_state(reference, True), False: _frozen_state(reference, False)}
         del reference
@@ -254,19 +307,24 @@ def swap_decoder_in_world(home, family: str = "sd3", steps: int | None = None, q
             source = target_sources(model)["image"]
             t = time.time()
             with torch.no_grad():
-                targets = build_target_cache(target_dir, [c.caption for c in captions], decoders("image").encode_text,
-                                             source, {}, progress=progress)
+                targets = build_target_cache(target_dir, sorted({c.caption for c in captions} | set(asked)),
+                                             decoders("image").encode_text, source, {}, progress=progress)
             cfg = TrainConfig("stage2", lr=plan.stage_lr["stage2"], max_steps=stage2_steps, batch_size=plan.batch_size,
                               weight_decay=plan.stage_weight_decay["stage2"], min_warmup_steps=20, seed=seed,
                               save_every=10**9, log_every=25, mixed_precision="no")
             run_dir = out_root / variant
             row: dict = {"freeze_signal_rows": frozen}
-            if variant == "frozen_rows_cached":
+            if variant.startswith("frozen_rows_cached"):
                 from training.features import caption_key
 
                 model.eval()  # the states the projection reads at generation (no LoRA dropout)
-                states = signal_states(model, [c.caption for c in captions])
-                packed = torch.stack([targets.get(caption_key(c.caption, source)).float() for c in captions])
+                texts = [c.caption for c in captions]
+                states = signal_states(model, texts)
+                if variant == "frozen_rows_cached_replies":
+                    more, requested = reply_signal_states(model, conversations, media_cache)
+                    states, texts = torch.cat([states, more]), texts + requested
+                    row["reply_contexts"] = len(requested)
+                packed = torch.stack([targets.get(caption_key(c, source)).float() for c in texts])
                 row["cache_seconds"] = time.time() - t
                 t = time.time()
                 row.update(train_projection_on_cached_states(model, states, packed, cfg, progress))
@@ -303,16 +361,16 @@ def format_swap_report(report: dict) -> str:
         return "   -" if x is None else f"{x:4.0%}"
 
     lines = [f"decoder swap to {report['kind']} ({report['decoder'].get('spec', '')}); stage 2 alone, "
-             f"{report['stage2_steps']} steps, image captions only; held-out end to end over {report['eval_seeds']} seed(s)",
-             f"{'':<22} {'retrieval':>9} {'e2e all':>8} {'colour':>7} {'shape':>6} {'pos':>5} {'stage2 s':>9}"]
+             f"{report['stage2_steps']} steps, only the image projection (and trained rows) training; held-out end to end over {report['eval_seeds']} seed(s)",
+             f"{'':<26} {'retrieval':>9} {'e2e all':>8} {'colour':>7} {'shape':>6} {'pos':>5} {'stage2 s':>9}"]
     orig = report.get("original")
     if orig:
         r, e = orig.get("stage2_retrieval") or {}, orig.get("end_to_end") or {}
-        lines.append(f"{'original (SD-1.5 kind)':<22} {pct(r.get('top1')):>9} {pct(e.get('all')):>8} {pct(e.get('colour')):>7} "
+        lines.append(f"{'original (SD-1.5 kind)':<26} {pct(r.get('top1')):>9} {pct(e.get('all')):>8} {pct(e.get('colour')):>7} "
                      f"{pct(e.get('shape')):>6} {pct(e.get('position')):>5} {'':>9}")
     for name, row in report.get("variants", {}).items():
         r, e = row["stage2_retrieval"], row["end_to_end"]
-        lines.append(f"{name:<22} {pct(r['top1']):>9} {pct(e['all']):>8} {pct(e['colour']):>7} {pct(e['shape']):>6} "
+        lines.append(f"{name:<26} {pct(r['top1']):>9} {pct(e['all']):>8} {pct(e['colour']):>7} {pct(e['shape']):>6} "
                      f"{pct(e['position']):>5} {row['stage2_seconds']:>9.1f}")
     alone = report["decoder"].get("alone_heldout", {})
     lines.append(f"new decoder alone from true held-out captions: all {pct(alone.get('all'))} "
@@ -322,5 +380,5 @@ def format_swap_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FAMILIES", "VARIANTS", "assert_untouched", "format_swap_report", "retrieval", "signal_states",
+__all__ = ["FAMILIES", "VARIANTS", "assert_untouched", "format_swap_report", "reply_signal_states", "retrieval", "signal_states",
            "swap_decoder_in_world", "train_projection_on_cached_states"]

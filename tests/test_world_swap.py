@@ -13,6 +13,22 @@ import pytest
 import torch
 
 
+def _ask(text, caption, modality="image"):
+    kind = {"image": "", "video": "a video of ", "audio": ""}[modality]
+    return [{"role": "human", "text": text},
+            {"role": "gpt", "text": f"Here is {kind}{caption}.", "generate": [{"modality": modality, "caption": caption}]}]
+
+
+# the world's instruction rows in its own format: image requests (one after a video turn) and one row without any
+REQUESTS = [
+    {"id": "r0", "turns": _ask("draw a red circle on the left", "a red circle on the left")},
+    {"id": "r1", "turns": _ask("show me a blue square in the center", "a blue square in the center")},
+    {"id": "r2", "turns": _ask("animate a green triangle moving up", "a green triangle moving up", "video")
+        + _ask("now draw it on the right", "a green triangle on the right")},
+    {"id": "r3", "turns": [{"role": "human", "text": "hello"}, {"role": "gpt", "text": "Hello."}]},
+]
+
+
 @pytest.fixture(scope="module")
 def swapped(tmp_path_factory):
     from anyany.config import get_preset
@@ -26,6 +42,7 @@ def swapped(tmp_path_factory):
     (home / "world" / "train").mkdir(parents=True)
     rows = [{"caption": it.caption, "name": f"train_image_{i:03d}"} for i, it in enumerate(split_items("train")["image"])]
     (home / "world" / "train" / "captions_image.json").write_text(json.dumps(rows))
+    (home / "world" / "train" / "mosit.json").write_text(json.dumps(REQUESTS))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions and matmuls: a second thread only waits on a busy machine
     try:
@@ -73,7 +90,7 @@ def test_swap_changes_only_the_image_projection_and_unfrozen_signal_rows(swapped
     home, _ = swapped
     before = dict(AnyToAnyModel.from_pretrained(home / "model", with_encoder=False).named_parameters())
     changed = {}
-    for variant in ("trained_rows", "frozen_rows", "frozen_rows_cached"):
+    for variant in ("trained_rows", "frozen_rows", "frozen_rows_cached", "frozen_rows_cached_replies"):
         after = dict(AnyToAnyModel.from_pretrained(home / "swap" / "sd3" / variant / "final",
                                                    with_encoder=False).named_parameters())
         image = {k: tuple(v.shape) for k, v in after.items() if k.startswith("output_projections.image.")}
@@ -84,6 +101,28 @@ def test_swap_changes_only_the_image_projection_and_unfrozen_signal_rows(swapped
     rows = [k for k in before if "trainable_tokens_delta" in k]
     assert rows and changed["trained_rows"] and set(changed["trained_rows"]) <= set(rows)
     assert changed["frozen_rows"] == [] and changed["frozen_rows_cached"] == []
+    assert changed["frozen_rows_cached_replies"] == []
+
+
+def test_reply_contexts_are_the_image_requests_of_the_instruction_data(swapped):
+    from anyany.model import AnyToAnyModel
+    from miniature.swap import reply_signal_states, signal_states
+    from training.records import read_conversations
+
+    home, report = swapped
+    assert report["variants"]["frozen_rows_cached_replies"]["reply_contexts"] == 3
+    model = AnyToAnyModel.from_pretrained(home / "model", with_encoder=False).eval()
+    conversations = read_conversations(home / "world" / "train" / "mosit.json")[0]
+    states, captions = reply_signal_states(model, conversations, None, batch_size=2)
+    assert captions == ["a red circle on the left", "a blue square in the center", "a green triangle on the right"]
+    n = model.config.signals.count("image")
+    assert states.shape == (3, n, model.llm.config.hidden_size)
+    # a reply's signal states depend on the conversation before them, not on the caption alone
+    bare = signal_states(model, captions)
+    assert not torch.allclose(states, bare, atol=1e-4)
+    # ... and the same request alone gives the same states as inside a batch
+    alone, _ = reply_signal_states(model, conversations[1:2], None)
+    torch.testing.assert_close(alone[0], states[1], rtol=1e-4, atol=1e-5)
 
 
 def test_swap_report_has_every_run_and_its_numbers(swapped):
