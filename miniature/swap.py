@@ -5,17 +5,20 @@ SD-1.5-style image decoder), trains (or reuses) a tiny SD3-style decoder
 (``miniature.transformer_decoder``) into ``HOME/frozen/decoders/image_sd3``, swaps it in with
 ``training.swap.swap_decoder`` (a fresh image output projection for the SD3 conditioning spec),
 caches the new decoder's stage-2 targets of the world's image captions, and runs stage 2 alone on
-the image captions with the build's stage-2 steps and lr, in three ways:
+the image captions with the build's stage-2 steps and lr, in five ways:
 
 * ``trained_rows``: stage 2 as NExT-GPT runs it (the image projection and the signal-token rows train);
 * ``frozen_rows``: ``freeze_signal_rows`` (only the projection trains; the signal rows stay);
+* ``frozen_rows_replies``: ``frozen_rows`` with the reply rows below added to the loop's data
+  (``training.data.ReplyDataset``, what ``anyany train stage2 --replies`` does);
 * ``frozen_rows_cached``: with frozen rows the signal tokens' states are a fixed function of the
   caption, so they are computed once per caption (one no-grad pass of the LLM) and stage 2 trains
   the projection alone on them: the same objective, optimiser, schedule, steps and batch size as
   ``training.loop.train_stage``, without the LLM in the step;
 * ``frozen_rows_cached_replies``: as ``frozen_rows_cached``, plus the signal states of every image
   request in the world's instruction data (``HOME/world/train/mosit.json``, media features from
-  ``HOME/cache/media``), teacher-forced: the instruction-tuned model emits its signal tokens at the
+  ``HOME/cache/media``; a conversation is cut after its last image request and left out when it
+  also asks for a video or a sound), teacher-forced: the instruction-tuned model emits its signal tokens at the
   end of a reply ("Here is a red circle on the left. <Img>[IMG0]...") after a human turn, not after
   a bare caption, and the projection is asked at generation for the states of that context. The
   targets are still the new decoder's encodings of each request's caption, so the data stays text
@@ -39,7 +42,7 @@ import torch
 from .build import MODEL, BuildPlan
 
 FAMILIES = {"sd3": "stable_diffusion_3"}
-VARIANTS = ("trained_rows", "frozen_rows", "frozen_rows_cached", "frozen_rows_cached_replies")
+VARIANTS = ("trained_rows", "frozen_rows", "frozen_rows_replies", "frozen_rows_cached", "frozen_rows_cached_replies")
 QUICK = dict(decoder_steps=20, vae_steps=10, pool=2, fit_steps=10, stage2_steps=20, eval_seeds=1)
 
 
@@ -161,14 +164,15 @@ def signal_states(model, captions: list[str], batch_size: int = 64) -> torch.Ten
 
 
 def reply_signal_states(model, conversations, media_cache, batch_size: int = 32) -> tuple[torch.Tensor, list[str]]:
-    """The image projection's inputs at every image request of ``conversations`` (teacher-forced
-    through the model's prompt format, media in from ``media_cache``), and each request's caption."""
+    """The image projection's inputs at the image requests of ``conversations`` as stage 2's reply
+    rows hold them (``training.data.ReplyDataset``: teacher-forced through the model's prompt format,
+    media in from ``media_cache``), and each request's caption."""
     from training.data import Collator, build_dataset
 
-    rows = [c for c in conversations if any(r.modality == "image" for t in c.turns for r in t.media_out)]
-    if not rows:
-        raise ValueError("the instruction data asks for no image: no reply contexts to train the projection on")
-    dataset = build_dataset("stage3", rows, model, media_cache, None, model.config.stage1_instruction)
+    dataset = build_dataset("stage2", conversations, model, media_cache, None, model.config.stage1_instruction,
+                            replies_for=["image"])
+    if not len(dataset):
+        raise ValueError("the instruction data asks for no image alone: no reply contexts to train the projection on")
     collate = Collator(model.prompts, model.tokenizer.pad_token_id)
     captions: list[str] = []
 
@@ -176,8 +180,8 @@ def reply_signal_states(model, conversations, media_cache, batch_size: int = 32)
         for start in range(0, len(dataset), batch_size):
             examples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
             batch = collate(examples)
-            asked = [value for ex in examples for m, _, value in ex.targets if m == "image"]  # uncached: captions
-            captions.extend(asked[s.target_index] for s in batch["signal_slots"] if s.modality == "image")
+            asked = [value for ex in examples for _, _, value in ex.targets]  # uncached targets: the captions
+            captions.extend(asked[s.target_index] for s in batch["signal_slots"])
             features = {m: value if kind == "features" else model.encode_media(m, value)
                         for m, (kind, value) in batch["media"].items()}
             yield dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"],
@@ -289,7 +293,7 @@ def swap_decoder_in_world(home, family: str = "sd3", steps: int | None = None, q
 
         captions = read_text_captions(home / "world" / "train" / "captions_image.json", "image")[0]
         conversations = []
-        if "frozen_rows_cached_replies" in variants:
+        if any(v.endswith("_replies") for v in variants):
             conversations = read_conversations(home / "world" / "train" / "mosit.json")[0]
         media_cache = home / "cache" / "media" if (home / "cache" / "media").is_dir() else None
         asked = sorted({r.caption for c in conversations for t in c.turns for r in t.media_out if r.modality == "image"})
@@ -331,9 +335,18 @@ def swap_decoder_in_world(home, family: str = "sd3", steps: int | None = None, q
                 row["stage2_seconds"] = time.time() - t
                 model.save_pretrained(run_dir / "final")
             else:
-                build_prefix_cache(prefix_dir, [(c.caption, "image") for c in captions], model, progress=progress)
-                dataset = build_dataset("stage2", captions, model, None, target_dir, model.config.stage1_instruction,
-                                        prefix_dir)
+                if variant == "frozen_rows_replies":  # as `anyany train stage2 ... --replies mosit.json`
+                    from torch.utils.data import ConcatDataset
+
+                    replies = build_dataset("stage2", conversations, model, media_cache, target_dir,
+                                            model.config.stage1_instruction, replies_for=["image"])
+                    dataset = ConcatDataset([build_dataset("stage2", captions, model, None, target_dir,
+                                                           model.config.stage1_instruction), replies])
+                    row["reply_rows"] = len(replies)
+                else:
+                    build_prefix_cache(prefix_dir, [(c.caption, "image") for c in captions], model, progress=progress)
+                    dataset = build_dataset("stage2", captions, model, None, target_dir,
+                                            model.config.stage1_instruction, prefix_dir)
                 row["cache_seconds"] = time.time() - t
                 t = time.time()
                 result = train_stage(model, dataset, cfg, run_dir, decoders=decoders, progress=progress)

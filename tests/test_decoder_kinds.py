@@ -323,3 +323,84 @@ def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path):
         parse_decoder_arg("image:flux")
     with pytest.raises(ValueError, match="kind 'dalle' is not one of"):
         parse_decoder_arg("image=dalle:/x")
+
+
+def _reply_rows(tmp_path):
+    """Instruction rows in the anyany format: an image request, an image edit with an image in, a video
+    request before an image request (left out: it also asks for a video), and a text-only chat."""
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "src.png")
+
+    def ask(text, caption, modality="image"):
+        return [{"role": "human", "text": text},
+                {"role": "gpt", "text": f"Here is {caption}.", "generate": [{"modality": modality, "caption": caption}]}]
+
+    rows = [
+        {"id": "a", "turns": ask("draw a blue square", "a blue square")},
+        {"id": "b", "turns": [{"role": "human", "text": "make this green", "media": [{"modality": "image", "path": "src.png"}]},
+                              *ask("", "a green square")[1:]]},
+        {"id": "c", "turns": ask("animate a red square", "a red square moving", "video") + ask("now draw it", "a red square")},
+        {"id": "d", "turns": [{"role": "human", "text": "hello"}, {"role": "gpt", "text": "Hello."}]},
+    ]
+    (tmp_path / "mosit.json").write_text(__import__("json").dumps(rows))
+    return tmp_path / "mosit.json"
+
+
+def test_reply_rows_train_only_the_signal_tokens_of_the_asked_modality(tmp_path):
+    from anyany.config import get_preset
+    from anyany.model import AnyToAnyModel
+    from anyany.tokens import IGNORE_INDEX
+    from training.data import Collator, build_dataset
+    from training.records import read_conversations
+
+    torch.manual_seed(0)
+    model = AnyToAnyModel.from_config(get_preset("tiny"))
+    conversations = read_conversations(_reply_rows(tmp_path))[0]
+    rows = build_dataset("stage2", conversations, model, None, None, model.config.stage1_instruction, replies_for=["image"])
+    assert len(rows) == 2 and rows.skipped == 1 and [c.key for c in rows.conversations] == ["a", "b"]
+    examples = [rows[0], rows[1]]
+    assert [[v for m, _, v in ex.targets] for ex in examples] == [["a blue square"], ["a green square"]]
+    batch = Collator(model.prompts, model.tokenizer.pad_token_id)(examples)
+    image_ids = set(model.token_ids.signals["image"])
+    labelled = batch["labels"] != IGNORE_INDEX
+    assert labelled.sum() == 2 * len(image_ids)  # the signal group of each reply, none of its words
+    assert all(int(t) in image_ids for t in batch["input_ids"][labelled])
+    assert len(batch["media_slots"]) == 1 and [s.modality for s in batch["signal_slots"]] == ["image", "image"]
+
+
+def test_cli_stage2_swap_learns_from_reply_rows(tmp_path, capsys):
+    from PIL import Image
+
+    from anyany.cli import main as cli
+    from anyany.config import get_preset
+    from anyany.model import AnyToAnyModel
+
+    torch.manual_seed(0)
+    AnyToAnyModel.from_config(get_preset("tiny"), with_encoder=False).save_pretrained(tmp_path / "init")
+    flux = write_tiny_pipeline("flux", tmp_path / "flux", seed=0)
+    rows = []
+    for i, name in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (32, 32), name).save(tmp_path / f"{name}.png")
+        rows.append({"caption": f"a {name} square", "id": str(i), "image_name": f"{name}.png"})
+    (tmp_path / "cc3m.json").write_text(__import__("json").dumps(rows))
+    replies = _reply_rows(tmp_path)
+    common = ["train", "stage2", "--data", str(tmp_path / "cc3m.json"), "--init", str(tmp_path / "init"),
+              "--decoder", f"image=flux:{flux}", "--freeze-signal-rows", "--max-steps", "3", "--batch-size", "5", "--quiet"]
+    assert cli(common + ["--out", str(tmp_path / "captions")]) == 0
+    capsys.readouterr()
+    assert cli(common + ["--out", str(tmp_path / "replies"), "--replies", str(replies)]) == 0
+    assert "3 caption rows + 2 reply rows (image requests; 1 conversations that also ask" in capsys.readouterr().out
+    before = AnyToAnyModel.from_pretrained(tmp_path / "init", with_encoder=False)
+    plain = AnyToAnyModel.from_pretrained(tmp_path / "captions" / "final", with_encoder=False)
+    after = AnyToAnyModel.from_pretrained(tmp_path / "replies" / "final", with_encoder=False)
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    same = [k for k in new if not k.startswith("output_projections.image")]
+    assert same and all(torch.equal(old[k], new[k]) for k in same)  # LLM, rows, bridge, other projections
+    # the reply rows reached the projection: the same seed and steps without them train it differently
+    trained = [k for k in new if k.startswith("output_projections.image")]
+    assert any(not torch.equal(new[k], dict(plain.named_parameters())[k]) for k in trained)
+    capsys.readouterr()
+    assert cli(["train", "stage3", "--data", str(replies), "--init", str(tmp_path / "init"), "--out", str(tmp_path / "x"),
+                "--replies", str(replies), "--quiet"]) != 0
+    assert "--replies is a stage-2 option" in capsys.readouterr().err

@@ -26,6 +26,8 @@ REQUESTS = [
     {"id": "r2", "turns": _ask("animate a green triangle moving up", "a green triangle moving up", "video")
         + _ask("now draw it on the right", "a green triangle on the right")},
     {"id": "r3", "turns": [{"role": "human", "text": "hello"}, {"role": "gpt", "text": "Hello."}]},
+    {"id": "r4", "turns": _ask("draw a red square on the left", "a red square on the left")
+        + _ask("now make it blue", "a blue square on the left")},
 ]
 
 
@@ -86,11 +88,12 @@ def test_sd3_world_decoder_round_trips_and_generates_from_projected_conditioning
 
 def test_swap_changes_only_the_image_projection_and_unfrozen_signal_rows(swapped):
     from anyany.model import AnyToAnyModel
+    from miniature.swap import VARIANTS
 
     home, _ = swapped
     before = dict(AnyToAnyModel.from_pretrained(home / "model", with_encoder=False).named_parameters())
     changed = {}
-    for variant in ("trained_rows", "frozen_rows", "frozen_rows_cached", "frozen_rows_cached_replies"):
+    for variant in VARIANTS:
         after = dict(AnyToAnyModel.from_pretrained(home / "swap" / "sd3" / variant / "final",
                                                    with_encoder=False).named_parameters())
         image = {k: tuple(v.shape) for k, v in after.items() if k.startswith("output_projections.image.")}
@@ -100,8 +103,7 @@ def test_swap_changes_only_the_image_projection_and_unfrozen_signal_rows(swapped
         changed[variant] = sorted(k for k in others if not torch.equal(after[k], before[k]))
     rows = [k for k in before if "trainable_tokens_delta" in k]
     assert rows and changed["trained_rows"] and set(changed["trained_rows"]) <= set(rows)
-    assert changed["frozen_rows"] == [] and changed["frozen_rows_cached"] == []
-    assert changed["frozen_rows_cached_replies"] == []
+    assert all(changed[v] == [] for v in VARIANTS if v != "trained_rows")
 
 
 def test_reply_contexts_are_the_image_requests_of_the_instruction_data(swapped):
@@ -110,13 +112,16 @@ def test_reply_contexts_are_the_image_requests_of_the_instruction_data(swapped):
     from training.records import read_conversations
 
     home, report = swapped
-    assert report["variants"]["frozen_rows_cached_replies"]["reply_contexts"] == 3
+    # every image request of r0, r1 and r4; r2 also asks for a video, r3 for nothing
+    assert report["variants"]["frozen_rows_cached_replies"]["reply_contexts"] == 4
+    assert report["variants"]["frozen_rows_replies"]["reply_rows"] == 3
     model = AnyToAnyModel.from_pretrained(home / "model", with_encoder=False).eval()
     conversations = read_conversations(home / "world" / "train" / "mosit.json")[0]
     states, captions = reply_signal_states(model, conversations, None, batch_size=2)
-    assert captions == ["a red circle on the left", "a blue square in the center", "a green triangle on the right"]
+    assert captions == ["a red circle on the left", "a blue square in the center", "a red square on the left",
+                        "a blue square on the left"]
     n = model.config.signals.count("image")
-    assert states.shape == (3, n, model.llm.config.hidden_size)
+    assert states.shape == (4, n, model.llm.config.hidden_size)
     # a reply's signal states depend on the conversation before them, not on the caption alone
     bare = signal_states(model, captions)
     assert not torch.allclose(states, bare, atol=1e-4)

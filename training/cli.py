@@ -30,6 +30,10 @@ def register(sub) -> None:
     t.add_argument("--decoder", action="append", metavar="MODALITY=KIND:PATH",
                    help="swap MODALITY's decoder for KIND from PATH (hub id or folder) before training; its output "
                         "projection starts fresh for the new decoder's conditioning spec (docs/decoders.md)")
+    t.add_argument("--replies", action="append", metavar="FILE",
+                   help="stage 2: instruction data (stage-3 format, repeatable) whose requests for the trained "
+                        "modality join the captions as rows, so the projection also learns the signal states of a "
+                        "reply (docs/decoders.md, the decoder swap)")
     t.add_argument("--freeze-signal-rows", action="store_true",
                    help="stage 2: keep the signal-token rows frozen, so only the output projections train")
     for f in fields(RECIPES["stage1"].real):
@@ -87,7 +91,18 @@ def cmd_train(args) -> int:
                                           with_sources=True)
     eval_records = (read_stage_records(args.stage, args.eval_data, args.media_root, args.modality, _on_error(args))
                     if args.eval_data else None)
-    needs_encoder = args.stage != "stage2" and not args.media_cache
+    replies, reply_sources = [], []
+    if args.replies:
+        if args.stage != "stage2":
+            raise ValueError(f"--replies is a stage-2 option (reply rows for the output projections); {args.stage} "
+                             "reads its conversations from --data")
+        if args.prefix_cache:
+            raise ValueError("--replies with --prefix-cache: reply rows have no cached prefix; leave out --prefix-cache "
+                             "(the prefix is then run without gradients in the step)")
+        replies, reply_sources = read_stage_records("stage3", args.replies, args.media_root, None, _on_error(args),
+                                                    with_sources=True)
+    media_in_replies = any(t.media_in for c in replies for t in c.turns)
+    needs_encoder = (args.stage != "stage2" or media_in_replies) and not args.media_cache
     swaps = [parse_decoder_arg(text) for text in args.decoder or []]
     model = _load_model(args, with_encoder=needs_encoder)
     for modality, kind, path in swaps:
@@ -102,6 +117,18 @@ def cmd_train(args) -> int:
     instruction = model.config.stage1_instruction
     caches = (args.media_cache, args.target_cache, instruction, args.prefix_cache)
     dataset = build_dataset(args.stage, records, model, *caches)
+    if replies:
+        from torch.utils.data import ConcatDataset
+
+        wanted = [m for m, _, _ in swaps] or ([args.modality] if args.modality else sorted({r.modality for r in records}))
+        rows = build_dataset(args.stage, replies, model, *caches, replies_for=wanted)
+        if not len(rows):
+            raise ValueError(f"--replies {', '.join(args.replies)}: no conversation asks for {' or '.join(wanted)} "
+                             "without also asking for another modality; nothing to add")
+        print(f"stage2: {len(dataset)} caption rows + {len(rows)} reply rows ({' and '.join(wanted)} requests; "
+              f"{rows.skipped} conversations that also ask for another modality left out)")
+        sources = list(sources) + [reply_sources[i] for i in rows.kept_index]
+        dataset = ConcatDataset([dataset, rows])
     dataset = check_rows(dataset, Collator(model.prompts, model.tokenizer.pad_token_id), sources,
                          skip=args.skip_bad_rows, progress=not args.quiet)
     eval_dataset = build_dataset(args.stage, eval_records, model, *caches) if eval_records else None

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from decoders import KINDS, DecoderConfig
 
 
@@ -47,9 +49,9 @@ def swap_decoder(model, modality: str, kind: str, path: str, **decoder_settings)
     model.config.decoders[modality] = decoder
     model.config.output_projections[modality] = output_projection_for(spec, **sizes)
     old_proj = model.output_projections[modality]
-    model.output_projections[modality] = OutputProjection(
-        llm_dim=old_proj.config.llm_dim, **vars(model.config.output_projections[modality])
-    ).to(device=old_proj.device, dtype=old_proj.dtype)
+    fresh = OutputProjection(llm_dim=old_proj.config.llm_dim, **vars(model.config.output_projections[modality]))
+    # nn.Module.to: diffusers' ModelMixin.to logs a float32-modules warning on every dtype cast
+    model.output_projections[modality] = torch.nn.Module.to(fresh, device=old_proj.device, dtype=old_proj.dtype)
     return decoder
 
 
