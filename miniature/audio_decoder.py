@@ -148,18 +148,8 @@ def _attribute_basis(seed: int = 0) -> dict[tuple[str, str], torch.Tensor]:
 
 
 def _fitting_captions(items) -> tuple[list[str], list[dict[str, str]]]:
-    """The train captions plus every partial caption they contain ("a loud tone", "a shrill pulsing
-    tone", ...), each with its attribute values. Partial captions hold at most two attributes, so
-    no held-out combination is among them."""
-    caps, attrs = [], []
-    for it in items:
-        for r in (1, 2, 3):
-            for names in itertools.combinations(ATTRIBUTES, r):
-                cap = "a " + " ".join(getattr(it, a) for a in names) + " tone"
-                if cap not in caps:
-                    caps.append(cap)
-                    attrs.append({a: getattr(it, a) for a in names})
-    return caps, attrs
+    """The train captions and every partial caption they contain ("a loud tone", "a shrill pulsing tone", ...)."""
+    return spec.partial_captions(items, ATTRIBUTES, lambda it, names: "a " + " ".join(getattr(it, a) for a in names) + " tone")
 
 
 def _fit_text_encoder(pipe, items, steps: int, progress: bool) -> None:

@@ -63,6 +63,22 @@ class AudioItem:
         return f"a {self.loudness} {self.pitch} {self.rhythm} tone"
 
 
+def partial_captions(items, attributes, caption_of) -> tuple[list[str], list[dict[str, str]]]:
+    """Each item's caption naming every non-empty subset of ``attributes`` (``caption_of(item, names)``),
+    first occurrence kept, each with the attribute values it names. A text encoder fitted on them
+    becomes additive in the attribute words; a subset of at most two attributes never spells a
+    held-out combination."""
+    caps, attrs = [], []
+    for it in items:
+        for r in range(1, len(attributes) + 1):
+            for names in itertools.combinations(attributes, r):
+                cap = caption_of(it, names)
+                if cap not in caps:
+                    caps.append(cap)
+                    attrs.append({a: getattr(it, a) for a in names})
+    return caps, attrs
+
+
 def all_images() -> list[ImageItem]:
     return [ImageItem(*x) for x in itertools.product(COLOURS, SHAPES, POSITIONS)]
 

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import split_items
-from .spec import IMAGE_SIZE, all_images, all_videos, all_audios, render_image
+from .spec import IMAGE_SIZE, all_images, all_videos, all_audios, partial_captions, render_image
 from .visual_decoders import (
     IMAGE_RECIPE, _EMA, _build_vae, _encode_latents, _progress, _to_unit, _train_vae, _warmup_lr,
     evaluate_image_decoder,
@@ -122,25 +122,16 @@ ATTRIBUTES = ("colour", "shape", "position")  # in caption order
 
 
 def _fitting_captions(items) -> tuple[list[str], list[dict[str, str]]]:
-    """The train captions and every partial caption they contain ("a red shape", "a circle on the
-    left", ...), each with its attribute values. A partial caption names at most two attributes,
-    so no held-out combination is among them."""
-    import itertools
+    """The train captions and every partial caption they contain ("a red shape", "a circle on the left", ...)."""
+    def caption_of(it, names):
+        colour = f"{it.colour} " if "colour" in names else ""
+        shape = it.shape if "shape" in names else "shape"
+        where = ""
+        if "position" in names:
+            where = " in the center" if it.position == "center" else f" on the {it.position}"
+        return f"a {colour}{shape}{where}"
 
-    caps, attrs = [], []
-    for it in items:
-        for r in (1, 2, 3):
-            for names in itertools.combinations(ATTRIBUTES, r):
-                colour = f"{it.colour} " if "colour" in names else ""
-                shape = it.shape if "shape" in names else "shape"
-                where = ""
-                if "position" in names:
-                    where = " in the center" if it.position == "center" else f" on the {it.position}"
-                cap = f"a {colour}{shape}{where}"
-                if cap not in caps:
-                    caps.append(cap)
-                    attrs.append({a: getattr(it, a) for a in names})
-    return caps, attrs
+    return partial_captions(items, ATTRIBUTES, caption_of)
 
 
 def _summaries(pipe, captions: list[str], max_sequence_length: int) -> list[torch.Tensor]:
