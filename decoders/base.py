@@ -24,20 +24,22 @@ from .spec import ConditioningSpec, conditioning_batch
 
 @contextlib.contextmanager
 def _quiet_loading(quiet: bool):
-    """Silence diffusers' and transformers' loading bars when the caller asked for no progress."""
-    if not quiet:
-        yield
-        return
+    """Silence diffusers' and transformers' loading bars when the caller asked for no progress, and
+    transformers' warnings while a pipeline loads in any case: its image processors announce their
+    PIL fallback without torchvision, which generation from embeddings never uses."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     # restore what was there: a program that silenced the bars for good (``anyany demo``) keeps them off
-    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
+    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), tlog.get_verbosity()
+    tlog.set_verbosity(max(was[2], tlog.ERROR))
+    if quiet:
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
     try:
         yield
     finally:
+        tlog.set_verbosity(was[2])
         if was[0]:
             dlog.enable_progress_bar()
         if was[1]:

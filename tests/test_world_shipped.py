@@ -84,3 +84,17 @@ def test_shipped_model_answers_the_demo_prompt():
     demo = ee.demo_prompt(load_shipped(progress=False), seeds=(0,))
     assert "  " not in demo["replies"][0] and " ." not in demo["replies"][0]  # detokenised cleanly
     assert demo["right"] == 1, demo
+
+
+def test_loading_the_shipped_decoders_prints_no_library_warnings(capfd):
+    """A Python user's first load: transformers' image processors must not announce their torchvision
+    fallback (nothing here uses them) on the way."""
+    _shipped_or_skip()
+    from transformers.utils import logging as tlog
+
+    tlog.set_verbosity_warning()  # what a fresh interpreter has, whatever earlier tests set
+    pipe = load_shipped(progress=False)
+    for modality in ("image", "video", "audio"):
+        assert pipe.decoders(modality) is not None
+    err = capfd.readouterr().err
+    assert "[transformers]" not in err and "torchvision" not in err, err[-600:]
