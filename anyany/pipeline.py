@@ -117,11 +117,14 @@ class AnyToAnyPipeline:
     @classmethod
     def from_pretrained(cls, path_or_preset: str, *, device: str = "cpu", progress: bool = True, config_overrides=None):
         """A checkpoint folder written by ``save_pretrained``, or a preset name (random trainable parts)."""
+        from decoders.base import quiet_loading
+
         from .config import get_preset
         from .model import AnyToAnyModel
 
         if Path(path_or_preset).is_dir():
-            model = AnyToAnyModel.from_pretrained(path_or_preset, device=device, config_overrides=config_overrides)
+            with quiet_loading(not progress):
+                model = AnyToAnyModel.from_pretrained(path_or_preset, device=device, config_overrides=config_overrides)
         else:
             config = get_preset(path_or_preset)
             if config_overrides:

@@ -23,23 +23,27 @@ from .spec import ConditioningSpec, conditioning_batch
 
 
 @contextlib.contextmanager
-def _quiet_loading(quiet: bool):
+def quiet_loading(quiet: bool):
     """Silence diffusers' and transformers' loading bars when the caller asked for no progress, and
-    transformers' warnings while a pipeline loads in any case: its image processors announce their
-    PIL fallback without torchvision, which generation from embeddings never uses."""
+    their warnings while weights load in any case. What they say there is not the user's to act
+    on: image processors announcing their PIL fallback without torchvision (generation from
+    embeddings never uses them), the deprecation notice of a pipeline class a decoder kind is built
+    on, a component's type not being the one the pipeline names."""
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
     # restore what was there: a program that silenced the bars for good (``anyany demo``) keeps them off
-    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), tlog.get_verbosity()
-    tlog.set_verbosity(max(was[2], tlog.ERROR))
+    was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), dlog.get_verbosity(), tlog.get_verbosity()
+    dlog.set_verbosity(max(was[2], dlog.ERROR))
+    tlog.set_verbosity(max(was[3], tlog.ERROR))
     if quiet:
         dlog.disable_progress_bar()
         tlog.disable_progress_bar()
     try:
         yield
     finally:
-        tlog.set_verbosity(was[2])
+        dlog.set_verbosity(was[2])
+        tlog.set_verbosity(was[3])
         if was[0]:
             dlog.enable_progress_bar()
         if was[1]:
@@ -161,7 +165,7 @@ class Decoder(abc.ABC):
         kwargs = cls._from_pretrained_kwargs()
         if not config.text_encoders:
             kwargs.update({name: None for name in cls.text_components})
-        with _quiet_loading(not progress):
+        with quiet_loading(not progress):
             pipe = cls.pipeline_class().from_pretrained(
                 name_or_path, dtype=resolve_dtype(config.torch_dtype), **kwargs
             )
