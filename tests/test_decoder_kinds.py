@@ -293,13 +293,13 @@ def test_decoder_swap_retrains_only_that_projection_over_every_tensor(tmp_path):
     assert set(media[0].conditioning) == set(spec.names)
 
 
-def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path):
+def _swap_inputs(tmp_path) -> str:
+    """A seeded tiny model in ``init/``, a tiny FLUX pipeline in ``flux/`` (returned) and three image
+    captions in ``cc3m.json``: what a decoder swap through the CLI reads."""
     from PIL import Image
 
-    from anyany.cli import main as cli
     from anyany.config import get_preset
     from anyany.model import AnyToAnyModel
-    from training.swap import parse_decoder_arg
 
     torch.manual_seed(0)
     AnyToAnyModel.from_config(get_preset("tiny"), with_encoder=False).save_pretrained(tmp_path / "init")
@@ -309,6 +309,15 @@ def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path):
         Image.new("RGB", (32, 32), name).save(tmp_path / f"{name}.png")
         rows.append({"caption": f"a {name} square", "id": str(i), "image_name": f"{name}.png"})
     (tmp_path / "cc3m.json").write_text(__import__("json").dumps(rows))
+    return flux
+
+
+def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path):
+    from anyany.cli import main as cli
+    from anyany.model import AnyToAnyModel
+    from training.swap import parse_decoder_arg
+
+    flux = _swap_inputs(tmp_path)
     assert cli(["train", "stage2", "--data", str(tmp_path / "cc3m.json"), "--init", str(tmp_path / "init"),
                 "--out", str(tmp_path / "out"), "--decoder", f"image=flux:{flux}", "--freeze-signal-rows",
                 "--max-steps", "3", "--batch-size", "3", "--quiet"]) == 0
@@ -370,20 +379,10 @@ def test_reply_rows_train_only_the_signal_tokens_of_the_asked_modality(tmp_path)
 
 
 def test_cli_stage2_swap_learns_from_reply_rows(tmp_path, capsys):
-    from PIL import Image
-
     from anyany.cli import main as cli
-    from anyany.config import get_preset
     from anyany.model import AnyToAnyModel
 
-    torch.manual_seed(0)
-    AnyToAnyModel.from_config(get_preset("tiny"), with_encoder=False).save_pretrained(tmp_path / "init")
-    flux = write_tiny_pipeline("flux", tmp_path / "flux", seed=0)
-    rows = []
-    for i, name in enumerate(("red", "blue", "green")):
-        Image.new("RGB", (32, 32), name).save(tmp_path / f"{name}.png")
-        rows.append({"caption": f"a {name} square", "id": str(i), "image_name": f"{name}.png"})
-    (tmp_path / "cc3m.json").write_text(__import__("json").dumps(rows))
+    flux = _swap_inputs(tmp_path)
     replies = _reply_rows(tmp_path)
     common = ["train", "stage2", "--data", str(tmp_path / "cc3m.json"), "--init", str(tmp_path / "init"),
               "--decoder", f"image=flux:{flux}", "--freeze-signal-rows", "--max-steps", "3", "--batch-size", "5", "--quiet"]

@@ -161,14 +161,19 @@ def test_save_and_load_roundtrip_through_user_path(tiny_model, tiny_checkpoint):
     torch.testing.assert_close(tiny_model.encode_media("image", x), loaded.encode_media("image", x))
 
 
+def _model_on_base(checkpoint, base):
+    """The checkpoint's model built from config with its LLM loaded from ``base`` (a folder, like a hub id)."""
+    config = AnyToAnyConfig.load(checkpoint / "anyany_config.json")
+    config.llm.name_or_path = str(base)
+    config.llm.tokenizer_name_or_path = str(checkpoint / "tokenizer")
+    config.llm.random_init = None
+    config.encoder.checkpoint = str(checkpoint / "encoder" / "imagebind.pth")
+    return AnyToAnyModel.from_config(config)
+
+
 def test_llm_loads_from_a_saved_folder_like_a_hub_id(tiny_model, tiny_checkpoint, tmp_path):
     """The random-init LLM saved with save_pretrained loads through LLMConfig.name_or_path."""
-    config = AnyToAnyConfig.load(tiny_checkpoint / "anyany_config.json")
-    config.llm.name_or_path = str(tiny_checkpoint / "base_llm")
-    config.llm.tokenizer_name_or_path = str(tiny_checkpoint / "tokenizer")
-    config.llm.random_init = None
-    config.encoder.checkpoint = str(tiny_checkpoint / "encoder" / "imagebind.pth")
-    model = AnyToAnyModel.from_config(config)
+    model = _model_on_base(tiny_checkpoint, tiny_checkpoint / "base_llm")
     base_a = tiny_model.llm.get_base_model().model.layers[0].mlp.up_proj.weight
     base_b = model.llm.get_base_model().model.layers[0].mlp.up_proj.weight
     torch.testing.assert_close(base_a, base_b, rtol=0, atol=0)
@@ -193,12 +198,7 @@ def test_adapter_folder_holds_only_what_training_changed(tiny_model, tiny_checkp
     base = AutoModelForCausalLM.from_pretrained(tiny_checkpoint / "base_llm")
     base.resize_token_embeddings(len(tiny_model.tokenizer) - len(tiny_model.token_ids.all_new), mean_resizing=False)
     base.save_pretrained(tmp_path / "published")
-    config = AnyToAnyConfig.load(tiny_checkpoint / "anyany_config.json")
-    config.llm.name_or_path = str(tmp_path / "published")
-    config.llm.tokenizer_name_or_path = str(tiny_checkpoint / "tokenizer")
-    config.llm.random_init = None
-    config.encoder.checkpoint = str(tiny_checkpoint / "encoder" / "imagebind.pth")
-    model = AnyToAnyModel.from_config(config)
+    model = _model_on_base(tiny_checkpoint, tmp_path / "published")
     with torch.no_grad():
         g = torch.Generator().manual_seed(5)
         for n, p in model.named_parameters():
