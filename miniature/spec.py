@@ -91,6 +91,13 @@ def all_audios() -> list[AudioItem]:
     return [AudioItem(*x) for x in itertools.product(PITCHES, LOUDNESS, RHYTHMS)]
 
 
+def caption_words() -> tuple[str, ...]:
+    """Every word of every caption (held-out combinations use the same words as the train ones), the
+    corpus a decoder's tokenizer learns its word merges from."""
+    return tuple(sorted({w for items in (all_images(), all_videos(), all_audios()) for it in items
+                         for w in it.caption.split()}))
+
+
 # ---------------------------------------------------------------------------------- rendering
 
 
