@@ -93,6 +93,7 @@ def every_combination(pipe, seeds=(0,), progress: bool = True) -> dict:
         outs = ask_all(pipe, [(REQUEST[modality][k % len(REQUEST[modality])].format(c=item.caption), (), None, 1000 * s + k)
                               for s, k, item in asks], progress=progress, desc=f"eval every {modality}")
         rows = [(item, score(out, [edits.Expect(modality, item)])) for (_, _, item), out in zip(asks, outs)]
+        alone = decoder_alone(pipe, modality, [item for _, _, item in asks], [1000 * s + k for s, k, _ in asks])
         values = {}
         for attr in edits._attrs(modality):
             for value in sorted({getattr(it, attr) for it in items}):
@@ -102,8 +103,39 @@ def every_combination(pipe, seeds=(0,), progress: bool = True) -> dict:
             "train": _summary([r for it, r in rows if it not in held]),
             "heldout": _summary([r for it, r in rows if it in held]),
             "values": values,
+            "decoder_alone": {"train": _summary([r for it, r in alone if it not in held]),
+                              "heldout": _summary([r for it, r in alone if it in held])},
         }
     return report
+
+
+def decode_with_request_noise(pipe, modality: str, conditioning: torch.Tensor, seeds: list[int], batch: int = 16) -> list:
+    """Decode ``conditioning`` rows with the noise each one-medium request of ``seeds`` got (the
+    pipeline seeds a reply's k-th medium with ``seed + k``; here k = 0), so that a row differs from
+    that request's medium by the conditioning alone."""
+    from anyany.pipeline import GeneratedMedia
+
+    decoder = pipe.decoder(modality)
+    media = []
+    for i in range(0, len(seeds), batch):
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds[i : i + batch]]
+        data = decoder.generate(conditioning[i : i + batch], generator=gens, progress=False)
+        fps = getattr(decoder.config, "fps", None) if modality == "video" else None
+        media += [GeneratedMedia(modality, d, decoder.sample_rate, fps) for d in data]
+    return media
+
+
+@torch.no_grad()
+def decoder_alone(pipe, modality: str, items: list, seeds: list[int]) -> list[tuple]:
+    """(item, score) when the decoder gets each item's true caption conditioning (its text encoder's)
+    with the request's noise: the ceiling the LLM and the output projection are measured against, so a
+    miss is told apart as the decoder's own or theirs."""
+    from anyany.pipeline import AnyToAnyOutput
+
+    conditioning = pipe.decoder(modality).encode_text([it.caption for it in items])
+    media = decode_with_request_noise(pipe, modality, conditioning, seeds)
+    return [(it, score(AnyToAnyOutput(text="", raw_text="", media=[m]), [edits.Expect(modality, it)]))
+            for it, m in zip(items, media)]
 
 
 def _render_source(modality: str, item, folder: Path, rng: np.random.Generator) -> str:
@@ -195,6 +227,9 @@ def format_edits(report: dict) -> list[str]:
         weakest = min(r["values"].items(), key=lambda kv: kv[1])
         lines.append(f"every {modality:<5} train {r['train']['all']:.0%} (n={r['train']['n']}), held-out "
                      f"{r['heldout']['all']:.0%} (n={r['heldout']['n']}); weakest value {weakest[0]} {weakest[1]:.0%}")
+        if "decoder_alone" in r:  # the same noise, the true caption's conditioning
+            lines.append(f"      {modality:<5} decoder alone from true captions: train {r['decoder_alone']['train']['all']:.0%}, "
+                         f"held-out {r['decoder_alone']['heldout']['all']:.0%}")
     for pair, r in report.get("media_to_media", {}).items():
         lines.append(f"held-out {pair:<6} all attributes right {r['all']:.0%} (n={r['n']})")
     for turn, r in report.get("multi_turn", {}).items():

@@ -102,3 +102,30 @@ def test_loading_the_shipped_model_without_progress_prints_nothing(capfd):
         assert pipe.decoders(modality) is not None
     captured = capfd.readouterr()
     assert captured.err.strip() == "" and captured.out.strip() == "", (captured.out + captured.err)[-600:]
+
+
+def test_decoder_alone_uses_each_requests_noise_so_only_the_conditioning_differs():
+    """The every-combination report's decoder-alone row: decoding a request's own projected
+    conditioning through it gives back that request's medium, and the true caption's conditioning
+    (what the row decodes) gives a different one from the same noise."""
+    _shipped_or_skip()
+    import numpy as np
+
+    from miniature import evaluate_edits as ee
+    from miniature.spec import all_images
+
+    pipe = load_shipped(progress=False)
+    items, seeds = all_images()[:3], [7, 1003, 2011]
+    outs = ee.ask_all(pipe, [(f"draw {it.caption}", (), None, s) for it, s in zip(items, seeds)])
+    projected = torch.cat([o.of("image")[0].conditioning for o in outs])
+    again = ee.decode_with_request_noise(pipe, "image", projected, seeds)
+    for out, medium in zip(outs, again):
+        want, got = np.asarray(out.of("image")[0].data, np.int16), np.asarray(medium.data, np.int16)
+        assert np.abs(want - got).max() <= 2  # float rounding between a batch of 3 and the engine's batch
+    true = pipe.decoder("image").encode_text([it.caption for it in items])
+    alone = ee.decode_with_request_noise(pipe, "image", true, seeds)
+    assert any(np.abs(np.asarray(a.data, np.int16) - np.asarray(o.of("image")[0].data, np.int16)).max() > 2
+               for a, o in zip(alone, outs))
+    rows = ee.decoder_alone(pipe, "image", items, seeds)
+    assert [it for it, _ in rows] == items and all(set(r) == {"image colour", "image shape", "image position", "all"}
+                                                   for _, r in rows)
