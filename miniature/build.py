@@ -85,10 +85,10 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None, llm: 
         train_imagebind(frozen / "imagebind.pth", seed=seed, minutes=plan["imagebind_minutes"], steps=plan["imagebind_steps"],
                         progress=False, report=report)
     elif name == "llm":
-        from .data import copy_corpus, world_text_corpus
+        from .data import world_text_corpus
         from .pretrain_llm import train_llm, world_corpus
 
-        corpus = world_corpus(seed=seed) + world_text_corpus(seed) + copy_corpus(seed=seed)
+        corpus = world_corpus(seed=seed) + world_text_corpus(seed)
         train_llm(frozen / "llm", corpus, seed=seed, minutes=plan["llm_minutes"], steps=plan["llm_steps"], progress=False,
                   report=report, family=llm)
     elif name in ("image", "video"):

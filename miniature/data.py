@@ -341,39 +341,3 @@ def world_text_corpus(seed: int = 0, *, split: str = "train", repeats: int = 2) 
         pairs = [(row["turns"][i]["text"], row["turns"][i + 1]["text"]) for i in range(0, len(row["turns"]), 2)]
         texts.append(vicuna(pairs))
     return texts
-
-
-# every attribute's words as they appear in captions ("on the right", "moving up", ...)
-_COPY_UNITS = ([*spec.COLOURS, *spec.SHAPES, *spec.PITCHES, *spec.LOUDNESS, *spec.RHYTHMS]
-               + ["on the left", "on the right", "in the center"] + [f"moving {d}" for d in spec.DIRECTIONS])
-_COPY_REQUESTS = ("draw {c}", "play {c}", "make a video of {c}", "say {c}", "show me {c}")
-
-
-def copy_corpus(n: int = 1500, seed: int = 0) -> list[str]:
-    """``n`` requests for made-up descriptions, answered by repeating them ("play a blue shrill
-    moving up tone" -> "Here is a blue shrill moving up tone."), for the LLM's pretraining.
-
-    Every train combination is in the world's text many times over, so an LLM can answer every
-    request from memory and never needs to copy; then an unseen combination's words lose to the
-    train ones it remembers ("play a quiet high steady tone" -> "Here is a quiet high.", "play a
-    loud shrill fluttering tone" -> "... a loud shrill steady tone."). Made-up strings cannot be
-    remembered, only copied. With them (same frozen decoders and ImageBind, 3 requests x 4 held-out
-    sounds), the replies named the held-out sound asked for 12 of 12 times (9 of 12 without). Asked
-    to change a made-up description as well ("... the same but loud", half of 3000 lines): 11 of 12,
-    and audio -> audio replies 18 of 30 against 21, so that was left out. No string holds every
-    attribute value of a held-out combination."""
-    rng = np.random.default_rng([seed, 11])
-    held = [set(_values(x)) for x in (*HELDOUT_IMAGES, *HELDOUT_VIDEOS, *HELDOUT_AUDIOS)]
-    lines = []
-    while len(lines) < n:
-        units = [_COPY_UNITS[int(i)] for i in rng.choice(len(_COPY_UNITS), size=int(rng.integers(2, 5)), replace=False)]
-        if any(h <= set(" ".join(units).split()) for h in held):
-            continue
-        text = "a " + " ".join(units) + (" tone" if rng.random() < 0.3 else "")
-        request = _COPY_REQUESTS[int(rng.integers(len(_COPY_REQUESTS)))].format(c=text)
-        lines.append(vicuna([(request, f"Here is {text}.")]))
-    return lines
-
-
-def _values(item) -> tuple:
-    return tuple(getattr(item, f) for f in item.__dataclass_fields__)
