@@ -37,6 +37,7 @@ class BuildPlan:
     llm_steps: int | None = 1750
     image_minutes: float | None = None
     image_steps: int | None = 1500
+    image_vae_steps: int | None = None  # None: the recipe's (``visual_decoders.IMAGE_RECIPE``)
     video_minutes: float | None = None
     # video: 2400 steps, one token per caption word, text encoder frozen: direction 99 / 100 %, shape 98 / 95 %
     # of all 48 videos x 2 seeds from their true captions (training seeds 0 / 1); trained jointly 90 / 99 %
@@ -60,7 +61,7 @@ class BuildPlan:
         # Step budgets only (wall budgets made the bridge test's margins move from run to run). The counts
         # are what 1.0 / 0.8 / 0.7 / 0.7 minutes gave on a quiet 2-core machine; the decoders' VAEs use most
         # of their time, and the CI checks of stage 3 look at the signal tokens, not at the decoded media.
-        return cls(imagebind_steps=330, llm_steps=700, image_steps=20, video_steps=20, video_vae_steps=250, audio_steps=300, eval_seeds=1,
+        return cls(imagebind_steps=330, llm_steps=700, image_steps=20, image_vae_steps=400, video_steps=20, video_vae_steps=250, audio_steps=300, eval_seeds=1,
                    sweep_seeds=0, pairs_per_kind=2, scripts=2, demo_seeds=1)
 
 
@@ -94,7 +95,7 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None, llm: 
         from . import visual_decoders
 
         train = getattr(visual_decoders, f"train_{name}_decoder")
-        vae = {"vae_steps": plan["video_vae_steps"]} if name == "video" and plan.get("video_vae_steps") else {}
+        vae = {"vae_steps": plan[f"{name}_vae_steps"]} if plan.get(f"{name}_vae_steps") else {}
         train(frozen / "decoders" / name, seed=seed, minutes=plan[f"{name}_minutes"], steps=plan[f"{name}_steps"],
               progress=False, **vae)
     elif name == "audio":
