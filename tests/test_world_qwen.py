@@ -236,13 +236,16 @@ def test_world_build_flags():
 
 def test_world_lora_adapts_attention_and_mlp_at_rank_16(qwen_model):
     """The world's LoRA (rank 16 on attention and MLP: held-out audio -> audio 63 -> 80 % against rank 4
-    on attention only) reaches every projection of every layer, under the family's own module names."""
+    on attention only) reaches every projection of every layer, under the family's own module names,
+    with NExT-GPT's dropout 0.1 (against 0: held-out A->A 80 -> 87 %, end to end audio 50 -> 75 %)."""
     per_layer: dict[str, set] = {}
     for name, module in qwen_model.llm.named_modules():
         if hasattr(module, "lora_A") and "default" in module.lora_A:
             layer, leaf = name.split(".layers.")[1].split(".")[0], name.rsplit(".", 1)[-1]
             per_layer.setdefault(layer, set()).add(leaf)
             assert module.r["default"] == 16, name
+            dropout = module.lora_dropout["default"]
+            assert isinstance(dropout, torch.nn.Dropout) and dropout.p == 0.1, (name, dropout)
     n_layers = len(qwen_model.llm.get_base_model().model.layers)
     assert len(per_layer) == n_layers
     assert all(leaves == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
