@@ -190,12 +190,14 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
             a = _pick(rng, _ANSWER[m]).format(c=item.caption)
             add([human(q, [(m, path)]), gpt(a)])
     # 2. text request -> generation, single modality (every item twice: by its caption, then as a
-    #    person might ask, with attributes left out; the reply names what was made)
+    #    person might ask, with attributes left out; the reply names the image or video made, and a
+    #    sound is made from the words asked, ``edits.SOUND_ASKED_IN_WORDS``)
     for m in ("image", "video", "audio"):
         for k, item in enumerate(items[m] * 2):
             asked = item.caption if k < len(items[m]) else _partial(item, rng)
+            made = (m, asked) if m == "audio" else (m, item.caption)
             add([human(_pick(rng, REQUEST[m]).format(c=asked)),
-                 gpt(_HERE[m].format(c=item.caption), [(m, item.caption)])])
+                 gpt(_HERE[m].format(c=edits.SOUND_ASKED_IN_WORDS if m == "audio" else item.caption), [made])])
     # 3. two modalities out at once ("draw a blue square and play a low tone"): every image with a
     #    video and with two sounds, asked for in full or in part. The sounds cycle through a shuffled
     #    list: with one random sound per image, a low pitch was asked for beside an image in 6 rows,
@@ -208,8 +210,11 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
             asked = [x.caption if rng.random() < 0.5 else _partial(x, rng) for x in (item, other)]
             req = f"{_pick(rng, REQUEST['image']).format(c=asked[0]).rstrip('?')} and " \
                   f"{_pick(rng, REQUEST[other_m]).format(c=asked[1]).rstrip('?')}"
-            ans = f"Here is {item.caption} and {'a video of ' if other_m == 'video' else ''}{other.caption}."
-            add([human(req), gpt(ans, [("image", item.caption), (other_m, other.caption)])])
+            if other_m == "audio":
+                ans, made = f"Here is {item.caption} and {edits.SOUND_ASKED_IN_WORDS}.", asked[1]
+            else:
+                ans, made = f"Here is {item.caption} and a video of {other.caption}.", other.caption
+            add([human(req), gpt(ans, [("image", item.caption), (other_m, made)])])
     # 4. media in AND media out: the reply names the input, then makes the edited medium
     #    (image -> image / video, video -> video / image, audio -> audio, image -> video + sound)
     every_other = {"image": media["image"], "video": media["video"][::2], "audio": media["audio"]}
@@ -227,9 +232,9 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
             used[req.source] = k + 1
             path = paths[req.source][k % len(paths[req.source])]
             for e in list(req.expect):
-                if e.judged:  # asked for in part: the reply names a train sound with that pitch
+                if e.judged:  # asked for in part (by pitch): a train sound of that pitch, made from the words asked
                     sounds = [a for a in items["audio"] if a.pitch == e.item.pitch]
-                    req.expect[req.expect.index(e)] = edits.Expect("audio", _pick(rng, sounds))
+                    req.expect[req.expect.index(e)] = edits.Expect("audio", _pick(rng, sounds), e.judged)
             text, gen = req.reply()
             add([human(req.text[0].upper() + req.text[1:] + ".", [(source_m, path)]), gpt(text, gen)])
     # 5. multi-turn: describe an input, then generate on request; and edits by reference to what
@@ -243,7 +248,7 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
             human(_pick(rng, _DESCRIBE["image"]), [("image", path)]),
             gpt(_pick(rng, _ANSWER["image"]).format(c=item.caption)),
             human(_pick(rng, REQUEST["audio"]).format(c=snd.caption)),
-            gpt(_HERE["audio"].format(c=snd.caption), [("audio", snd.caption)]),
+            gpt(_HERE["audio"].format(c=edits.SOUND_ASKED_IN_WORDS), [("audio", snd.caption)]),
             human(_pick(rng, REQUEST["video"]).format(c=vid.caption)),
             gpt(_HERE["video"].format(c=vid.caption), [("video", vid.caption)]),
         ])
@@ -251,7 +256,7 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
         for turns in edits.train_scripts(items["image"], items["video"], items["audio"], 3 * len(items["image"]), rng):
             row = []
             for turn in turns:
-                row += [human(turn.text), gpt(edits.script_reply(turn), [(turn.expect.modality, turn.expect.item.caption)])]
+                row += [human(turn.text), gpt(edits.script_reply(turn), [(turn.expect.modality, turn.expect.caption)])]
             add(row)
     return rows
 

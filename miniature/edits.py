@@ -58,6 +58,15 @@ def _reference(text: str) -> str:
     return text if text.startswith("now ") else f"now {text}"
 
 
+# How a reply names a sound asked for in words. Written out again ("Here is a quiet high steady tone."),
+# a held-out sound's last word was recalled from a train sound ("a quiet high" -> "fluttering"); named
+# this way, the signal tokens read the words from the request and the output projection carries them
+# to the decoder, held-out combinations too. A sound asked for in part is made from the words asked
+# ("a low tone"): filling in a remembered train sound taught that same recall. A sound in (A→A) is
+# named, and so is its edited sound, which the reply derives from it.
+SOUND_ASKED_IN_WORDS = "the tone"
+
+
 @dataclass(frozen=True)
 class Expect:
     """A medium the reply must make: its modality, the combination, and the attributes judged
@@ -70,6 +79,11 @@ class Expect:
     @property
     def attributes(self) -> tuple:
         return self.judged or tuple(_attrs(self.modality))
+
+    @property
+    def caption(self) -> str:
+        """What the decoder is asked for: a sound asked for in part by the words asked ("a low tone")."""
+        return self.item.named(self.judged) if self.judged and self.modality == "audio" else self.item.caption
 
 
 def _attrs(modality: str) -> tuple:
@@ -92,8 +106,9 @@ class Request:
         """The instruction data's reply and its generation requests (modality, caption)."""
         lead = f"That was {self.source.caption}." if self.source_modality == "audio" else \
             f"The {NOUN[self.source_modality]} shows {self.source.caption}."
-        made = [_made(e.modality, e.item.caption) for e in self.expect]
-        return f"{lead} Here is {' and '.join(made)}.", [(e.modality, e.item.caption) for e in self.expect]
+        made = [SOUND_ASKED_IN_WORDS if e.modality == "audio" and self.source_modality != "audio"
+                else _made(e.modality, e.item.caption) for e in self.expect]
+        return f"{lead} Here is {' and '.join(made)}.", [(e.modality, e.caption) for e in self.expect]
 
 
 def _made(modality: str, caption: str) -> str:
@@ -172,7 +187,8 @@ class Turn:
 def script(first: ImageItem, attr: str, value: str, direction: str, pitch: str, sound=None,
            rng: np.random.Generator | None = None) -> list[Turn]:
     """The four-turn edit script: draw ``first`` -> change ``attr`` to ``value`` -> animate it
-    moving ``direction`` -> a ``pitch`` tone with it (``sound``: the full sound the reply names)."""
+    moving ``direction`` -> a ``pitch`` tone with it (``sound``: a sound of that pitch; the pitch is what
+    is asked for, judged and made)."""
     rng = rng or np.random.default_rng(0)
     pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
     second = _with(first, **{attr: value})
@@ -184,12 +200,12 @@ def script(first: ImageItem, attr: str, value: str, direction: str, pitch: str, 
         Turn(pick([f"draw {first.caption}", f"show me a picture of {first.caption}"]), Expect("image", first)),
         Turn(_reference(pick(change_phrases(attr, value))), Expect("image", second)),
         Turn(pick([f"now animate it moving {direction}", f"now make it move {direction}"]), Expect("video", video)),
-        Turn(asks_sound, Expect("audio", sound_item, () if sound is not None else ("pitch",))),
+        Turn(asks_sound, Expect("audio", sound_item, ("pitch",))),
     ]
 
 
 def script_reply(turn: Turn) -> str:
-    return here(turn.expect.modality, turn.expect.item.caption)
+    return f"Here is {SOUND_ASKED_IN_WORDS}." if turn.expect.modality == "audio" else here(turn.expect.modality, turn.expect.item.caption)
 
 
 def heldout_scripts(heldout_videos, heldout_images) -> list[list[Turn]]:

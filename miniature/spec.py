@@ -62,6 +62,10 @@ class AudioItem:
     def caption(self) -> str:
         return f"a {self.loudness} {self.pitch} {self.rhythm} tone"
 
+    def named(self, attributes) -> str:
+        """The tone by ``attributes`` only, in the caption's word order ("a low tone")."""
+        return "a " + " ".join(getattr(self, a) for a in ("loudness", "pitch", "rhythm") if a in attributes) + " tone"
+
 
 def partial_captions(items, attributes, caption_of) -> tuple[list[str], list[dict[str, str]]]:
     """Each item's caption naming every non-empty subset of ``attributes`` (``caption_of(item, names)``),
