@@ -205,7 +205,9 @@ def script(first: ImageItem, attr: str, value: str, direction: str, pitch: str, 
 
 
 def script_reply(turn: Turn) -> str:
-    return f"Here is {SOUND_ASKED_IN_WORDS}." if turn.expect.modality == "audio" else here(turn.expect.modality, turn.expect.item.caption)
+    if turn.expect.modality == "audio":
+        return f"Here is {SOUND_ASKED_IN_WORDS}."
+    return here(turn.expect.modality, turn.expect.item.caption)
 
 
 def heldout_scripts(heldout_videos, heldout_images) -> list[list[Turn]]:
