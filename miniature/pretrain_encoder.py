@@ -188,6 +188,30 @@ class BagOfWords(nn.Module):
         return F.normalize(self.proj(vecs), dim=-1)
 
 
+def attribute_targets(modality: str) -> dict[str, tuple[list[str], torch.Tensor]]:
+    """Attribute -> (its value words, each train item's value index): the attribute terms' classes."""
+    items = world_items(modality)
+    out = {}
+    for attr in item_attributes(items[0]):
+        values = sorted({getattr(it, attr) for it in items})
+        out[attr] = (values, torch.tensor([values.index(getattr(it, attr)) for it in items]))
+    return out
+
+
+def attribute_loss(emb: torch.Tensor, text: BagOfWords, scale: torch.Tensor, targets: dict, item_idx: torch.Tensor) -> torch.Tensor:
+    """Mean over attributes of InfoNCE of each medium against its attribute's value words alone
+    ("low" against "middle", "high", "shrill").
+
+    The whole-caption term only asks a medium to pick its own caption among the train ones, and a
+    2-layer encoder can do that by recognising the combination: the pitch of a held-out sound
+    (a train pitch in a new combination) was linearly readable for 83 % of renders. Asking for each
+    attribute on its own makes the embedding carry every attribute apart: 100 %, and the stage-1
+    bridge's held-out audio captions 62 -> 88 %."""
+    emb = F.normalize(emb, dim=-1)
+    terms = [F.cross_entropy(scale * emb @ text(values).T, index[item_idx]) for values, index in targets.values()]
+    return torch.stack(terms).mean()
+
+
 def all_captions() -> list[str]:
     return [it.caption for m in MODALITIES for it in world_items(m)]
 
@@ -267,12 +291,14 @@ def train_imagebind(
     pos_scale: float = 2.0,
     qk_scale: float = 4.0,
     eval_renders: int = 2,
+    attribute_weight: float = 1.0,
     report: dict | None = None,
 ) -> Path:
     """Train a small ImageBind contrastively on the world and save it (official layout).
 
     Stops after ``steps`` optimiser steps if given (reproducible), else after ``minutes`` of
-    wall time (preprocessing included). ``report`` (a dict), if given, receives the held-out
+    wall time (preprocessing included). ``attribute_weight``: the weight of the attribute terms
+    (:func:`attribute_loss`) beside the whole-caption InfoNCE. ``report`` (a dict), if given, receives the held-out
     retrieval and linear-probe accuracies per attribute and the timings.
     """
     t0 = time.time()
@@ -286,6 +312,7 @@ def train_imagebind(
     vocab = sorted({w for c in caps for w in c.split()})
     text = BagOfWords(vocab, cfg.embed_dim)
     cap_index = {m: torch.tensor([caps.index(it.caption) for it in world_items(m)]) for m in MODALITIES}
+    attrs = {m: attribute_targets(m) for m in MODALITIES}
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
     params = list(encoder.parameters()) + list(text.parameters()) + [log_scale]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -308,6 +335,8 @@ def train_imagebind(
             emb = encode_clips(encoder, m, x[pick])
             logits = scale * F.normalize(emb, dim=-1) @ t_all.T
             loss = loss + F.cross_entropy(logits, cap_index[m][idx[pick]])
+            if attribute_weight:
+                loss = loss + attribute_weight * attribute_loss(emb, text, scale, attrs[m], idx[pick])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -9,7 +9,7 @@ import torch
 
 from miniature import checkers, spec
 from miniature.build import MODEL, BuildPlan, evaluate_world, world_config
-from miniature.pretrain_encoder import budget_used
+from miniature.pretrain_encoder import BagOfWords, all_captions, attribute_loss, attribute_targets, budget_used, world_items
 
 
 def test_checkers_are_exact_on_ground_truth():
@@ -102,3 +102,27 @@ def test_the_video_decoder_reads_each_caption_word_as_one_token(reduced_miniatur
     assert [tokenizer.tokenize(w) for w in words] == [[w + "</w>"] for w in words]
     caption = spec.all_videos()[-1].caption
     assert len(tokenizer(caption).input_ids) == len(caption.split()) + 2  # + start and end of text
+
+
+def test_imagebind_attribute_terms_score_each_attribute_on_its_own():
+    # The whole-caption InfoNCE let the encoder recognise train combinations; the attribute terms ask for
+    # every attribute apart, so a held-out combination's pitch stays readable.
+    torch.manual_seed(0)
+    caps = all_captions()
+    text = BagOfWords(sorted({w for c in caps for w in c.split()}), 64)
+    targets = attribute_targets("audio")
+    items = world_items("audio")
+    assert {a: v for a, (v, _) in targets.items()} == {"pitch": sorted(spec.PITCHES), "loudness": sorted(spec.LOUDNESS),
+                                                          "rhythm": sorted(spec.RHYTHMS)}
+    assert all(values[index[i]] == getattr(it, a) for a, (values, index) in targets.items() for i, it in enumerate(items))
+
+    def embed(words_per_item):  # an embedding that says exactly these attribute words
+        return torch.stack([text([w])[0] for w in words_per_item.values()]).sum(0)
+
+    idx = torch.arange(len(items))
+    scale = torch.tensor(20.0)
+    with torch.no_grad():
+        own = torch.stack([embed(vars(it)) for it in items])
+        other_pitch = torch.stack([embed({**vars(it), "pitch": next(p for p in spec.PITCHES if p != it.pitch)}) for it in items])
+        right, wrong = attribute_loss(own, text, scale, targets, idx), attribute_loss(other_pitch, text, scale, targets, idx)
+    assert right < wrong - 1.0
