@@ -226,10 +226,6 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
         for item, path in pool:
             paths.setdefault(item, []).append(path)
         reqs = edits.edit_requests([it for it, _ in pool], targets, rng, pair)
-        if pair == "A→A":
-            # and a pitch step for every sound in: one request per sound above asked "one pitch higher / lower"
-            # ~20 times in 1180 rows, and held-out sounds came back at their own pitch or a step the wrong way
-            reqs += edits.pitch_step_requests([it for it, _ in pool], targets, rng)
         used = {}
         for req in reqs:
             k = used.get(req.source, 0)

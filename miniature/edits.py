@@ -139,18 +139,6 @@ def edit_requests(sources, targets, rng: np.random.Generator, pair: str) -> list
     return out
 
 
-def pitch_step_requests(sources, targets, rng: np.random.Generator) -> list[Request]:
-    """One "one pitch higher / lower" request per sound in ``sources`` whose neighbour pitch, the
-    rest kept, lies in ``targets``; the step and the phrase chosen with ``rng``."""
-    out = []
-    for src in sources:
-        options = [(text, expect) for text, expect in _options(src, targets, "A→A") if "one pitch" in text[0]]
-        if options:
-            text, expect = options[int(rng.integers(len(options)))]
-            out.append(Request("A→A", text[int(rng.integers(len(text)))], "audio", src, expect))
-    return out
-
-
 _SOURCE = {"I→I": "image", "V→V": "video", "I→V": "image", "V→I": "video", "A→A": "audio", "I→V+A": "image"}
 
 

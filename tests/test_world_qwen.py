@@ -24,10 +24,9 @@ torch.set_num_threads(1)
 # sha256 of "\n".join(world_corpus(seed=0)) and of the sorted vocabulary of the LLaMA world tokenizer
 # trained on world_corpus(seed=0) + world_text_corpus(0), as they were before the Qwen2 core was added (the
 # vocabulary pin updated when the two-output rows began asking for two sounds per image, and again when a
-# sound asked for in words became "the tone" in replies, and when every sound in got a pitch-step request:
-# each time the same 119 words, ids renumbered by frequency)
+# sound asked for in words became "the tone" in replies: the same 119 words, 9 ids renumbered by frequency)
 LLAMA_CORPUS_SHA = "fc5cf6d91e53d84052cdfc6f45f656eba015337b6256be5d1bf5120e036aed1d"
-LLAMA_VOCAB_SHA = "586e65a0bfbf3659732677f98d127a8fa8c79cc2cade5e0857bd66c52db419fe"
+LLAMA_VOCAB_SHA = "13d96059e2a911d8f34fe0584c7e6eaff8e784f428df72f189fdd82096a729a9"
 
 
 def corpus() -> list[str]:
