@@ -23,7 +23,9 @@ feature extraction therefore run one clip per medium (15x / 3x cheaper) and
 The caption side is a throwaway bag-of-words encoder (mean of word vectors -> linear): it
 makes the media embedding approximately *additive in the attribute words*, which is what a
 linear input projection into the LLM likes. The loss is InfoNCE of each medium against the
-full set of world captions (96 of them), so duplicates in a batch never act as negatives.
+full set of world captions (96 of them), so duplicates in a batch never act as negatives. Beside it,
+one InfoNCE term per attribute against that attribute's value words alone (:func:`attribute_loss`)
+keeps every attribute readable in combinations held out of training.
 """
 from __future__ import annotations
 
