@@ -31,6 +31,18 @@ _VALUES = {"colour": list(spec.COLOURS), "shape": list(spec.SHAPES), "position":
 _PITCH_ORDER = list(spec.PITCHES)
 
 
+def pitch_step(old: str, new: str) -> str | None:
+    """"higher" / "lower" when ``new`` is the pitch next to ``old``; None otherwise."""
+    delta = _PITCH_ORDER.index(new) - _PITCH_ORDER.index(old)
+    return {1: "higher", -1: "lower"}.get(delta)
+
+
+def step_sentence(old: str, step: str) -> str:
+    """The pitch one step from ``old``, said as a fact ("one pitch higher than low is middle")."""
+    new = _PITCH_ORDER[_PITCH_ORDER.index(old) + (1 if step == "higher" else -1)]
+    return f"one pitch {step} than {old} is {new}"
+
+
 def _where(position: str) -> str:
     return "in the center" if position == "center" else f"on the {position}"
 
@@ -46,8 +58,8 @@ def change_phrases(attr: str, value: str, old: str | None = None) -> list[str]:
         return [f"move it to the {value}", f"put it {_where(value)}", f"the same but {_where(value)}"]
     if attr == "direction":
         return [f"the same but moving {value}", f"make it move {value}", f"now it should move {value}"]
-    if attr == "pitch" and old is not None and abs(_PITCH_ORDER.index(value) - _PITCH_ORDER.index(old)) == 1:
-        step = "higher" if _PITCH_ORDER.index(value) > _PITCH_ORDER.index(old) else "lower"
+    if attr == "pitch" and old is not None and pitch_step(old, value):
+        step = pitch_step(old, value)
         return [f"the same tone but one pitch {step}", f"play this one pitch {step}"]
     return [f"the same tone but {value}", f"play this again but {value}", f"make it {value}"]
 
@@ -108,6 +120,14 @@ class Request:
             f"The {NOUN[self.source_modality]} shows {self.source.caption}."
         made = [SOUND_ASKED_IN_WORDS if e.modality == "audio" and self.source_modality != "audio"
                 else _made(e.modality, e.item.caption) for e in self.expect]
+        if self.source_modality == "audio" and "one pitch" in self.text:
+            # Said before the sound is named: the new pitch then follows from the three words just
+            # written ("higher than low is"), where otherwise it had to be joined from the request's
+            # "higher" and the source's "low" far apart. Without it, every held-out step request
+            # kept the source's pitch or went the wrong way (A->A 77 %, all misses such requests).
+            step = pitch_step(self.source.pitch, self.expect[0].item.pitch)
+            fact = step_sentence(self.source.pitch, step)
+            lead += f" {fact[0].upper()}{fact[1:]}."
         return f"{lead} Here is {' and '.join(made)}.", [(e.modality, e.caption) for e in self.expect]
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import spec
+from .edits import step_sentence
 from .progress import tick
 from .pretrain_encoder import budget_used
 
@@ -67,11 +68,17 @@ def _questions(modality: str, item) -> list[tuple[str, str]]:
         else:
             qa.append(("which way is it moving?", f"it is moving {item.direction}."))
         return qa
-    return [
+    qa = [
         ("what pitch is it?", f"it is {item.pitch}."),
         ("is it loud or quiet?", f"it is {item.loudness}."),
         ("what rhythm is it?", f"it is {item.rhythm}."),
     ]
+    # the order of the pitches, which an edit "one pitch higher" needs and no caption tells
+    order = list(spec.PITCHES)
+    for step, k in (("higher", order.index(item.pitch) + 1), ("lower", order.index(item.pitch) - 1)):
+        if 0 <= k < len(order):
+            qa.append((f"what is one pitch {step}?", f"{step_sentence(item.pitch, step)}."))
+    return qa
 
 
 def _request(modality: str, item, rng: random.Random) -> tuple[str, str]:

@@ -146,3 +146,21 @@ def test_media_to_media_rows_and_edits_by_reference_in_the_train_data(tmp_path):
 def test_edit_requests_refuse_an_unknown_pair():
     with pytest.raises(ValueError, match="unknown edit pair 'X→Y'"):
         edits.edit_requests(split_items("train")["image"][:1], set(), np.random.default_rng(0), "X→Y")
+
+
+def test_a_pitch_step_reply_says_the_new_pitch_before_it_names_the_sound():
+    train = split_items("train")["audio"]
+    reqs = [r for seed in range(6) for r in edits.edit_requests(train, set(train), np.random.default_rng(seed), "A→A")]
+    steps = [r for r in reqs if "one pitch" in r.text]
+    assert {r.text.split()[-1] for r in steps} == {"higher", "lower"}
+    order = list(spec.PITCHES)
+    for req in steps:
+        text, gens = req.reply()
+        m = re.match(r"^That was [^.]*\. One pitch (higher|lower) than (\w+) is (\w+)\. Here is ([^.]*)\.$", text)
+        assert m, text
+        step, old, new, made = m.groups()
+        assert step == req.text.split()[-1] and old == req.source.pitch
+        assert order.index(new) - order.index(old) == (1 if step == "higher" else -1)
+        assert f" {new} " in made and gens == [("audio", made)]
+    plain = [r for r in reqs if "one pitch" not in r.text]
+    assert plain and not any("than" in r.reply()[0] for r in plain)  # other edits reply as before

@@ -24,9 +24,11 @@ torch.set_num_threads(1)
 # sha256 of "\n".join(world_corpus(seed=0)) and of the sorted vocabulary of the LLaMA world tokenizer
 # trained on world_corpus(seed=0) + world_text_corpus(0), as they were before the Qwen2 core was added (the
 # vocabulary pin updated when the two-output rows began asking for two sounds per image, and again when a
-# sound asked for in words became "the tone" in replies: the same 119 words, 9 ids renumbered by frequency)
-LLAMA_CORPUS_SHA = "fc5cf6d91e53d84052cdfc6f45f656eba015337b6256be5d1bf5120e036aed1d"
-LLAMA_VOCAB_SHA = "13d96059e2a911d8f34fe0584c7e6eaff8e784f428df72f189fdd82096a729a9"
+# sound asked for in words became "the tone" in replies: the same 119 words, 9 ids renumbered by frequency;
+# both pins again when the corpus learnt the order of the pitches and a pitch-step reply said the new
+# pitch, "one pitch higher than low is middle": 121 words, "than" and "One" new)
+LLAMA_CORPUS_SHA = "f670a6fd215d1183a648cefc655bf827bc177e9a720117317de546437bf0f676"
+LLAMA_VOCAB_SHA = "bbb5fd97f035fda79355c98b62216051b63715b0c6698c727993ce1e2ae22b3c"
 
 
 def corpus() -> list[str]:
