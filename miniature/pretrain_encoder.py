@@ -249,12 +249,9 @@ def linear_probe_accuracy(train_feats: dict, test_feats: dict, steps: int = 300)
     """Per-attribute logistic-regression probe on pooled embeddings (train renders -> held-out renders)."""
     out = {}
     for modality in train_feats:
-        items = world_items(modality)
         (xtr, itr), (xte, ite) = train_feats[modality], test_feats[modality]
-        for attr in item_attributes(items[0]):
-            values = sorted({getattr(it, attr) for it in items})
-            ytr = torch.tensor([values.index(getattr(items[i], attr)) for i in itr.tolist()])
-            yte = torch.tensor([values.index(getattr(items[i], attr)) for i in ite.tolist()])
+        for attr, (values, index) in attribute_targets(modality).items():
+            ytr, yte = index[itr], index[ite]
             with torch.enable_grad():
                 lin = nn.Linear(xtr.shape[1], len(values))
                 opt = torch.optim.Adam(lin.parameters(), lr=0.05)
