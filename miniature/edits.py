@@ -58,8 +58,7 @@ def change_phrases(attr: str, value: str, old: str | None = None) -> list[str]:
         return [f"move it to the {value}", f"put it {_where(value)}", f"the same but {_where(value)}"]
     if attr == "direction":
         return [f"the same but moving {value}", f"make it move {value}", f"now it should move {value}"]
-    if attr == "pitch" and old is not None and pitch_step(old, value):
-        step = pitch_step(old, value)
+    if attr == "pitch" and old is not None and (step := pitch_step(old, value)):
         return [f"the same tone but one pitch {step}", f"play this one pitch {step}"]
     return [f"the same tone but {value}", f"play this again but {value}", f"make it {value}"]
 
