@@ -37,10 +37,9 @@ def pitch_step(old: str, new: str) -> str | None:
     return {1: "higher", -1: "lower"}.get(delta)
 
 
-def step_sentence(old: str, step: str) -> str:
-    """The pitch one step from ``old``, said as a fact ("one pitch higher than low is middle")."""
-    new = _PITCH_ORDER[_PITCH_ORDER.index(old) + (1 if step == "higher" else -1)]
-    return f"one pitch {step} than {old} is {new}"
+def step_sentence(old: str, new: str) -> str:
+    """A pitch step said as a fact ("one pitch higher than low is middle")."""
+    return f"one pitch {pitch_step(old, new)} than {old} is {new}"
 
 
 def _where(position: str) -> str:
@@ -124,8 +123,7 @@ class Request:
             # written ("higher than low is"), where otherwise it had to be joined from the request's
             # "higher" and the source's "low" far apart. Without it, every held-out step request
             # kept the source's pitch or went the wrong way (A->A 77 %, all misses such requests).
-            step = pitch_step(self.source.pitch, self.expect[0].item.pitch)
-            fact = step_sentence(self.source.pitch, step)
+            fact = step_sentence(self.source.pitch, self.expect[0].item.pitch)
             lead += f" {fact[0].upper()}{fact[1:]}."
         return f"{lead} Here is {' and '.join(made)}.", [(e.modality, e.caption) for e in self.expect]
 

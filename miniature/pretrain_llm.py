@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import spec
-from .edits import step_sentence
+from .edits import pitch_step, step_sentence
 from .progress import tick
 from .pretrain_encoder import budget_used
 
@@ -75,9 +75,9 @@ def _questions(modality: str, item) -> list[tuple[str, str]]:
     ]
     # the order of the pitches, which an edit "one pitch higher" needs and no caption tells
     order = list(spec.PITCHES)
-    for step, k in (("higher", order.index(item.pitch) + 1), ("lower", order.index(item.pitch) - 1)):
-        if 0 <= k < len(order):
-            qa.append((f"what is one pitch {step}?", f"{step_sentence(item.pitch, step)}."))
+    k = order.index(item.pitch)
+    for new in order[k + 1 : k + 2] + order[max(k - 1, 0) : k]:  # the one above, then the one below
+        qa.append((f"what is one pitch {pitch_step(item.pitch, new)}?", f"{step_sentence(item.pitch, new)}."))
     return qa
 
 
