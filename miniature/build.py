@@ -86,9 +86,9 @@ def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None, llm: 
                         progress=False, report=report)
     elif name == "llm":
         from .data import world_text_corpus
-        from .pretrain_llm import train_llm, world_corpus
+        from .pretrain_llm import train_llm, world_corpus, world_language
 
-        corpus = world_corpus(seed=seed) + world_text_corpus(seed)
+        corpus = world_corpus(seed=seed) + world_text_corpus(seed) + world_language(seed=seed)
         train_llm(frozen / "llm", corpus, seed=seed, minutes=plan["llm_minutes"], steps=plan["llm_steps"], progress=False,
                   report=report, family=llm)
     elif name in ("image", "video"):

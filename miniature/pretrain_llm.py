@@ -116,6 +116,27 @@ def world_corpus(n: int = 6000, *, seed: int = 0, media_slot: bool = True) -> li
     return lines
 
 
+def world_language(repeats: int = 12, *, seed: int = 0) -> list[str]:
+    """The world's phrases as plain text, for the held-out combinations too: each held-out caption
+    ``repeats`` times alone and ``repeats`` times in a text question and answer, about as often as
+    :func:`world_corpus` writes a train caption (~11 times each). The world LLM stands in for Vicuna,
+    which has read "a yellow square on the right" as English long before any medium is paired with
+    it; without these lines it had never seen that phrase at all, and held-out images were captioned
+    as the nearest train phrase ("a yellow circle on the right"). No medium of a held-out combination
+    reaches any part, and no held-out caption sits in a media slot (``<Img> … </Img>``) or a request."""
+    from .data import split_items
+    from .pretrain_encoder import MODALITIES
+
+    rng = random.Random(seed)
+    lines = []
+    for m in MODALITIES:
+        for it in split_items("heldout")[m]:
+            qa = _questions(m, it)
+            lines += [it.caption] * repeats
+            lines += [_conv(f"there is {it.caption} . {q}", a) for q, a in (rng.choice(qa) for _ in range(repeats))]
+    return lines
+
+
 def check_family(family: str) -> str:
     if family not in LLM_FAMILIES:
         raise ValueError(f"world LLM family {family!r} is not supported; use one of {', '.join(LLM_FAMILIES)}")

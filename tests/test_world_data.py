@@ -113,6 +113,29 @@ def test_heldout_combinations_absent_from_train(world):
     assert held_caps == {x.caption for x in HELDOUT}
 
 
+def test_the_llm_reads_heldout_phrases_as_text_only():
+    """The world LLM's pretraining text (``build``: world_corpus + world_text_corpus + world_language)
+    holds each held-out caption as plain text and in text questions, as often as a train caption, and
+    never in a media slot or a request; the media-slot corpus holds none of them."""
+    from miniature.pretrain_llm import world_corpus, world_language
+
+    lines = world_language(seed=0)
+    held = {x.caption for x in HELDOUT}
+    assert len(lines) == 24 * len(held)
+    for cap in held:
+        alone = [l for l in lines if l == cap]
+        asked = [l for l in lines if l.startswith(f"### Human: there is {cap} . ")]
+        assert (len(alone), len(asked)) == (12, 12), cap
+        for line in asked:  # every answer true of the caption it follows
+            answer = line.split("### Assistant: ")[1].split("\n")[0]
+            said = answer.split(" than ")[1].split()[0] if " than " in answer else answer.rstrip(".").split()[-1]
+            assert said in cap.split(), line  # "it is a circle." / "One pitch higher than low is middle."
+    assert not any("<Img>" in l or "Here is" in l for l in lines)
+    slotted = "\n".join(world_corpus(seed=0)).lower()
+    assert not any(p in slotted for item in HELDOUT for p in item_caption_phrases(item))
+    assert world_language(seed=0) == lines
+
+
 def test_every_attribute_value_in_train(world):
     text = " ".join(c.caption for m, p in world.train.captions.items() for c in read_text_captions(p, m)[0])
     words = set(text.split()) | {"center"}
