@@ -3,6 +3,8 @@
 * :func:`world_corpus` writes the world's text: captions, Vicuna-template Q&A and requests,
   and *media-slot* conversations ``### Human: <Img> a red circle on the left </Img> Describe
   this.\\n### Assistant: a red circle on the left\\n###``.
+* :func:`world_language` adds the held-out captions as phrases (alone and in text questions), as a
+  pretrained Vicuna has read every phrase; never in a media slot or a request.
 * :func:`build_world_tokenizer` trains a WordLevel tokenizer (``tokenizers``) on it. It is
   whitespace-insensitive (``a`` is one token with or without a leading space/newline), so the
   segment-by-segment tokenization of :class:`anyany.tokens.PromptBuilder` gives exactly the ids
