@@ -83,6 +83,11 @@ def _questions(modality: str, item) -> list[tuple[str, str]]:
     return qa
 
 
+def _asked_about(item, question: str, answer: str) -> str:
+    """A text question about ``item``, given in words (no medium)."""
+    return _conv(f"there is {item.caption} . {question}", answer)
+
+
 def _request(modality: str, item, rng: random.Random) -> tuple[str, str]:
     c = item.caption
     if modality == "image":
@@ -106,8 +111,7 @@ def world_corpus(n: int = 6000, *, seed: int = 0, media_slot: bool = True) -> li
         if kind == "caption":
             lines.append(it.caption)
         elif kind == "text_qa":
-            q, a = rng.choice(_questions(m, it))
-            lines.append(_conv(f"there is {it.caption} . {q}", a))
+            lines.append(_asked_about(it, *rng.choice(_questions(m, it))))
         elif kind == "request":
             lines.append(_conv(*_request(m, it, rng)))
         elif kind == "slot_caption":
@@ -130,12 +134,12 @@ def world_language(repeats: int = 12, *, seed: int = 0) -> list[str]:
     from .pretrain_encoder import MODALITIES
 
     rng = random.Random(seed)
-    lines = []
+    held, lines = split_items("heldout"), []
     for m in MODALITIES:
-        for it in split_items("heldout")[m]:
+        for it in held[m]:
             qa = _questions(m, it)
             lines += [it.caption] * repeats
-            lines += [_conv(f"there is {it.caption} . {q}", a) for q, a in (rng.choice(qa) for _ in range(repeats))]
+            lines += [_asked_about(it, *rng.choice(qa)) for _ in range(repeats)]
     return lines
 
 

@@ -133,7 +133,9 @@ def test_the_llm_reads_heldout_phrases_as_text_only():
     assert not any("<Img>" in l or "Here is" in l for l in lines)
     slotted = "\n".join(world_corpus(seed=0)).lower()
     assert not any(p in slotted for item in HELDOUT for p in item_caption_phrases(item))
-    assert world_language(seed=0) == lines
+    # the lines the shipped model's LLM was pretrained on (the 2026-12-03 12:13 build)
+    assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == \
+        "92d3b33df36410ee79633e855168194eced8bfd87aa0ae565fddd74cd4fceee9"
 
 
 def test_every_attribute_value_in_train(world):
