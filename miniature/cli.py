@@ -34,6 +34,8 @@ def register(sub) -> None:
     _home_args(e)
     e.add_argument("--checkpoint", help="model folder to evaluate (default: HOME/model; 'shipped': the shipped model)")
     e.add_argument("--seeds", type=int, default=1, help="end-to-end generations per held-out item")
+    e.add_argument("--as-built", action="store_true",
+                   help="the build's own evaluation (its seeds and request counts), e.g. to judge a built model again")
     e.add_argument("--json", help="also write the report here")
     e.set_defaults(func=cmd_eval)
 
@@ -124,7 +126,13 @@ def cmd_eval(args) -> int:
             raise SystemExit("--checkpoint shipped: no model is shipped yet; run `anyany world build`")
     if not (home / "world" / "heldout" / "cc3m.json").is_file():
         write_world(home / "world")  # the held-out files the evaluation reads (seconds)
-    report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=args.seeds)
+    if args.as_built:
+        from .build import BuildPlan
+
+        plan = BuildPlan()
+        report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=plan.eval_seeds, plan=plan)
+    else:
+        report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=args.seeds)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

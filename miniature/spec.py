@@ -105,16 +105,25 @@ def caption_words() -> tuple[str, ...]:
 # ---------------------------------------------------------------------------------- rendering
 
 
-def _shape_mask(shape: str, cx: float, cy: float, radius: float, size: int) -> np.ndarray:
+# a square's half side and a triangle's half base, in shape radii (a circle's radius is 1)
+SQUARE_HALF, TRIANGLE_HALF_BASE = 0.85, 1.1
+# each outline's area in squared radii, and how far its centroid lies below its centre (a triangle's
+# is a third of the way from the base to the apex), for checkers that fit the outlines to an image
+SHAPE_AREA = {"circle": float(np.pi), "square": (2 * SQUARE_HALF) ** 2, "triangle": 2 * TRIANGLE_HALF_BASE}
+SHAPE_CENTROID_BELOW = {"circle": 0.0, "square": 0.0, "triangle": 1 / 3}
+
+
+def shape_mask(shape: str, cx: float, cy: float, radius: float, size: int) -> np.ndarray:
+    """bool [size, size]: the pixels whose centres fall inside the outline."""
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     if shape == "circle":
         return (xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2
     if shape == "square":
-        r = radius * 0.85
+        r = radius * SQUARE_HALF
         return (np.abs(xx - cx) <= r) & (np.abs(yy - cy) <= r)
     if shape == "triangle":  # apex up, base at the bottom
         top, bottom = cy - radius, cy + radius
-        half = (yy - top) / (2 * radius) * radius * 1.1
+        half = (yy - top) / (2 * radius) * radius * TRIANGLE_HALF_BASE
         return (yy >= top) & (yy <= bottom) & (np.abs(xx - cx) <= half)
     raise ValueError(f"unknown shape {shape!r}; known: {SHAPES}")
 
@@ -126,7 +135,7 @@ def draw(colour: str, shape: str, cx: float, cy: float, size: int, rng: np.rando
     rgb = np.array(COLOURS[colour], np.float32)
     if rng is not None:
         rgb = np.clip(rgb + rng.normal(0, 8, 3), 0, 255)
-    img[_shape_mask(shape, cx, cy, size / 5, size)] = rgb
+    img[shape_mask(shape, cx, cy, size / 5, size)] = rgb
     if rng is not None:
         img = img + rng.normal(0, 3, img.shape)
     return np.clip(img, 0, 255).round().astype(np.uint8)

@@ -59,7 +59,7 @@ IMAGE_RECIPE: dict[str, Any] = dict(
     # VAE: 32x32 -> 8x8x4 latents, trained deterministically (posterior mode) with latent noise. At 400
     # steps its round trip alone drew 20 % of the squares as circles (shape 86 of 108 renders); 1200: 106 of 108.
     # Latent noise 0.1 of the latents' std: the whole decoder, given true captions (36 images x 20 seeds),
-    # rounded the corners of 13 % of its squares (fill of the box 0.80-0.88, judged circles); 0.25: 7 %
+    # rounded the corners of 13 % of its squares (fill of the box 0.80-0.88, judged circles by the box-fill checker of then); 0.25: 7 %
     # (8 seeds), 0.4: 6 %, 0.6: 6 % (kept; train / held-out images 96 / 97 -> 98 / 100 %), same cost.
     vae_channels=(16, 32, 64), latent_channels=4, vae_groups=8, vae_steps=1200, vae_lr=3e-3, vae_kl=1e-6,
     vae_batch=12, vae_dec_noise=0.6,

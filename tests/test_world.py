@@ -28,6 +28,29 @@ def test_checkers_are_exact_on_ground_truth():
     assert checkers.image_colour(blank) is None and checkers.audio_pitch(np.zeros(4000), 16000) is None
 
 
+def test_shape_checker_reads_soft_edges_as_a_person_does():
+    """A decoder draws soft edges: a faint extra row and column around a square. Blurred renders
+    (Gaussian radius 0.5 to 1.3 pixels) keep their shape; judged by how much of its box a thresholded
+    blob fills (the checker before), 14 of these 216 were called something else. Specks away from the shape and a
+    shape cut by the frame's edge (a video's last frames) do not change the judgement either."""
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(5)
+    for radius in (0.5, 0.8, 1.3):
+        for _ in range(2):
+            for item in spec.all_images():
+                soft = Image.fromarray(spec.render_image(item, rng)).filter(ImageFilter.GaussianBlur(radius))
+                assert checkers.image_shape(np.asarray(soft)) == item.shape, (radius, item.caption)
+    for item in spec.all_images():
+        img = spec.render_image(item, rng)
+        img[1:3, 1:3] = spec.COLOURS[item.colour]  # a 2x2 speck in the corner
+        assert checkers.image_shape(img) == item.shape, item.caption
+    for item in spec.all_videos():
+        for frame in spec.render_video(item, rng)[-2:]:
+            assert checkers.image_shape(frame) == item.shape, item.caption
+
+
 def test_videos_start_at_the_centre_and_end_towards_their_named_edge():
     import numpy as np
 
