@@ -113,7 +113,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .build import evaluate_world, format_report
+    from .build import MODEL, evaluate_world, format_report
     from .data import write_world
     from .progress import quiet_libraries
     from .ship import shipped_model
@@ -124,6 +124,9 @@ def cmd_eval(args) -> int:
         checkpoint = shipped_model()
         if checkpoint is None:
             raise SystemExit("--checkpoint shipped: no model is shipped yet; run `anyany world build`")
+    if checkpoint is None and not (home / MODEL / "anyany_config.json").is_file():
+        raise SystemExit(f"anyany eval: --home {home} holds no built model ({home / MODEL} is missing); "
+                         "give the home of an `anyany world build`, or --checkpoint FOLDER / --checkpoint shipped")
     if not (home / "world" / "heldout" / "cc3m.json").is_file():
         write_world(home / "world")  # the held-out files the evaluation reads (seconds)
     if args.as_built:

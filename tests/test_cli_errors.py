@@ -97,3 +97,12 @@ def test_fuzzed_generation_flags_never_trace(capsys):
             assert exit_.code == 2 and flag in err and "Traceback" not in err
             continue
         assert rc == 2 and "Traceback" not in err and err.startswith("anyany: error:")
+
+
+def test_eval_of_a_home_without_a_model_says_so_and_writes_nothing(tmp_path):
+    home = tmp_path / "not-a-build"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--home", str(home), "--as-built", "--quiet"])
+    message = str(exc.value.code)
+    assert "holds no built model" in message and str(home) in message and len(message.splitlines()) == 1
+    assert not home.exists()  # the world files are written only for a home that has a model
