@@ -14,10 +14,14 @@ _NAMES = list(COLOURS)
 _FOREGROUND = 60.0  # summed |RGB - background| of a pixel that is part of a shape
 
 
+def _contrast(img) -> np.ndarray:
+    """float [H, W]: each pixel's summed |RGB - background|."""
+    return np.abs(np.asarray(img, np.float32)[..., :3] - np.array(BACKGROUND, np.float32)).sum(-1)
+
+
 def foreground(img: np.ndarray, threshold: float = _FOREGROUND) -> np.ndarray:
     """Pixels that differ clearly from the light background."""
-    img = np.asarray(img, np.float32)[..., :3]
-    return np.abs(img - np.array(BACKGROUND, np.float32)).sum(-1) > threshold
+    return _contrast(img) > threshold
 
 
 def image_colour(img) -> str | None:
@@ -73,8 +77,7 @@ def image_shape(img) -> str | None:
     Judging by how much of its bounding box a thresholded blob fills called a decoded 10-pixel
     square with a faint extra row and column a circle (11 of 192 decoded squares that a person
     reads as squares, fill 0.81-0.875 of a 12x12 box)."""
-    img = np.asarray(img, np.float32)[..., :3]
-    contrast = np.abs(img - np.array(BACKGROUND, np.float32)).sum(-1)
+    contrast = _contrast(img)
     blob = _largest_component(contrast > _FOREGROUND)
     if blob.sum() < 6:
         return None
@@ -85,7 +88,7 @@ def image_shape(img) -> str | None:
     side = max(h, w) + 8
     y0, x0 = ys.min() - 4, xs.min() - 4
     share = np.zeros((side, side))
-    sy, sx = slice(max(0, y0), min(img.shape[0], y0 + side)), slice(max(0, x0), min(img.shape[1], x0 + side))
+    sy, sx = slice(max(0, y0), min(contrast.shape[0], y0 + side)), slice(max(0, x0), min(contrast.shape[1], x0 + side))
     share[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = contrast[sy, sx]
     edge = np.zeros_like(share, dtype=bool)
     edge[2 : h + 6, 2 : w + 6] = True

@@ -113,7 +113,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .build import MODEL, evaluate_world, format_report
+    from .build import MODEL, BuildPlan, evaluate_world, format_report
     from .data import write_world
     from .progress import quiet_libraries
     from .ship import shipped_model
@@ -129,13 +129,8 @@ def cmd_eval(args) -> int:
                          "give the home of an `anyany world build`, or --checkpoint FOLDER / --checkpoint shipped")
     if not (home / "world" / "heldout" / "cc3m.json").is_file():
         write_world(home / "world")  # the held-out files the evaluation reads (seconds)
-    if args.as_built:
-        from .build import BuildPlan
-
-        plan = BuildPlan()
-        report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=plan.eval_seeds, plan=plan)
-    else:
-        report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=args.seeds)
+    plan = BuildPlan() if args.as_built else None
+    report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=plan.eval_seeds if plan else args.seeds, plan=plan)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
