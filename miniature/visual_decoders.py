@@ -331,10 +331,27 @@ def train_image_decoder(out_folder, *, seed: int = 0, minutes: float | None = No
 # -------------------------------------------------------------------------------------- video
 
 
+def build_video_unet(r: dict, latent_size: int):
+    """The video decoder's ``UNet3DConditionModel`` for recipe ``r`` on ``latent_size``-square latents."""
+    from diffusers import UNet3DConditionModel
+
+    n = len(r["unet_channels"])
+    return UNet3DConditionModel(
+        sample_size=latent_size, in_channels=r["latent_channels"], out_channels=r["latent_channels"],
+        down_block_types=("CrossAttnDownBlock3D",) * (n - 1)
+        + ("CrossAttnDownBlock3D" if r.get("cross_attn_all") else "DownBlock3D",),
+        up_block_types=("CrossAttnUpBlock3D" if r.get("cross_attn_all") else "UpBlock3D",)
+        + ("CrossAttnUpBlock3D",) * (n - 1),
+        block_out_channels=tuple(r["unet_channels"]), layers_per_block=r["layers_per_block"],
+        cross_attention_dim=TEXT_SIZES["text_hidden"], attention_head_dim=r["attention_heads"],
+        norm_num_groups=r["unet_groups"],
+    )
+
+
 def train_video_decoder(out_folder, *, seed: int = 0, minutes: float | None = None, steps: int | None = None,
                         progress: bool = True, **overrides: Any) -> Path:
     """Train the video decoder (``TextToVideoSDPipeline``) and ``save_pretrained`` it to ``out_folder``."""
-    from diffusers import TextToVideoSDPipeline, UNet3DConditionModel
+    from diffusers import TextToVideoSDPipeline
 
     r = {**VIDEO_RECIPE, **overrides, **({"steps": int(steps)} if steps is not None else {})}
     t0, c0 = time.time(), time.process_time()
@@ -357,17 +374,7 @@ def train_video_decoder(out_folder, *, seed: int = 0, minutes: float | None = No
     lat = (lat * scale).view(r["pool"], len(items), VIDEO_FRAMES, *lat.shape[1:]).transpose(2, 3)  # P N C F h w
     t_vae = time.time() - t0
 
-    n = len(r["unet_channels"])
-    unet = UNet3DConditionModel(
-        sample_size=lat.shape[-1], in_channels=r["latent_channels"], out_channels=r["latent_channels"],
-        down_block_types=("CrossAttnDownBlock3D",) * (n - 1)
-        + ("CrossAttnDownBlock3D" if r.get("cross_attn_all") else "DownBlock3D",),
-        up_block_types=("CrossAttnUpBlock3D" if r.get("cross_attn_all") else "UpBlock3D",)
-        + ("CrossAttnUpBlock3D",) * (n - 1),
-        block_out_channels=tuple(r["unet_channels"]), layers_per_block=r["layers_per_block"],
-        cross_attention_dim=TEXT_SIZES["text_hidden"], attention_head_dim=r["attention_heads"],
-        norm_num_groups=r["unet_groups"],
-    )
+    unet = build_video_unet(r, lat.shape[-1])
     scheduler = _scheduler()
     deadline = None if minutes is None else t0 + 60 * minutes
     ema_unet, loss, done = _diffusion_train(unet, scheduler, lat, text_encoder, ids, r, rng, progress, deadline,
