@@ -116,7 +116,7 @@ def cmd_eval(args) -> int:
     from .build import MODEL, BuildPlan, evaluate_world, format_report
     from .data import write_world
     from .progress import quiet_libraries
-    from .ship import shipped_model
+    from .ship import shipped_model, target_summary
 
     quiet_libraries()
     home, checkpoint = Path(args.home), args.checkpoint
@@ -132,6 +132,7 @@ def cmd_eval(args) -> int:
     plan = BuildPlan() if args.as_built else None
     report = evaluate_world(home, checkpoint, progress=not args.quiet, seeds=plan.eval_seeds if plan else args.seeds, plan=plan)
     print(format_report(report))
+    print(target_summary(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

@@ -133,15 +133,58 @@ def ship(home, root: Path | None = None, max_bytes: int = MAX_BYTES) -> dict:
     return {"bytes": size, "path": str(root)}
 
 
+# The world's targets (README, "The miniature world"): (section, name, key) of a report -> least fraction.
+TARGETS: dict[tuple[str, str, str], float] = {
+    **{("stage2_retrieval", m, "top1"): 0.90 for m in ("image", "video", "audio")},
+    ("end_to_end", "image", "all"): 0.90, ("end_to_end", "video", "all"): 0.80, ("end_to_end", "audio", "all"): 0.90,
+    **{("media_to_media", pair, "all"): 0.85 for pair in ("I→I", "V→V", "I→V", "V→I", "A→A")},
+    **{("multi_turn", f"turn {k}", "all"): 0.85 for k in (1, 2, 3, 4)},
+}
+STAGE1_ATTRIBUTE_MEAN = 0.90  # stage-1 captions: the mean over a medium's attributes
+EVERY_VALUE = 0.90  # every combination asked for in words: each attribute value (e.g. each pitch)
+
+
+def target_checks(report: dict) -> list[tuple[str, float, float]]:
+    """(what, measured, target) for every target that ``report`` has a figure for."""
+    rows = []
+    for (section, name, key), target in TARGETS.items():
+        r = report.get(section, {}).get(name)
+        if isinstance(r, dict) and key in r:
+            rows.append((f"{section} {name}", r[key], target))
+    for m, r in report.get("stage1_caption", {}).items():
+        attributes = [v for k, v in r.items() if k not in ("all", "n")]
+        if attributes:
+            rows.append((f"stage1_caption {m} attribute mean", sum(attributes) / len(attributes), STAGE1_ATTRIBUTE_MEAN))
+    for m, r in report.get("every_combination", {}).items():
+        if isinstance(r, dict) and r.get("values"):
+            value, score = min(r["values"].items(), key=lambda kv: kv[1])
+            rows.append((f"every_combination {m} weakest value {value}", score, EVERY_VALUE))
+    demo = report.get("demo_prompt")
+    if isinstance(demo, dict) and demo.get("n"):
+        rows.append(("demo prompt, seeds right", demo["right"] / demo["n"], 1.0))
+    return rows
+
+
 def compare_reports(new: dict, old: dict | None) -> list[str]:
-    """One line per headline metric that the new build and the shipped one both report."""
-    if not old:
-        return ["no shipped model to compare with"]
+    """One line per headline metric that the new build and the shipped one both report (with its
+    target, where it has one), then ``target_summary`` of the new build."""
     lines = []
+    if not old:
+        lines.append("no shipped model to compare with")
     for section, key in (("stage1_caption", "all"), ("stage2_retrieval", "top1"), ("end_to_end", "all"),
                          ("media_to_media", "all"), ("multi_turn", "all")):
         for name, r in new.get(section, {}).items():
-            o = old.get(section, {}).get(name)
+            o = (old or {}).get(section, {}).get(name)
             if isinstance(r, dict) and isinstance(o, dict) and key in r and key in o:
-                lines.append(f"{section} {name}: {r[key]:.0%} (shipped {o[key]:.0%})")
+                target = TARGETS.get((section, name, key))
+                lines.append(f"{section} {name}: {r[key]:.0%} (shipped {o[key]:.0%}"
+                             + (f"; target ≥ {target:.0%})" if target is not None else ")"))
+    lines.append(target_summary(new))
     return lines
+
+
+def target_summary(report: dict) -> str:
+    """One line: every target met, or each one missed with its figure."""
+    checks = target_checks(report)
+    missed = [f"{what} {value:.0%} (target ≥ {target:.0%})" for what, value, target in checks if value < target - 1e-9]
+    return f"every target met ({len(checks)} figures)" if not missed else "targets missed: " + "; ".join(missed)
