@@ -156,9 +156,8 @@ def target_checks(report: dict) -> list[tuple[str, float, float]]:
         if attributes:
             rows.append((f"stage1_caption {m} attribute mean", sum(attributes) / len(attributes), STAGE1_ATTRIBUTE_MEAN))
     for m, r in report.get("every_combination", {}).items():
-        if isinstance(r, dict) and r.get("values"):
-            value, score = min(r["values"].items(), key=lambda kv: kv[1])
-            rows.append((f"every_combination {m} weakest value {value}", score, EVERY_VALUE))
+        for value, score in (r.get("values") or {}).items() if isinstance(r, dict) else ():
+            rows.append((f"every_combination {m} {value}", score, EVERY_VALUE))
     demo = report.get("demo_prompt")
     if isinstance(demo, dict) and demo.get("n"):
         rows.append(("demo prompt, seeds right", demo["right"] / demo["n"], 1.0))
