@@ -85,12 +85,12 @@ def main() -> None:
     from miniature import visual_decoders as vd
     from miniature.build import BuildPlan
     from miniature.progress import quiet_libraries
-    from miniature.spec import VIDEO_FRAMES
+    from miniature.spec import VIDEO_FRAMES, VIDEO_SIZE
 
     quiet_libraries()
-    rng, items, text_encoder, _tokenizer, ids = vd._seeded_setup(0, "video")
+    _rng, items, text_encoder, _tokenizer, ids = vd._seeded_setup(0, "video")
     r = vd.VIDEO_RECIPE
-    side = 32 // 2 ** (len(r["vae_channels"]) - 1)
+    side = VIDEO_SIZE // 2 ** (len(r["vae_channels"]) - 1)  # the VAE halves the frame at each level but the last
     latents = torch.randn(r["pool"], len(items), r["latent_channels"], VIDEO_FRAMES, side, side,
                           generator=torch.Generator().manual_seed(0))
     variants = ["as shipped", "classic attention", *(["torch.compile"] if args.compile else []),
