@@ -54,14 +54,10 @@ def unet_runner(variant: str, latents: torch.Tensor, text_encoder, ids: torch.Te
 
 def vae_runner(items):
     from miniature import visual_decoders as vd
-    from miniature.spec import render_video
-
-    def frames(g):  # as train_video_decoder: a random frame of every train video
-        return np.stack([v[g.integers(len(v))] for v in (render_video(it, g) for it in items)])
 
     def run(steps: int) -> None:
         torch.manual_seed(0)
-        vd._train_vae(vd._build_vae(vd.VIDEO_RECIPE), frames, {**vd.VIDEO_RECIPE, "vae_steps": steps},
+        vd._train_vae(vd._build_vae(vd.VIDEO_RECIPE), lambda g: vd.video_vae_frames(items, g), {**vd.VIDEO_RECIPE, "vae_steps": steps},
                       np.random.default_rng(0), False, None, "bench")
 
     return run

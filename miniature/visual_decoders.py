@@ -331,6 +331,15 @@ def train_image_decoder(out_folder, *, seed: int = 0, minutes: float | None = No
 # -------------------------------------------------------------------------------------- video
 
 
+def video_vae_frames(items, g: np.random.Generator) -> np.ndarray:
+    """The video VAE's batch source: one random frame of a fresh jittered render of every item."""
+    out = []
+    for it in items:
+        v = render_video(it, g)
+        out.append(v[g.integers(len(v))])
+    return np.stack(out)
+
+
 def build_video_unet(r: dict, latent_size: int):
     """The video decoder's ``UNet3DConditionModel`` for recipe ``r`` on ``latent_size``-square latents."""
     from diffusers import UNet3DConditionModel
@@ -357,15 +366,8 @@ def train_video_decoder(out_folder, *, seed: int = 0, minutes: float | None = No
     t0, c0 = time.time(), time.process_time()
     rng, items, text_encoder, tokenizer, ids = _seeded_setup(seed, "video")
 
-    def frames(g):  # a random frame of every video (plus a few more) for the VAE
-        out = []
-        for it in items:
-            v = render_video(it, g)
-            out.append(v[g.integers(len(v))])
-        return np.stack(out)
-
     vae = _build_vae(r)
-    vae_loss = _train_vae(vae, frames, r, rng, progress, None, "video VAE")
+    vae_loss = _train_vae(vae, lambda g: video_vae_frames(items, g), r, rng, progress, None, "video VAE")
     vids = np.stack([np.stack([render_video(it, rng) for it in items]) for _ in range(r["pool"])])  # P N F H W 3
     x = _to_unit(vids)  # P N F 3 H W
     lat = _encode_latents(vae, x.flatten(0, 2))
