@@ -91,7 +91,7 @@ def _demo_pipeline(args):
         return load_shipped(progress=not args.quiet)
     home = Path(args.home)
     if not (home / MODEL / "anyany_config.json").is_file():
-        print(f"no shipped model and none in {home}: training it now (about 20 minutes on 2 cores; cached afterwards)")
+        print(f"no shipped model and none in {home}: training it now (about 40 minutes on 2 quiet cores; cached afterwards)")
         build(home, progress=not args.quiet)
         try:  # so that the app and the next demo start at once
             print(f"shipped the model into {ship(home)['path']}")
