@@ -302,13 +302,14 @@ def format_report(report: dict) -> str:
 
 
 def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int = 2, progress: bool = True,
-          llm: str = "llama", frozen_from=None) -> dict:
+          llm: str = "llama", frozen_from=None, plan: BuildPlan | None = None) -> dict:
     """World -> frozen parts -> stages -> evaluation in ``home``; returns (and writes) the report.
     Library notices are silenced for the build only.
 
     ``llm``: the frozen LLM's family, ``"llama"`` (Vicuna-v0) or ``"qwen2"`` (ChatML, the tokenizer's
     chat template; ``miniature.pretrain_llm``). ``frozen_from``: another build's home (same ``seed``)
-    whose ImageBind and decoders are copied in; only the LLM is pretrained here."""
+    whose ImageBind and decoders are copied in; only the LLM is pretrained here. ``plan``: other step
+    counts than the default (or ``quick``) plan, e.g. ``bench/build_within_limit.py``'s."""
     from .pretrain_llm import check_family
     from .progress import quiet
 
@@ -316,7 +317,7 @@ def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int
     if frozen_from is not None:
         _check_frozen_source(Path(frozen_from), Path(home))
     with quiet():
-        return _build(home, quick, seed, workers, progress, llm, frozen_from)
+        return _build(home, quick, seed, workers, progress, llm, frozen_from, plan)
 
 
 REUSED_PARTS = ("imagebind.pth", "decoders")  # inside frozen/: what ``frozen_from`` takes from another build
@@ -349,12 +350,13 @@ def reuse_frozen_parts(source: Path, home: Path) -> None:
             shutil.copy2(src, dst)
 
 
-def _build(home, quick: bool, seed: int, workers: int, progress: bool, llm: str = "llama", frozen_from=None) -> dict:
+def _build(home, quick: bool, seed: int, workers: int, progress: bool, llm: str = "llama", frozen_from=None,
+           plan: BuildPlan | None = None) -> dict:
     from .data import write_world
 
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
-    plan = BuildPlan.quick() if quick else BuildPlan()
+    plan = plan or (BuildPlan.quick() if quick else BuildPlan())
     times = {}
     t0 = t = time.time()
     write_world(home / "world", seed=seed)
