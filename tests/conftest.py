@@ -37,10 +37,11 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="session")
 def reduced_miniature(tmp_path_factory):
     """The reduced miniature world, built once per session: world, frozen parts, stages 1-3 and the
-    held-out report (``miniature.build.build(quick=True)``). Returns ``(home, report)``; tests that
-    only need the frozen parts (e.g. the bridge comparison) share the same build."""
-    from miniature.build import build
+    held-out report (``miniature.build.build`` with the ``BuildPlan.quick()`` plan, passed as ``plan=``
+    as ``bench/build_within_limit.py`` passes its own). Returns ``(home, report)``; tests that only need
+    the frozen parts (e.g. the bridge comparison) share the same build."""
+    from miniature.build import BuildPlan, build
 
     home = tmp_path_factory.mktemp("reduced_miniature") / "miniature"
-    report = build(home, quick=True, progress=False)
+    report = build(home, plan=BuildPlan.quick(), progress=False)
     return home, report

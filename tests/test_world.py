@@ -112,6 +112,21 @@ def test_reduced_miniature_run_beats_untrained_baseline(reduced_miniature, tmp_p
     assert report["demo_prompt"]["n"] == 1 and "every_combination" not in report  # skipped by the quick plan
 
 
+def test_a_build_plan_sets_the_steps_every_frozen_part_trains(reduced_miniature):
+    """``build(plan=...)`` (the CI build's and ``bench/build_within_limit.py``'s way in) trains each frozen
+    part for the plan's step counts, not the default plan's, and the report records the plan."""
+    home, report = reduced_miniature
+    plan, default = BuildPlan.quick(), BuildPlan()
+    assert report["plan"] == json.loads(json.dumps(vars(plan)))
+    frozen = home / "frozen"
+    decoders = {name: json.loads((frozen / "decoders" / name / "sampling.json").read_text()) for name in ("image", "video")}
+    audio = json.loads((frozen / "decoders" / "audio" / "anyany_training.json").read_text())
+    ran = {"imagebind": report["frozen_parts"]["imagebind"]["steps"], "llm": report["frozen_parts"]["llm"]["llm_steps"],
+           "image": decoders["image"]["unet_steps"], "video": decoders["video"]["unet_steps"], "audio": audio["unet_steps"]}
+    assert ran == {part: getattr(plan, f"{part}_steps") for part in ran}
+    assert all(getattr(plan, f"{part}_steps") != getattr(default, f"{part}_steps") for part in ran)  # so the test can tell
+
+
 def test_the_video_decoder_reads_each_caption_word_as_one_token(reduced_miniature):
     """Its tokenizer learnt its merges from the world's captions ("left", "right", "moving" and "triangle"
     letter by letter left the trained decoder moving shapes the wrong way in 23 % of videos); the
