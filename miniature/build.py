@@ -314,6 +314,8 @@ def build(home=DEFAULT_HOME, *, quick: bool = False, seed: int = 0, workers: int
     from .progress import quiet
 
     check_family(llm)
+    if quick and plan is not None:
+        raise ValueError("build: give quick=True or a plan, not both (quick is the plan BuildPlan.quick())")
     if frozen_from is not None:
         _check_frozen_source(Path(frozen_from), Path(home))
     with quiet():

@@ -127,6 +127,14 @@ def test_a_build_plan_sets_the_steps_every_frozen_part_trains(reduced_miniature)
     assert all(getattr(plan, f"{part}_steps") != getattr(default, f"{part}_steps") for part in ran)  # so the test can tell
 
 
+def test_a_build_given_both_quick_and_a_plan_says_so_before_any_work(tmp_path):
+    from miniature.build import build
+
+    with pytest.raises(ValueError, match="quick=True or a plan, not both"):
+        build(tmp_path / "home", quick=True, plan=BuildPlan(), progress=False)
+    assert not (tmp_path / "home").exists()
+
+
 def test_the_video_decoder_reads_each_caption_word_as_one_token(reduced_miniature):
     """Its tokenizer learnt its merges from the world's captions ("left", "right", "moving" and "triangle"
     letter by letter left the trained decoder moving shapes the wrong way in 23 % of videos); the
