@@ -176,13 +176,13 @@ def test_output_projection_produces_and_learns_every_tensor_of_a_spec():
     assert torch.allclose(generation_distance(out, moved, spec=spec), loss)
     # a few steps on the loss fit the target (each tensor's head learns)
     opt = torch.optim.Adam(proj.parameters(), lr=2e-2)
-    first = float(loss)
+    first = loss.item()
     for _ in range(15):
         opt.zero_grad()
         step = generation_distance(proj(states), target, spec=spec)
         step.backward()
         opt.step()
-    assert float(step) < 0.5 * first
+    assert step.item() < 0.5 * first
 
 
 def test_single_tensor_projection_is_unchanged():
