@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.gpu import (  # noqa: E402  (the real-size helpers shared with the GPU bench)
     BASE_VOCAB,
+    QWEN25_7B,
     SD15_SCHEDULER,
     SD15_UNET,
     SD15_VAE,
@@ -59,11 +60,7 @@ DDIM_SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
 DDIM_AUDIOLDM = dict(beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear", clip_sample=False,
                      set_alpha_to_one=False, steps_offset=1)
 DECODER_KIND = {"image": "stable_diffusion", "video": "text_to_video_sd", "audio": "audioldm"}
-# The cores: Vicuna-7B (bench/gpu.py) and Qwen2.5-7B-Instruct (its published config: GQA with 4 KV
-# heads, a vocabulary padded to 152064 rows, untied lm_head, rope theta 1e6).
-QWEN25_7B = dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                 num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6,
-                 rope_theta=1e6, vocab_size=152064, tie_word_embeddings=False)
+# The cores: Vicuna-7B and Qwen2.5-7B-Instruct (both sized in bench/gpu.py).
 LLM_SIZES = {"nextgpt-7b": VICUNA_7B, "anyany-qwen2.5-7b": QWEN25_7B}
 BF16 = torch.bfloat16
 
@@ -203,31 +200,6 @@ def default_dtype(dtype):
 
 
 # ---- builders -------------------------------------------------------------------------------------
-def build_family_llm(random_init: dict, tokenizer):
-    """A random causal LM of ``random_init["model_type"]``'s family at full size, built on ``meta`` and
-    materialised in bf16 (no fp32 copy, no slow CPU init), as ``bench.gpu.build_llm`` does for LLaMA."""
-    from transformers import AutoModelForCausalLM
-
-    from anyany.architectures import tiny_llm_config
-
-    spec = dict(random_init)
-    config = tiny_llm_config(spec.pop("model_type"), tokenizer, spec)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    model = model.to(BF16).to_empty(device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.fill_(1.0) if name.endswith("norm.weight") else p.zero_() if name.endswith("bias") else p.normal_(0.0, 0.02, generator=gen)
-        for module in model.modules():  # non-persistent rotary buffers are garbage after to_empty
-            if hasattr(module, "inv_freq"):
-                fresh = type(module)(config)
-                module.inv_freq = fresh.inv_freq
-                if hasattr(module, "original_inv_freq"):
-                    module.original_inv_freq = fresh.original_inv_freq
-    return model.requires_grad_(False)
-
-
 def build_core(sz: dict, report: Report):
     """AnyToAnyModel around a random bf16 Vicuna-7B-shaped LLaMA; bridge and projections in fp32."""
     from anyany.config import LoRASettings, OutputProjectionConfig, get_preset
@@ -264,7 +236,7 @@ def build_core(sz: dict, report: Report):
                  "tokenizer", f"{len(tokenizer)} entries, new ids {min(ids.all_new)}..{max(ids.all_new)}; expected "
                  f"{base_len} + {n_new} new tokens after the base vocabulary")
     before = rss_gb()
-    base = build_family_llm(config.llm.random_init, tokenizer) if family else build_llm(sz["llm"], len(tokenizer), BF16, "cpu")
+    base = build_llm(config.llm.random_init, tokenizer, BF16, "cpu")
     report.part(f"LLM ({'Qwen2.5-7B' if family else 'Vicuna-7B'} shape)", base, before,
                 f"vocab {base.get_input_embeddings().weight.shape[0]}")
     before = rss_gb()
