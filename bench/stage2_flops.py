@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu import BASE_VOCAB, CLIP_L14_TEXT, OUTPUT_PROJECTIONS, PROJECTION, VICUNA_7B  # noqa: E402
+from gpu import QWEN25_7B as QWEN25_CONFIG  # noqa: E402
 
 # Zeroscope v2's text encoder is OpenCLIP ViT-H/14's text tower (its penultimate layer: 23 layers).
 OPENCLIP_H14_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
@@ -122,10 +123,9 @@ def projection_flops(modality: str, signals: int) -> float:
     return flops(lambda: projection(states).sum().backward())
 
 
-# Qwen2.5-7B-Instruct, the anyany-2026 core (published config; bench/real_size.py has the same).
-QWEN25_7B = dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                 num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1e6)
-QWEN25_VOCAB = 152064
+# Qwen2.5-7B-Instruct, the anyany-2026 core (its published config, kept in bench/gpu.py)
+QWEN25_VOCAB = QWEN25_CONFIG["vocab_size"]
+QWEN25_7B = {k: v for k, v in QWEN25_CONFIG.items() if k not in ("model_type", "vocab_size", "tie_word_embeddings")}
 TODAY = {  # hub id -> modality
     "stabilityai/stable-diffusion-xl-base-1.0": "image", "stabilityai/stable-diffusion-3.5-large": "image",
     "black-forest-labs/FLUX.1-dev": "image", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers": "video",
