@@ -282,7 +282,7 @@ def build_model(sz: dict, dtype, device, *, quantize: bool = False, train: bool 
     """AnyToAnyModel around a randomly initialised real-size core of ``sz["preset"]`` (constructed
     directly: no hub, no CPU init): Vicuna-7B with LLaMA's 32000-entry vocabulary as a word tokenizer,
     or Qwen2.5-7B with the project's small tokenizer of its family and its chat template."""
-    from anyany.config import LoRASettings, OutputProjectionConfig, get_preset
+    from anyany.config import LoRASettings, get_preset
     from anyany.model import AnyToAnyModel, load_tokenizer, wrap_lora
     from anyany.tokens import TokenIds, extend_tokenizer
     from projections import LinearBridge, OutputProjection
@@ -294,9 +294,7 @@ def build_model(sz: dict, dtype, device, *, quantize: bool = False, train: bool 
     config.llm.lora = LoRASettings(r=32, alpha=32, dropout=0.1 if train else 0.0)
     config.bridge = {"type": "linear", "input_dim": sz["feat"], "llm_dim": sz["llm"]["hidden_size"]}
     config.encoder.architecture = dict(config.encoder.architecture, embed_dim=sz["feat"])
-    config.output_projections = {
-        m: OutputProjectionConfig(num_output_tokens=n, output_dim=d, **sz["projection"]) if isinstance(n, int)
-        else output_projection_config(n, sz["projection"]) for m, (n, d) in _projection_items(sz)}
+    config.output_projections = {m: projection_config(value, sz["projection"]) for m, value in sz["projections"].items()}
     family = "model_type" in sz["llm"]
     tokenizer = load_tokenizer(config.llm) if family else word_tokenizer(sz["vocab"])
     extend_tokenizer(tokenizer, config.signals)
@@ -316,17 +314,15 @@ def build_model(sz: dict, dtype, device, *, quantize: bool = False, train: bool 
     return model
 
 
-def _projection_items(sz: dict):
-    """(modality, (tokens, dim)) for a single-tensor projection, (modality, (spec list, None)) for a multi-tensor one."""
-    for m, value in sz["projections"].items():
-        yield m, (value if isinstance(value, tuple) else (value, None))
-
-
-def output_projection_config(outputs: list, sizes: dict):
-    from anyany.config import output_projection_for
+def projection_config(value, sizes: dict):
+    """``(tokens, dim)``: a single-tensor projection (the paper's decoders); a list: every tensor of a
+    decoder's conditioning spec (``decoders.spec``; FLUX: T5 sequence + CLIP pooled)."""
+    from anyany.config import OutputProjectionConfig, output_projection_for
     from decoders.spec import ConditioningSpec
 
-    return output_projection_for(ConditioningSpec.from_list(outputs), **sizes)
+    if isinstance(value, tuple):
+        return OutputProjectionConfig(num_output_tokens=value[0], output_dim=value[1], **sizes)
+    return output_projection_for(ConditioningSpec.from_list(value), **sizes)
 
 
 def build_sd15(sz: dict, dtype, device, offload: bool):
