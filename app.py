@@ -9,6 +9,7 @@ UI wiring only; request handling lives in :mod:`anyany.app_logic`. See docs/app.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 
@@ -85,7 +86,8 @@ def build_demo(pipe, *, max_file_mb: float = 50, logits_processor_factory=None, 
             api_reset_button = gr.Button("api-reset")
             # Settings arrive untouched (JSON): the app checks type and range itself and answers
             # a bad one with a sentence, where a Number / Slider would fail in gradio's preprocessing.
-            api_settings = [gr.JSON(value=getattr(defaults, name), label=name) for name, *_ in SETTING_FIELDS]
+            # Each default goes in as JSON text: gr.JSON warns at start-up about a bare int or float.
+            api_settings = [gr.JSON(value=json.dumps(getattr(defaults, name)), label=name) for name, *_ in SETTING_FIELDS]
 
         def on_submit(message, state, seed, max_new_tokens, temperature, image_steps, image_guidance, video_steps,
                       video_guidance, video_frames, audio_steps, audio_guidance, audio_seconds, request: gr.Request):
@@ -161,7 +163,8 @@ def main(argv=None) -> None:
     parser.add_argument("--session-ttl", type=float, default=1800,
                         help="seconds after which an idle conversation is closed and its files deleted")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    # WARNING, not INFO: at INFO every request gradio makes to itself is logged by httpx.
+    logging.basicConfig(level=logging.WARNING)
 
     from anyany.pipeline import AnyToAnyPipeline
 

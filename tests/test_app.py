@@ -128,6 +128,22 @@ def test_logic_empty_message_multi_turn_and_reset(pipe, files, forcing):
 
 
 # --------------------------------------------------------------------------- API
+def test_app_builds_without_library_warnings_and_keeps_numeric_api_defaults(pipe, client):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        demo = _load_app_module().build_demo(pipe, max_file_mb=50)
+    demo.chat_app.close_all()
+    noise = [f"{w.category.__name__}: {w.message}" for w in caught if "gradio" in w.filename]
+    assert not noise, noise
+    # The hidden settings take their defaults as JSON text; the API must still offer numbers.
+    params = {p["parameter_name"]: p for p in client.view_api(return_format="dict", print_info=False)
+              ["named_endpoints"]["/chat"]["parameters"]}
+    assert params["seed"]["parameter_default"] == 0 and params["max_new_tokens"]["parameter_default"] > 0
+    assert isinstance(params["temperature"]["parameter_default"], float)
+
+
 def test_api_text_and_image_then_forced_media(client, files, forcing):
     reply, out_files = _chat(client, "What is in this picture?", [files / "photo.png"])
     assert isinstance(reply, str) and out_files in (None, [])
