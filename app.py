@@ -166,12 +166,10 @@ def main(argv=None) -> None:
     # WARNING, not INFO: at INFO every request gradio makes to itself is logged by httpx.
     logging.basicConfig(level=logging.WARNING)
 
+    from anyany.config import default_model
     from anyany.pipeline import AnyToAnyPipeline
 
-    from miniature.ship import shipped_model
-
-    shipped = None if args.checkpoint or args.preset else shipped_model()  # the built miniature model, if shipped
-    source = args.checkpoint or args.preset or (str(shipped) if shipped else "tiny")
+    source = args.checkpoint or args.preset or default_model()
     pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
     demo = build_demo(pipe, max_file_mb=args.max_file_mb, session_ttl_s=args.session_ttl)
     demo.queue(default_concurrency_limit=args.concurrency)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="tiny", help="named preset when no --checkpoint is given (tiny, nextgpt-7b, ...)")
+    p.add_argument("--preset", help="named preset when no --checkpoint is given (tiny, nextgpt-7b, ...); with neither, "
+                   "the shipped miniature model (else tiny)")
     p.add_argument("--checkpoint", help="folder written by save_pretrained / a training stage (overrides --preset)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
 
@@ -30,6 +31,7 @@ def _decoder_kwargs(args) -> dict:
 
 def _pipeline(args):
     from .arguments import check_device
+    from .config import default_model
     from .pipeline import AnyToAnyPipeline
 
     check_device(args.device)
@@ -39,7 +41,7 @@ def _pipeline(args):
 
         diffusers_logging.disable_progress_bar()
         transformers_logging.disable_progress_bar()
-    source = args.checkpoint or args.preset
+    source = args.checkpoint or args.preset or default_model()
     if args.checkpoint and not Path(args.checkpoint).is_dir():
         raise FileNotFoundError(f"{args.checkpoint}: checkpoint folder not found")
     return AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=not args.quiet)

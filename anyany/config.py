@@ -193,6 +193,23 @@ def register_preset(name: str):
     return deco
 
 
+DEFAULT_MODEL_GROUP = "anyany.default_model"
+
+
+def default_model() -> str:
+    """What ``generate``, ``chat``, ``serve`` and the app load when no model is named: the first trained
+    model folder an installed package offers through the ``anyany.default_model`` entry-point group
+    (the miniature world offers the model it ships), else the random ``tiny`` preset. An entry point
+    is a function returning a folder or None, so this module never imports the layer that owns it."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=DEFAULT_MODEL_GROUP), key=lambda e: e.name):
+        folder = ep.load()()
+        if folder is not None:
+            return str(folder)
+    return "tiny"
+
+
 def get_preset(name: str) -> AnyToAnyConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {', '.join(sorted(PRESETS))}")

@@ -13,7 +13,7 @@ def register(sub) -> None:
 
 def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--checkpoint", help="folder written by save_pretrained / a training stage (overrides --preset)")
-    s.add_argument("--preset", default="tiny", help="named preset when no --checkpoint is given (default tiny)")
+    s.add_argument("--preset", help="named preset when no --checkpoint is given (default: the shipped miniature model, else tiny)")
     s.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -112,6 +112,37 @@ def test_shipped_model_answers_the_demo_prompt():
     assert demo["right"] == 1, demo
 
 
+def test_commands_that_name_no_model_use_the_shipped_one(tmp_path, capsys):
+    """``anyany generate`` / ``serve`` with neither --checkpoint nor --preset load the shipped model (as the
+    app does), found through the ``anyany.default_model`` entry point, not the random tiny preset."""
+    _shipped_or_skip()
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+
+    from anyany.cli import main
+    from anyany.config import default_model
+    from miniature.checkers import image_colour, image_position, image_shape
+    from fastapi.testclient import TestClient
+    from serving.cli import register
+    from serving.factory import build_app
+
+    assert default_model() == str(shipped_model())
+    assert main(["generate", "draw a red circle on the left", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "Here is a red circle on the left." in capsys.readouterr().out
+    img = np.asarray(Image.open(tmp_path / "anyany-0-image.png").convert("RGB"))
+    assert (image_colour(img), image_shape(img), image_position(img)) == ("red", "circle", "left")
+    parser = argparse.ArgumentParser(prog="anyany")
+    register(parser.add_subparsers(dest="command"))
+    for argv, name in ((["serve"], "model"), (["serve", "--preset", "tiny"], "anyany-tiny")):
+        app = build_app(parser.parse_args(argv))
+        try:
+            assert [m["id"] for m in TestClient(app).get("/v1/models").json()["data"]] == [name]
+        finally:
+            app.state.engine.close()
+
+
 def test_loading_the_shipped_model_without_progress_prints_nothing(capfd):
     """A Python user's first load with progress=False: no loading bars, no library warnings (image
     processors announcing a torchvision fallback nothing here uses, AudioLDM's deprecation notice,
