@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def cmd_chat(args) -> int:
     _check_generation_args(args)
     pipe = _pipeline(args)
     history: list[Message] = []
-    print("anyany chat — attach media with '/image PATH', '/video PATH', '/audio PATH'; '/reset' clears; Ctrl-D quits.")
+    print("anyany chat — attach media with '/image PATH', '/video PATH', '/audio PATH'; '/reset' clears; "
+          "'/quit' or Ctrl-D quits.")
     pending: list[str] = []
     while True:
         try:
@@ -137,10 +139,17 @@ def cmd_chat(args) -> int:
             return 0
         if not line:
             continue
+        if line in ("/quit", "/exit"):
+            return 0
         if line == "/reset":
             history, pending = [], []
             continue
-        if line.split(" ", 1)[0] in ("/image", "/video", "/audio"):
+        word = line.split(" ", 1)[0]
+        if re.fullmatch(r"/[A-Za-z]+", word) and word not in ("/image", "/video", "/audio"):
+            # a mistyped command would otherwise go to the model as the prompt
+            print(f"error: unknown command {word!r}; commands: /image PATH, /video PATH, /audio PATH, /reset, /quit")
+            continue
+        if word in ("/image", "/video", "/audio"):
             kind, _, path = line.partition(" ")
             ns = argparse.Namespace(image=[], video=[], audio=[])
             getattr(ns, kind[1:]).append(path.strip())

@@ -106,3 +106,14 @@ def test_eval_of_a_home_without_a_model_says_so_and_writes_nothing(tmp_path):
     message = str(exc.value.code)
     assert "holds no built model" in message and str(home) in message and len(message.splitlines()) == 1
     assert not home.exists()  # the world files are written only for a home that has a model
+
+
+def test_chat_names_a_mistyped_command_and_quits_on_slash_quit(tmp_path, monkeypatch, capsys):
+    """'/imag x' is not sent to the model as a prompt; '/quit' ends the chat before the next line."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("/imag cat.png\n/quit\ndraw a red circle\n"))
+    rc, out, _ = run(["chat", "--preset", "tiny", "--quiet", "--out", str(tmp_path)], capsys)
+    assert rc == 0
+    assert "error: unknown command '/imag'" in out and "/reset, /quit" in out
+    assert "anyany>" not in out and not any(tmp_path.iterdir())  # nothing answered, nothing written
