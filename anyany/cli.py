@@ -131,6 +131,7 @@ def cmd_chat(args) -> int:
     print("anyany chat — attach media with '/image PATH', '/video PATH', '/audio PATH'; '/reset' clears; "
           "'/quit' or Ctrl-D quits.")
     pending: list[str] = []
+    attach = ("/image", "/video", "/audio")
     while True:
         try:
             line = input("you> ").strip()
@@ -145,11 +146,11 @@ def cmd_chat(args) -> int:
             history, pending = [], []
             continue
         word = line.split(" ", 1)[0]
-        if re.fullmatch(r"/[A-Za-z]+", word) and word not in ("/image", "/video", "/audio"):
+        if re.fullmatch(r"/[A-Za-z]+", word) and word not in attach:
             # a mistyped command would otherwise go to the model as the prompt
             print(f"error: unknown command {word!r}; commands: /image PATH, /video PATH, /audio PATH, /reset, /quit")
             continue
-        if word in ("/image", "/video", "/audio"):
+        if word in attach:
             kind, _, path = line.partition(" ")
             ns = argparse.Namespace(image=[], video=[], audio=[])
             getattr(ns, kind[1:]).append(path.strip())
