@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -454,6 +454,19 @@ def unique_path(folder: PathLike, stem: str, suffix: str) -> Path:
     return candidate
 
 
+def _fresh_temp(target: Path) -> Path:
+    """An empty new file next to ``target``. Created with mode 0o666 so the umask applies, as it does
+    to ``open``: mkstemp's 0o600 would leave the published media unreadable to anyone else."""
+    for _ in range(100):
+        tmp = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.tmp{target.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {str(target)!r}")
+
+
 @contextmanager
 def _atomic_target(path: PathLike, overwrite: bool) -> Iterator[Path]:
     """Yield a temp path next to ``path``; on success move it into place."""
@@ -461,9 +474,7 @@ def _atomic_target(path: PathLike, overwrite: bool) -> Iterator[Path]:
     if target.exists() and not overwrite:
         raise FileExistsError(f"{str(target)!r} already exists; pass overwrite=True to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _fresh_temp(target)
     try:
         yield tmp
         if overwrite:

@@ -224,6 +224,22 @@ def test_writers_refuse_overwrite_and_are_atomic(tmp_path):
     assert leftovers == ["i.png", "v.mp4"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_media_get_the_mode_the_umask_gives(tmp_path, umask):
+    """Written media are published with the permissions ``open`` would give (0o644 under the usual
+    umask), not the temporary file's private 0o600, so a web server or a colleague can read them."""
+    old = os.umask(umask)
+    try:
+        write_image(Image.new("RGB", (4, 4)), tmp_path / "i.png")
+        write_video(_frames(2, 8, 8), tmp_path / "v.mp4")
+        write_audio(np.zeros(100, np.float32), 8000, tmp_path / "a.wav")
+        write_audio(np.zeros(100, np.float32), 8000, tmp_path / "a.wav", overwrite=True)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()}
+    assert modes == {name: 0o666 & ~umask for name in ("i.png", "v.mp4", "a.wav")}
+
+
 def test_unique_path(tmp_path):
     first = unique_path(tmp_path, "gen", ".png")
     assert first == tmp_path / "gen.png"
