@@ -119,9 +119,14 @@ class AnyToAnyPipeline:
         """A checkpoint folder written by ``save_pretrained``, or a preset name (random trainable parts)."""
         from decoders.base import quiet_loading
 
-        from .config import get_preset
+        from .config import PRESETS, get_preset
         from .model import AnyToAnyModel
 
+        if not Path(path_or_preset).is_dir() and path_or_preset not in PRESETS:
+            # a mistyped folder is the usual case: say it is not there rather than "unknown preset"
+            raise FileNotFoundError(
+                f"{str(path_or_preset)!r} is neither a model folder (no such folder) nor a preset name; "
+                f"give a folder written by save_pretrained or training, or one of: {', '.join(sorted(PRESETS))}")
         if Path(path_or_preset).is_dir():
             with quiet_loading(not progress):
                 model = AnyToAnyModel.from_pretrained(path_or_preset, device=device, config_overrides=config_overrides)

@@ -169,3 +169,12 @@ def test_a_folder_naming_its_decoder_inside_itself_loads_from_any_directory(pipe
     saved = json.loads((ckpt / "decoders" / "image" / "unet" / "config.json").read_text())
     assert list(unet.config.block_out_channels) == saved["block_out_channels"]
     assert loaded.model.config.decoders["audio"].name_or_path is None  # a random-init decoder is left alone
+
+
+def test_a_mistyped_model_folder_is_named_as_missing_not_as_an_unknown_preset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"'runs/stage3' is neither a model folder .* tiny"):
+        AnyToAnyPipeline.from_pretrained("runs/stage3")
+    (tmp_path / "runs" / "stage3").mkdir(parents=True)  # a folder without a model is named as such
+    with pytest.raises(FileNotFoundError, match="is not an anyany checkpoint folder"):
+        AnyToAnyPipeline.from_pretrained("runs/stage3")
