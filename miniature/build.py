@@ -6,13 +6,18 @@ real ``training`` loop -> held-out evaluation. Every phase's wall time goes in `
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 
 import torch
@@ -68,13 +73,13 @@ class BuildPlan:
 # ---------------------------------------------------------------------------- frozen parts
 
 
-def _pretrain_job(name: str, home: str, seed: int, plan: dict, queue=None, llm: str = "llama") -> tuple[str, float, dict]:
-    """One frozen part, in its own process on one thread (two run side by side). ``llm``: the LLM's
-    family (``pretrain_llm.LLM_FAMILIES``)."""
+def _pretrain_job(name: str, home: str, seed: int, plan: dict, llm: str = "llama") -> tuple[str, float, dict]:
+    """One frozen part, in its own process on one thread (two run side by side); its steps go to the
+    queue the worker was started with. ``llm``: the LLM's family (``pretrain_llm.LLM_FAMILIES``)."""
     from .progress import attach, quiet_libraries
 
     quiet_libraries()
-    attach(queue, name)
+    attach(_WORKER_QUEUE, name)
     torch.set_num_threads(1)
     home = Path(home)
     frozen = home / "frozen"
@@ -111,28 +116,72 @@ def pretrain_frozen_parts(home: Path, plan: BuildPlan, seed: int, workers: int, 
                           jobs: list[str] | None = None) -> tuple[dict, dict]:
     """Train the five frozen parts (or ``jobs`` of them), two processes side by side. Returns (seconds,
     report) per part. Each part's bar shows its current stage, step and ETA (``miniature.progress``)."""
-    from multiprocessing import Manager
-
     from .progress import PartBars
 
     # longest first, two workers: video | audio, image; then imagebind and llm on whichever is free
     jobs = jobs or ["video", "audio", "image", "imagebind", "llm"]
     times, reports = {}, {}
-    with Manager() as manager, ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        queue = manager.Queue()
-        futures = {pool.submit(_pretrain_job, j, str(home), seed, vars(plan), queue, llm): j for j in jobs}
-        bars = PartBars(jobs, enabled=progress)
-        pending = set(futures)
-        while pending:
-            bars.drain(queue, timeout=0.5)
-            for fut in [f for f in pending if f.done()]:
-                pending.discard(fut)
-                name, seconds, reports[name] = fut.result()
-                times[name] = seconds
-                bars.drain(queue, timeout=0.0)
-                bars.finish(name, seconds)
-        bars.close()
+    context = get_context("spawn")
+    queue = context.Queue()  # handed to the workers as they start (a queue cannot go with each job)
+    with _terminate_raises_interrupt():
+        others = set(active_children())
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(queue,)) as pool:
+            futures = {pool.submit(_pretrain_job, j, str(home), seed, vars(plan), llm): j for j in jobs}
+            bars = PartBars(jobs, enabled=progress)
+            pending = set(futures)
+            try:
+                while pending:
+                    bars.drain(queue, timeout=0.5)
+                    for fut in [f for f in pending if f.done()]:
+                        pending.discard(fut)
+                        name, seconds, reports[name] = fut.result()
+                        times[name] = seconds
+                        bars.drain(queue, timeout=0.0)
+                        bars.finish(name, seconds)
+            except BaseException:
+                # Ctrl-C, SIGTERM or a failed part: leaving the pool would wait for the running parts (up to
+                # 25 min of both cores) and then start the queued ones, so stop them all now
+                pool.shutdown(wait=False, cancel_futures=True)
+                for child in set(active_children()) - others:
+                    child.kill()
+                raise
+            finally:
+                bars.close()
     return times, reports
+
+
+_WORKER_QUEUE = None  # in a pretraining worker: where its parts report their steps
+
+
+def _worker_init(queue) -> None:
+    """A pretraining worker reports to ``queue``, leaves Ctrl-C to the build (which stops every worker)
+    and, on Linux, dies with the build's process even when that is killed outright (no orphan training
+    on for minutes)."""
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # pragma: no cover - a libc without prctl
+            pass
+
+
+@contextmanager
+def _terminate_raises_interrupt():
+    """SIGTERM (``kill PID``, a job scheduler, ``timeout``) stops the build as Ctrl-C does, workers included."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ---------------------------------------------------------------------------- the model
