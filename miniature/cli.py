@@ -11,7 +11,7 @@ def register(sub) -> None:
     b = wsub.add_parser("build", help="world -> pretraining of frozen parts -> stages 1-3 -> held-out evaluation")
     _home_args(b)
     b.add_argument("--quick", action="store_true", help="the reduced CI-sized run: frozen parts cut short, stages in full (about 13 minutes on 2 cores)")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="the world's and every part's seed (the same seed builds the same model on one machine)")
     b.add_argument("--workers", type=int, default=2, help="parallel single-thread pretraining jobs (one per core)")
     b.add_argument("--no-ship", action="store_true",
                    help="do not copy the built model into the package (a full build ships it; --quick never does)")
@@ -22,10 +22,12 @@ def register(sub) -> None:
                    help="reuse that build's trained ImageBind and decoders (copied); only the LLM is pretrained")
     b.set_defaults(func=cmd_build)
 
-    d = sub.add_parser("demo", help="answer a prompt with the miniature model (trains and caches it on first use)")
-    d.add_argument("prompt", nargs="?", default="draw a blue square on the left and play a low steady tone")
+    d = sub.add_parser("demo", help="answer a prompt with the shipped miniature model (a package without one builds it first)")
+    d.add_argument("prompt", nargs="?", default="draw a blue square on the left and play a low steady tone",
+                   help="what to ask, in the world's words: shapes, colours, positions, motions, tones "
+                        "(default: %(default)r)")
     d.add_argument("--out", default="outputs", help="folder for the reply's files")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="generation seed (the same seed writes the same files)")
     d.add_argument("--checkpoint", help="model folder to answer with (default: the shipped model, else HOME/model)")
     _home_args(d)
     d.set_defaults(func=cmd_demo)
