@@ -6,6 +6,7 @@ value the same way: which argument, what was wrong, what is accepted.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 
 class ArgumentError(ValueError):
@@ -84,3 +85,15 @@ def check_device(device) -> str:
     elif parsed.type not in ("cpu", "cuda", "mps"):
         raise ArgumentError(f"device: {show_value(device)} is not supported; use cpu or cuda.")
     return str(device)
+
+
+def check_output_dir(folder) -> None:
+    """Raise ``NotADirectoryError`` naming ``folder`` when files cannot go there: it, or the nearest of
+    its parents that exists, is a file. A missing folder is fine (it is created on save)."""
+    path = Path(folder)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is a file" if candidate == path else f"lies under a file, {str(candidate)!r}"
+                raise NotADirectoryError(f"output folder {str(path)!r} {where}; give a folder (a missing one is created)")
+            return

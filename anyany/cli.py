@@ -72,6 +72,10 @@ def _check_generation_args(args) -> None:
             problems.append(str(err))
     if problems:
         raise ArgumentError(" ".join(problems))
+    if getattr(args, "out", None):  # before the model loads (chat would otherwise fail at every turn)
+        from .arguments import check_output_dir
+
+        check_output_dir(args.out)
 
 
 def _call_kwargs(args) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .generation import LLMOutput, generate_with_signals
+from .arguments import check_output_dir
 from .inputs import batch_media, media_shapes
 from .media import unique_path, write_audio, write_image, write_video
 from .tokens import ChatTurn, collate_sequences
@@ -241,6 +242,8 @@ class AnyToAnyPipeline:
         """
         gen_cfg = self.model.config.generation
         messages = self.check_inputs(prompt, messages, media)
+        if output_dir is not None:
+            check_output_dir(output_dir)  # before the work, so that a typo costs no generation
         turns, features = self.encode_media(messages)
         llm_inputs = self.prepare_inputs(turns, features)
         generator = torch.Generator().manual_seed(seed)

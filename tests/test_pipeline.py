@@ -178,3 +178,17 @@ def test_a_mistyped_model_folder_is_named_as_missing_not_as_an_unknown_preset(tm
     (tmp_path / "runs" / "stage3").mkdir(parents=True)  # a folder without a model is named as such
     with pytest.raises(FileNotFoundError, match="is not an anyany checkpoint folder"):
         AnyToAnyPipeline.from_pretrained("runs/stage3")
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_generation(pipe, tmp_path, monkeypatch):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    calls = []
+    monkeypatch.setattr(pipe, "generate_text", lambda *a, **k: calls.append(1))  # must not be reached
+    for out, says in ((a_file, "is a file"), (a_file / "sub", f"lies under a file, {str(a_file)!r}")):
+        with pytest.raises(NotADirectoryError, match=f"output folder {str(out)!r} {says}"):
+            pipe("draw a cat", output_dir=out)
+    assert calls == [] and a_file.read_text() == "mine"
+    run = run_cli("chat", "--preset", "tiny", "--out", str(a_file), "--quiet", cwd=tmp_path)  # before the model loads
+    assert run.returncode == 2 and run.stderr.strip() == (
+        f"anyany: error: output folder {str(a_file)!r} is a file; give a folder (a missing one is created)")
