@@ -87,13 +87,14 @@ def check_device(device) -> str:
     return str(device)
 
 
-def check_output_dir(folder) -> None:
-    """Raise ``NotADirectoryError`` naming ``folder`` when files cannot go there: it, or the nearest of
-    its parents that exists, is a file. A missing folder is fine (it is created on save)."""
+def check_output_dir(folder, what: str = "output folder") -> None:
+    """Raise ``NotADirectoryError`` naming ``folder`` (as ``what``, e.g. "--home") when files cannot go
+    there: it, or the nearest of its parents that exists, is a file. A missing folder is fine (it is
+    created when written)."""
     path = Path(folder)
     for candidate in (path, *path.parents):
         if candidate.exists():
             if not candidate.is_dir():
                 where = "is a file" if candidate == path else f"lies under a file, {str(candidate)!r}"
-                raise NotADirectoryError(f"output folder {str(path)!r} {where}; give a folder (a missing one is created)")
+                raise NotADirectoryError(f"{what} {str(path)!r} {where}; give a folder (a missing one is created)")
             return

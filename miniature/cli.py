@@ -58,9 +58,12 @@ def _home_args(p) -> None:
 
 
 def cmd_build(args) -> int:
+    from anyany.arguments import check_output_dir
+
     from .build import build, format_report
     from .ship import compare_reports, ship, shipped_report
 
+    check_output_dir(args.home, "--home")
     report = build(args.home, quick=args.quick, seed=args.seed, workers=args.workers, progress=not args.quiet,
                    llm=args.llm, frozen_from=args.frozen_from)
     print(format_report(report))

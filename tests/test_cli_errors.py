@@ -117,3 +117,21 @@ def test_chat_names_a_mistyped_command_and_quits_on_slash_quit(tmp_path, monkeyp
     assert rc == 0
     assert "error: unknown command '/imag'" in out and "/reset, /quit" in out
     assert "anyany>" not in out and not any(tmp_path.iterdir())  # nothing answered, nothing written
+
+
+@pytest.mark.parametrize("argv", [
+    ["world", "build", "--quiet", "--home", "{file}"],
+    ["train", "stage1", "--data", "{missing}", "--out", "{file}/run"],
+    ["cache-features", "media", "--data", "{missing}", "--out", "{file}"],
+    ["generate", "hi", "--quiet", "--out", "{file}"],
+])
+def test_a_file_given_as_a_folder_to_write_in_is_named_before_any_work(argv, tmp_path, capsys):
+    """Before, `world build --home FILE` said '[Errno 17] File exists' and `generate` said so after
+    generating. The named file is left as it was and nothing else is written."""
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    rc, out, err = run([a.format(file=a_file, missing=tmp_path / "missing.json") for a in argv], capsys)
+    flag = "output folder" if argv[0] == "generate" else argv[-2]
+    assert rc == 2 and err.startswith(f"anyany: error: {flag} '{a_file}") and "give a folder" in err, err
+    assert len(err.strip().splitlines()) == 1 and a_file.read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

@@ -492,6 +492,25 @@ def test_serve_subcommand_builds_the_app_its_flags_describe(monkeypatch):
         engine.close()
 
 
+def test_serve_refuses_bad_flags_and_a_taken_port_before_loading_a_model(tmp_path):
+    """Before, --port 99999 was an 'unexpected error: OverflowError' and a taken port was found only
+    after the model had loaded."""
+    def serve(*flags):
+        return subprocess.run([sys.executable, "-m", "anyany.cli", "serve", "--checkpoint", str(tmp_path / "no-model"), *flags],
+                              capture_output=True, text=True, timeout=120)
+
+    bad = serve("--port", "99999", "--threads", "0", "--busy-window-ms", "-1")
+    assert bad.returncode == 2 and bad.stderr.strip() == ("anyany: error: --port 99999: use a port from 1 to 65535. "
+                                                          "--threads 0: use at least 1. --busy-window-ms -1.0: use 0 or more.")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = serve("--port", str(port))
+    # the missing --checkpoint folder would be the error had the model been looked at first
+    assert busy.returncode == 2 and busy.stderr.strip().startswith(f"anyany: error: --port {port}: cannot listen on 127.0.0.1:{port}")
+
+
 @pytest.mark.slow
 def test_serve_command_runs_a_server(tmp_path):
     sock = socket.socket()

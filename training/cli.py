@@ -5,6 +5,8 @@ import functools
 from dataclasses import fields
 from pathlib import Path
 
+from anyany.arguments import check_output_dir
+
 from .recipes import RECIPES
 
 
@@ -85,6 +87,7 @@ def cmd_train(args) -> int:
     from .loop import train_stage
     from .swap import parse_decoder_arg, swap_decoder
 
+    check_output_dir(args.out, "--out")
     if args.resume and not (Path(args.out) / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: {args.out} has no checkpoints/ folder")
     records, sources = read_stage_records(args.stage, args.data, args.media_root, args.modality, _on_error(args),
@@ -149,6 +152,7 @@ def cmd_cache(args) -> int:
     from .features import build_media_cache, build_prefix_cache, build_target_cache, encode_media_file, media_cache_meta
     from .records import parse_data_arg, read_caption_pairs, read_conversations
 
+    check_output_dir(args.out, "--out")
     model = _load_model(args, with_encoder=args.kind == "media")
     data = [(path, root or args.media_root) for path, root in map(parse_data_arg, args.data)]
     if args.kind == "prefixes":
