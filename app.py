@@ -166,11 +166,26 @@ def main(argv=None) -> None:
     # WARNING, not INFO: at INFO every request gradio makes to itself is logged by httpx.
     logging.basicConfig(level=logging.WARNING)
 
+    from anyany.arguments import check_device, check_listen_address
     from anyany.config import default_model
     from anyany.pipeline import AnyToAnyPipeline
 
+    # every flag and the model folder checked before the model loads: one line each, no traceback
+    problems = [f"{flag} {value:g}: use a positive number." for flag, value in
+                (("--max-file-mb", args.max_file_mb), ("--concurrency", args.concurrency), ("--session-ttl", args.session_ttl))
+                if not value > 0]
+    for check in (lambda: check_device(args.device), lambda: check_listen_address(args.host, args.port)):
+        try:
+            check()
+        except ValueError as err:
+            problems.append(str(err))
+    if problems:
+        parser.error(" ".join(problems))
     source = args.checkpoint or args.preset or default_model()
-    pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
+    try:
+        pipe = AnyToAnyPipeline.from_pretrained(source, device=args.device, progress=False)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
     demo = build_demo(pipe, max_file_mb=args.max_file_mb, session_ttl_s=args.session_ttl)
     demo.queue(default_concurrency_limit=args.concurrency)
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)

@@ -98,3 +98,23 @@ def check_output_dir(folder, what: str = "output folder") -> None:
                 where = "is a file" if candidate == path else f"lies under a file, {str(candidate)!r}"
                 raise NotADirectoryError(f"{what} {str(path)!r} {where}; give a folder (a missing one is created)")
             return
+
+
+def check_listen_address(host: str, port: int) -> None:
+    """``--host``/``--port`` a server can listen on, checked before its model loads (a server finds a
+    taken port only when it starts listening): :class:`ArgumentError`, one sentence."""
+    import socket
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ArgumentError(f"--port {show_value(port)}: use a port from 1 to 65535.")
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise ArgumentError(f"--host {show_value(host)}: not an address of this machine ({err.strerror}).") from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a port in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ArgumentError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another server may "
+                                "be using it: stop it or choose another --port.") from None

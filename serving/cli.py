@@ -50,6 +50,29 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _check_args(args) -> None:
+    """Every flag checked before the model loads (which takes a while): one sentence per problem."""
+    from anyany.arguments import ArgumentError, check_listen_address
+
+    problems = []
+    if args.max_batch < 1 or args.max_queue < 1 or args.replicas < 1:
+        problems.append("--max-batch, --max-queue and --replicas must be at least 1.")
+    if args.threads is not None and args.threads < 1:
+        problems.append(f"--threads {args.threads}: use at least 1.")
+    for flag in ("batch_window_ms", "busy_window_ms"):
+        if not getattr(args, flag) >= 0:
+            problems.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}: use 0 or more.")
+    if not args.max_body_mb > 0:
+        problems.append(f"--max-body-mb {args.max_body_mb}: use a positive size.")
+    if not args.ray:  # Ray Serve listens through its own proxy
+        try:
+            check_listen_address(args.host, args.port)
+        except ArgumentError as err:
+            problems.insert(0, str(err))
+    if problems:
+        raise ArgumentError(" ".join(problems))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.cli", description="anyany serve")
     add_arguments(parser)
@@ -63,43 +86,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def _check_args(args) -> None:
-    """Every flag checked before the model loads (which takes a while): one sentence per problem."""
-    from anyany.arguments import ArgumentError
-
-    problems = []
-    if args.max_batch < 1 or args.max_queue < 1 or args.replicas < 1:
-        problems.append("--max-batch, --max-queue and --replicas must be at least 1.")
-    if not 0 < args.port < 65536:
-        problems.append(f"--port {args.port}: use a port from 1 to 65535.")
-    if args.threads is not None and args.threads < 1:
-        problems.append(f"--threads {args.threads}: use at least 1.")
-    for flag in ("batch_window_ms", "busy_window_ms"):
-        if not getattr(args, flag) >= 0:
-            problems.append(f"--{flag.replace('_', '-')} {getattr(args, flag)}: use 0 or more.")
-    if not args.max_body_mb > 0:
-        problems.append(f"--max-body-mb {args.max_body_mb}: use a positive size.")
-    if problems:
-        raise ArgumentError(" ".join(problems))
-    if not args.ray:
-        _check_port_free(args.host, args.port)
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """The server would find the port taken only after loading the model; look first."""
-    import socket
-
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as err:
-        raise ValueError(f"--host {host!r}: not an address of this machine ({err.strerror})") from None
-    family, _, _, _, address = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
-        try:
-            probe.bind(address)
-        except OSError as err:
-            raise ValueError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another server may be "
-                             "using it: stop it or choose another --port") from None

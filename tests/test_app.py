@@ -429,3 +429,27 @@ def test_the_models_own_defaults_pass_even_outside_the_widget_ranges(pipe):
         Settings(image_steps=500).checked()
     with pytest.raises(ArgumentError, match="image_steps: 500.0 is out of range"):
         Settings(image_steps=500.0).checked(defaults)  # a different value (type) is checked
+
+
+def test_bad_flags_and_a_missing_model_get_one_line_before_the_model_loads(tmp_path):
+    """Before, `python app.py --port 99999` and a taken port were tracebacks out of gradio's launch,
+    the latter after the model had loaded."""
+    import subprocess
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+
+    def launch(*flags):
+        run = subprocess.run([sys.executable, str(app), *flags], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-2000:]
+        return run.stderr.strip().splitlines()[-1]
+
+    assert launch("--port", "99999", "--concurrency", "0") == (
+        "app.py: error: --concurrency 0: use a positive number. --port 99999: use a port from 1 to 65535.")
+    assert launch("--checkpoint", "runs/stage3").startswith("app.py: error: 'runs/stage3' is neither a model folder")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # the missing folder would be the error had the model been looked at first
+        assert launch("--port", str(port), "--checkpoint", "runs/stage3").startswith(
+            f"app.py: error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)")
