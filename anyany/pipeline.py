@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .generation import LLMOutput, generate_with_signals
 from .arguments import check_output_dir
+from .generation import LLMOutput, generate_with_signals
 from .inputs import batch_media, media_shapes
 from .media import unique_path, write_audio, write_image, write_video
 from .tokens import ChatTurn, collate_sequences
