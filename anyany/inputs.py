@@ -1,22 +1,34 @@
 """Files -> preprocessed encoder inputs (the one place that chains reading and preprocessing)."""
 from __future__ import annotations
 
+import math
+import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from encoders.preprocessing import (
-    preprocess_audio_source, preprocess_image, preprocess_image_native, preprocess_sampled_video, video_frame_indices,
+    preprocess_audio, preprocess_audio_source, preprocess_image, preprocess_image_native, preprocess_sampled_video,
+    preprocess_video, video_frame_indices,
 )
 from encoders.tiling import TiledImage, tile_image
 
+from . import media as media_io
 from .media import AudioSource, MediaError, MediaLimits, detect_modality, probe_video, read_image, read_video_frames
+
+IN_MEMORY = ("a file path, a PIL image, (frames [F,H,W,3], fps) for a video or (waveform [T] or [C,T], sample_rate) "
+             "for a sound")
 
 
 def load_media(path, modality: str | None = None, feature_kind: str = "pooled", *, limits: MediaLimits | None = None,
                **image_options) -> tuple[str, object]:
     """Read ``path`` and return ``(modality, inputs)`` ready for the encoder (or the bridge).
+
+    ``path`` may also be media already in memory, in the forms the encoder's processor takes: a PIL
+    image, ``(frames, fps)`` for a video, ``(waveform, sample_rate)`` for a sound.
 
     Only what preprocessing uses is decoded (the sampled video frames, the audio clips), within
     ``limits`` (``anyany.media.MediaLimits``; None: the defaults, docs/limits.md).
@@ -34,19 +46,15 @@ def load_media(path, modality: str | None = None, feature_kind: str = "pooled", 
     Video and audio are prepared for ImageBind whatever the kind; a bridge that cannot take
     them says so when the model encodes them.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        return _load_in_memory(path, modality, feature_kind, limits or media_io.DEFAULT_LIMITS, image_options)
     path = Path(path)
     detected = detect_modality(path)
     if modality is not None and modality != detected:
         raise MediaError(f"{path}: expected a {modality} file, but its extension says {detected}")
     try:
         if detected == "image":
-            image = read_image(path, limits)
-            if feature_kind == "pixels":
-                return detected, preprocess_image_native(image, image_options.get("max_image_size"))
-            if feature_kind == "tiles":
-                views, grid = tile_image(image, image_options.get("max_tiles", 4), image_options.get("tile_size", 224))
-                return detected, TiledImage(views, grid)
-            return detected, preprocess_image(image)
+            return detected, _prepare_image(read_image(path, limits), feature_kind, image_options)
         if detected == "video":
             info = probe_video(path, limits)
             picked = video_frame_indices(info.num_frames, info.fps)
@@ -58,6 +66,56 @@ def load_media(path, modality: str | None = None, feature_kind: str = "pooled", 
         raise
     except ValueError as err:  # preprocessing rejects e.g. silent NaNs, empty streams
         raise MediaError(f"{path}: {err}") from err
+
+
+def _prepare_image(image: Image.Image, feature_kind: str, image_options: dict):
+    if feature_kind == "pixels":
+        return preprocess_image_native(image, image_options.get("max_image_size"))
+    if feature_kind == "tiles":
+        views, grid = tile_image(image, image_options.get("max_tiles", 4), image_options.get("tile_size", 224))
+        return TiledImage(views, grid)
+    return preprocess_image(image)
+
+
+def in_memory_modality(item) -> str:
+    """The modality of media given in memory (see :func:`load_media`); :class:`MediaError` otherwise."""
+    if isinstance(item, Image.Image):
+        return "image"
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, float, np.number)) \
+            and not isinstance(item[1], bool) and hasattr(item[0], "shape"):
+        if len(item[0].shape) == 4:
+            return "video"
+        if len(item[0].shape) in (1, 2):
+            return "audio"
+    shape = f" of shape {tuple(item.shape)}" if hasattr(item, "shape") else ""
+    raise MediaError(f"a media item must be {IN_MEMORY}; got {type(item).__name__}{shape}")
+
+
+def _load_in_memory(item, modality: str | None, feature_kind: str, limits: MediaLimits, image_options: dict):
+    detected = in_memory_modality(item)
+    if modality is not None and modality != detected:
+        raise MediaError(f"expected a {modality}, but the in-memory item is a {detected}")
+    try:
+        if detected == "image":
+            w, h = item.size
+            if w * h > limits.max_image_pixels:
+                raise MediaError(f"in-memory image of {w}x{h} pixels; accepted up to {limits.max_image_pixels:,} "
+                                 "(MediaLimits.max_image_pixels)")
+            return detected, _prepare_image(item, feature_kind, image_options)
+        data, rate = item
+        if not (math.isfinite(rate) and rate > 0):
+            raise MediaError(f"in-memory {detected}: its {'fps' if detected == 'video' else 'sample rate'} {rate!r} "
+                             "must be a positive number")
+        if detected == "video":
+            return detected, preprocess_video(np.asarray(data), float(rate))
+        if not limits.min_sample_rate <= rate <= limits.max_sample_rate:
+            raise MediaError(f"in-memory audio: sample rate {rate:g} Hz is outside the accepted "
+                             f"{limits.min_sample_rate}-{limits.max_sample_rate} Hz (MediaLimits)")
+        return detected, preprocess_audio(data, int(rate))
+    except MediaError:
+        raise
+    except ValueError as err:
+        raise MediaError(f"in-memory {detected}: {err}") from err
 
 
 def media_shape(medium) -> tuple[int, ...]:

@@ -19,7 +19,8 @@ from .tokens import ChatTurn, collate_sequences
 
 @dataclass
 class Message:
-    """A chat message. ``media``: file paths (modality from the extension)."""
+    """A chat message. ``media``: file paths (modality from the extension), or media in memory: a PIL
+    image, ``(frames [F,H,W,3], fps)``, ``(waveform, sample_rate)`` (``anyany.inputs.load_media``)."""
 
     role: str  # "user" | "assistant"
     text: str = ""
@@ -235,7 +236,8 @@ class AnyToAnyPipeline:
         logits_processor=None,
         output_dir=None,
     ) -> AnyToAnyOutput:
-        """Reply to ``prompt`` (+ ``media`` paths), after an optional ``messages`` history.
+        """Reply to ``prompt`` (+ ``media``: paths, PIL images, ``(frames, fps)``, ``(waveform, sample_rate)``),
+        after an optional ``messages`` history.
 
         ``decoder_kwargs``: per modality overrides, e.g. ``{"video": {"num_frames": 8}}``;
         ``num_inference_steps`` / ``guidance_scale`` apply to every decoder.

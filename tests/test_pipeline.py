@@ -1,6 +1,7 @@
 """Generation: signal groups -> output projections -> decoders -> files; seeds; CLI."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -192,3 +193,29 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_generation(pipe, 
     run = run_cli("chat", "--preset", "tiny", "--out", str(a_file), "--quiet", cwd=tmp_path)  # before the model loads
     assert run.returncode == 2 and run.stderr.strip() == (
         f"anyany: error: output folder {str(a_file)!r} is a file; give a folder (a missing one is created)")
+
+
+def test_media_given_in_memory_are_prepared_exactly_as_their_files(pipe, tmp_path):
+    """A PIL image, (frames, fps) and (waveform, sample_rate), the encoder processor's forms, work as
+    media items; before, they were a bare TypeError ("expected str, bytes or os.PathLike")."""
+    from anyany.media import MediaError, read_video, write_audio, write_video
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    image.save(tmp_path / "in.png")
+    wave = (0.3 * np.sin(np.linspace(0, 2000, 24000))).astype(np.float32)
+    write_audio(wave, 12000, tmp_path / "in.wav", subtype="FLOAT")
+    write_video(rng.integers(0, 256, (20, 32, 48, 3), dtype=np.uint8), tmp_path / "in.mp4", fps=8)
+    frames, fps = read_video(tmp_path / "in.mp4")  # what the file decodes to
+    for item, path in ((image, "in.png"), ((wave, 12000), "in.wav"), ((frames, fps), "in.mp4")):
+        (m1, x1), (m2, x2) = pipe.model.load_media(item), pipe.model.load_media(tmp_path / path)
+        assert m1 == m2 and torch.equal(x1, x2), path
+    replies = [pipe("what is this?", media=[item], seed=3, max_new_tokens=6).token_ids
+               for item in (image, str(tmp_path / "in.png"))]
+    assert replies[0] == replies[1]
+    for bad, says in ((np.zeros((4, 4, 3), np.uint8), "got ndarray of shape (4, 4, 3)"),
+                      ((wave, 0), "sample rate 0 must be a positive number"),
+                      ((wave, 50), "sample rate 50 Hz is outside the accepted"),
+                      ((frames, float("nan")), "fps nan must be a positive number")):
+        with pytest.raises(MediaError, match=re.escape(says)):
+            pipe("what is this?", media=[bad])
