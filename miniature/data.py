@@ -126,7 +126,7 @@ class WorldFiles:
 # The last question is stage 1's modality-blind instruction: instruction tuning keeps the
 # model answering it from the medium alone (LLaVA-style mixing of caption data into stage 3).
 _CAPTION = AnyToAnyConfig.stage1_instruction
-_DESCRIBE = {
+DESCRIBE = {
     "image": ("What is in this image?", "Describe this picture.", "What do you see here?", _CAPTION),
     "video": ("What happens in this video?", "Describe this clip.", "What is moving here?", _CAPTION),
     "audio": ("What do you hear?", "Describe this sound.", "What kind of sound is this?", _CAPTION),
@@ -186,7 +186,7 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
     # 1. media in -> text answer naming every attribute (one per written file)
     for m in ("image", "video", "audio"):
         for item, path in media[m]:
-            q = _pick(rng, _DESCRIBE[m])
+            q = _pick(rng, DESCRIBE[m])
             a = _pick(rng, _ANSWER[m]).format(c=item.caption)
             add([human(q, [(m, path)]), gpt(a)])
     # 2. text request -> generation, single modality (every item twice: by its caption, then as a
@@ -245,7 +245,7 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
         snd = _pick(rng, items["audio"])
         vid = _pick(rng, items["video"])
         add([
-            human(_pick(rng, _DESCRIBE["image"]), [("image", path)]),
+            human(_pick(rng, DESCRIBE["image"]), [("image", path)]),
             gpt(_pick(rng, _ANSWER["image"]).format(c=item.caption)),
             human(_pick(rng, REQUEST["audio"]).format(c=snd.caption)),
             gpt(_HERE["audio"].format(c=edits.SOUND_ASKED_IN_WORDS), [("audio", snd.caption)]),
