@@ -125,6 +125,14 @@ def cmd_generate(args) -> int:
     return 0
 
 
+_CHAT_HELP = """\
+  /image PATH, /video PATH, /audio PATH   attach a file to your next message (or inline: <Image>PATH</Image>)
+  /reset                                  forget the conversation and any attachments
+  /help                                   this list
+  /quit, /exit, Ctrl-D                    leave
+Earlier replies stay in the conversation, so "now make it red" edits what was made last."""
+
+
 def cmd_chat(args) -> int:
     from .media import MediaError
     from .pipeline import Message
@@ -133,7 +141,7 @@ def cmd_chat(args) -> int:
     pipe = _pipeline(args)
     history: list[Message] = []
     print("anyany chat — attach media with '/image PATH', '/video PATH', '/audio PATH'; '/reset' clears; "
-          "'/quit' or Ctrl-D quits.")
+          "'/quit' or Ctrl-D quits; '/help' lists these.")
     pending: list[str] = []
     attach = ("/image", "/video", "/audio")
     while True:
@@ -148,11 +156,15 @@ def cmd_chat(args) -> int:
             return 0
         if line == "/reset":
             history, pending = [], []
+            print("(history and attachments cleared)")
+            continue
+        if line == "/help":
+            print(_CHAT_HELP)
             continue
         word = line.split(" ", 1)[0]
         if re.fullmatch(r"/[A-Za-z]+", word) and word not in attach:
             # a mistyped command would otherwise go to the model as the prompt
-            print(f"error: unknown command {word!r}; commands: /image PATH, /video PATH, /audio PATH, /reset, /quit")
+            print(f"error: unknown command {word!r}; commands: /image PATH, /video PATH, /audio PATH, /reset, /help, /quit")
             continue
         if word in attach:
             kind, _, path = line.partition(" ")

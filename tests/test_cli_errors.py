@@ -109,13 +109,16 @@ def test_eval_of_a_home_without_a_model_says_so_and_writes_nothing(tmp_path):
 
 
 def test_chat_names_a_mistyped_command_and_quits_on_slash_quit(tmp_path, monkeypatch, capsys):
-    """'/imag x' is not sent to the model as a prompt; '/quit' ends the chat before the next line."""
+    """'/imag x' is not sent to the model as a prompt; '/help' lists the commands, '/reset' says what it
+    did; '/quit' ends the chat before the next line."""
     import io
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("/imag cat.png\n/quit\ndraw a red circle\n"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("/imag cat.png\n/help\n/reset\n/quit\ndraw a red circle\n"))
     rc, out, _ = run(["chat", "--preset", "tiny", "--quiet", "--out", str(tmp_path)], capsys)
     assert rc == 0
-    assert "error: unknown command '/imag'" in out and "/reset, /quit" in out
+    assert "error: unknown command '/imag'" in out and "/reset, /help, /quit" in out
+    assert "/reset " in out.split("you> ")[2] and "now make it red" in out.split("you> ")[2]  # the /help list
+    assert out.split("you> ")[3].startswith("(history and attachments cleared)")
     assert "anyany>" not in out and not any(tmp_path.iterdir())  # nothing answered, nothing written
 
 
