@@ -213,6 +213,28 @@ def multi_turn(pipe, seeds=(0,), scripts: int | None = None, progress: bool = Tr
 
 
 @torch.no_grad()
+def edit_histories(pipe, depths: list[int], seed: int = 100) -> list[list]:
+    """One conversation per entry of ``depths``: the first ``depths[k]`` turns of the k-th held-out
+    edit script (cycling through them), with the model's own replies and their signal tokens."""
+    from anyany.pipeline import Message
+    from .data import HELDOUT_IMAGES, HELDOUT_VIDEOS
+
+    scripts = edits.heldout_scripts(HELDOUT_VIDEOS, HELDOUT_IMAGES)
+    convs: list[list] = [[] for _ in depths]
+    for t in range(max(depths, default=0)):
+        live = [(c, scripts[k % len(scripts)][t]) for k, (c, depth) in enumerate(zip(convs, depths)) if t < depth]
+        outs = ask_all(pipe, [(turn.text, (), list(c), seed + t) for c, turn in live])
+        for (c, turn), out in zip(live, outs):
+            c += [Message("user", turn.text), Message("assistant", out.raw_text)]
+    return convs
+
+
+def makes_only(output, expect) -> bool:
+    """Right when the reply makes one medium, of ``expect``'s modality, with every judged attribute right."""
+    return len(output.media) == 1 and score(output, [expect])["all"]
+
+
+@torch.no_grad()
 def demo_prompt(pipe, seeds=(0, 1, 2, 3)) -> dict:
     """The README's demo prompt, once per seed: right when the image is a blue square on the left
     and the sound is a low steady tone."""
