@@ -11,7 +11,7 @@ import pytest
 
 from miniature import checkers, edits, spec
 from miniature import evaluate_edits as ee
-from miniature.data import HELDOUT_AUDIOS, HELDOUT_IMAGES, HELDOUT_VIDEOS, split_items, write_world
+from miniature.data import HELDOUT_AUDIOS, HELDOUT_IMAGES, HELDOUT_VIDEOS, REQUEST, split_items, write_world
 
 HELDOUT = HELDOUT_IMAGES | HELDOUT_VIDEOS | HELDOUT_AUDIOS
 
@@ -181,6 +181,29 @@ def test_media_to_media_rows_and_edits_by_reference_in_the_train_data(tmp_path):
     made = {g["caption"] for row in rows for turn in row["turns"] for g in turn.get("generate", [])}
     assert not made & {x.caption for x in HELDOUT}
     assert {e.item.caption for r in ee.heldout_requests() for e in r.expect if not e.judged} <= {x.caption for x in HELDOUT}
+
+
+def test_the_train_data_has_new_requests_after_earlier_turns_that_name_what_they_want(tmp_path):
+    # every later request in the data used to be an edit, and the model read "draw a red circle on the
+    # left" after two turns as an edit of the last image
+    rows = json.loads(write_world(tmp_path / "w", seed=0, train_per_item=1, heldout_per_item=1).train.mosit.read_text())
+    asks = {m: [p.split("{c}")[0] for p in phrases] for m, phrases in REQUEST.items()}
+    train = {it.caption for its in split_items("train").values() for it in its}
+    found = {m: 0 for m in asks}
+    for row in rows:
+        human, gpt = row["turns"][-2], row["turns"][-1]
+        made_before = [g for turn in row["turns"][1:-2:2] for g in turn.get("generate", [])]
+        if not made_before or human.get("media") or len(gpt.get("generate", [])) != 1:
+            continue
+        m, caption = gpt["generate"][0]["modality"], gpt["generate"][0]["caption"]
+        if not any(human["text"].startswith(a) for a in asks[m]):
+            continue  # an edit by reference
+        found[m] += 1
+        assert caption in human["text"] and (m == "audio" or caption in train), row
+        last = made_before[-1]
+        if last["modality"] == m and m != "audio":  # differs from the last medium made in two attributes at least
+            assert sum(a != b for a, b in zip(caption.split(), last["caption"].split())) >= 2, row
+    assert min(found.values()) >= 5, found
 
 
 def test_edit_requests_refuse_an_unknown_pair():
