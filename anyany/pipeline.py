@@ -129,14 +129,14 @@ class AnyToAnyPipeline:
             raise FileNotFoundError(
                 f"{str(path_or_preset)!r} is neither a model folder (no such folder) nor a preset name; "
                 f"give a folder written by save_pretrained or training, or one of: {', '.join(sorted(PRESETS))}")
-        if Path(path_or_preset).is_dir():
-            with quiet_loading(not progress):
+        with quiet_loading(not progress, f"the model ({path_or_preset})"):
+            if Path(path_or_preset).is_dir():
                 model = AnyToAnyModel.from_pretrained(path_or_preset, device=device, config_overrides=config_overrides)
-        else:
-            config = get_preset(path_or_preset)
-            if config_overrides:
-                config_overrides(config)
-            model = AnyToAnyModel.from_config(config, device=device)
+            else:
+                config = get_preset(path_or_preset)
+                if config_overrides:
+                    config_overrides(config)
+                model = AnyToAnyModel.from_config(config, device=device)
         return cls(model, progress=progress)
 
     # ------------------------------------------------------------------ decoders (lazy)

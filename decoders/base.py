@@ -23,25 +23,31 @@ from .spec import ConditioningSpec, conditioning_batch
 
 
 @contextlib.contextmanager
-def quiet_loading(quiet: bool):
-    """Silence diffusers' and transformers' loading bars when the caller asked for no progress, and
-    their warnings while weights load in any case. What they say there is not the user's to act
-    on: image processors announcing their PIL fallback without torchvision (generation from
-    embeddings never uses them), the deprecation notice of a pipeline class a decoder kind is built
-    on, a component's type not being the one the pipeline names."""
+def quiet_loading(quiet: bool, what: str | None = None):
+    """Load weights without diffusers' and transformers' own bars and warnings; with progress on
+    (``quiet`` false) one line of ours, "loading <what>…", stands while it loads and is cleared after.
+
+    Their bars count tensors and components, several per load, and broke across ours (the LLM's
+    token bar, the decoders' step bars) in the middle of a reply. What they warn of there is not the
+    user's to act on: image processors announcing their PIL fallback without torchvision (generation
+    from embeddings never uses them), the deprecation notice of a pipeline class a decoder kind is
+    built on, a component's type not being the one the pipeline names."""
     from diffusers.utils import logging as dlog
+    from tqdm.auto import tqdm
     from transformers.utils import logging as tlog
 
     # restore what was there: a program that silenced the bars for good (``anyany demo``) keeps them off
     was = dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), dlog.get_verbosity(), tlog.get_verbosity()
     dlog.set_verbosity(max(was[2], dlog.ERROR))
     tlog.set_verbosity(max(was[3], tlog.ERROR))
-    if quiet:
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    status = tqdm(total=0, desc=f"loading {what}", bar_format="{desc}…", leave=False,
+                  disable=quiet or what is None)
     try:
         yield
     finally:
+        status.close()
         dlog.set_verbosity(was[2])
         tlog.set_verbosity(was[3])
         if was[0]:
@@ -165,7 +171,7 @@ class Decoder(abc.ABC):
         kwargs = cls._from_pretrained_kwargs()
         if not config.text_encoders:
             kwargs.update({name: None for name in cls.text_components})
-        with quiet_loading(not progress):
+        with quiet_loading(not progress, f"the {cls.modality} decoder ({name_or_path})"):
             pipe = cls.pipeline_class().from_pretrained(
                 name_or_path, dtype=resolve_dtype(config.torch_dtype), **kwargs
             )

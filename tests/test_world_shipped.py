@@ -183,6 +183,27 @@ def test_loading_the_shipped_model_without_progress_prints_nothing(capfd):
     assert captured.err.strip() == "" and captured.out.strip() == "", (captured.out + captured.err)[-600:]
 
 
+def test_loading_with_progress_shows_our_loading_lines_not_the_libraries_bars(capfd):
+    """With progress on, each load stands as one line of ours ("loading the image decoder (…)…"),
+    cleared after; transformers' "Loading weights" and diffusers' "Loading pipeline components" bars,
+    which used to break across the reply's own bars, do not appear, and stay on for other code."""
+    _shipped_or_skip()
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    for lib in (dlog, tlog):
+        lib.set_verbosity_warning()
+        lib.enable_progress_bar()
+    pipe = load_shipped(progress=True)
+    for modality in ("image", "video", "audio"):
+        assert pipe.decoders(modality) is not None
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Loading pipeline components" not in err, err[-600:]
+    for what in ("the model (", "the image decoder (", "the video decoder (", "the audio decoder ("):
+        assert f"loading {what}" in err, err[-600:]
+    assert dlog.is_progress_bar_enabled() and tlog.is_progress_bar_enabled()
+
+
 def test_decoder_alone_uses_each_requests_noise_so_only_the_conditioning_differs():
     """The every-combination report's decoder-alone row: decoding a request's own projected
     conditioning through it gives back that request's medium, and the true caption's conditioning
