@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from anyany.pipeline import AnyToAnyPipeline
+from miniature import evaluate_edits as ee
 from miniature import spec
 from miniature.data import DESCRIBE
 from miniature.ship import shipped_model
@@ -37,13 +38,18 @@ def _media(rng: np.random.Generator):
 
 
 def judge(pipe: AnyToAnyPipeline, seed: int = 0) -> dict:
-    """Per case ("capitalised", "lower-case") and modality: questions asked, replies that describe."""
+    """Per case ("capitalised", "lower-case", "after a history") and modality: questions asked,
+    replies that describe."""
     rng = np.random.default_rng(seed)
-    counts = {case: {m: [0, 0] for m in ("image", "video", "audio")} for case in ("capitalised", "lower-case")}
+    cases = ("capitalised", "lower-case", "after a history")
+    counts = {case: {m: [0, 0] for m in ("image", "video", "audio")} for case in cases}
+    histories = ee.edit_histories(pipe, [1 + k % 3 for k in range(12)])
     for k, (m, item, medium) in enumerate(_media(rng)):
         question = DESCRIBE[m][k % len(DESCRIBE[m])]  # the world's questions in turn, its caption request too
-        for case, text in (("capitalised", question), ("lower-case", question[0].lower() + question[1:])):
-            out = pipe(text, media=[medium], seed=seed)
+        for case, text, history in (("capitalised", question, None),
+                                    ("lower-case", question[0].lower() + question[1:], None),
+                                    ("after a history", question, histories[k % len(histories)])):
+            out = pipe(text, media=[medium], messages=None if history is None else list(history), seed=seed)
             counts[case][m][0] += 1
             counts[case][m][1] += int(not out.media and item.caption in out.text)
     return counts

@@ -164,9 +164,9 @@ def _partial(item, rng: np.random.Generator) -> str:
 
 
 def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, str]]],
-                   rng: np.random.Generator, prefix: str, new_requests: bool = True) -> list[dict]:
+                   rng: np.random.Generator, prefix: str, after_history: bool = True) -> list[dict]:
     """anyany-native conversation rows. ``media[m]`` lists (item, relative path) of written files.
-    ``new_requests``: with the rows of a new request after earlier turns (6.)."""
+    ``after_history``: with the rows of a new request or a question after earlier turns (6., 7.)."""
     rows: list[dict] = []
 
     def add(turns):
@@ -265,7 +265,7 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
         #    the last image (images right 12 of 36 after 1-3 turns, alone 36 of 36:
         #    bench/new_request_mid_conversation.py).
         for turns in edits.train_scripts(items["image"], items["video"], items["audio"],
-                                         2 * len(items["image"]) if new_requests else 0, rng):
+                                         2 * len(items["image"]) if after_history else 0, rng):
             row = []
             for turn in turns[: 1 + int(rng.integers(3))]:
                 row += [human(turn.text), gpt(edits.script_reply(turn), [(turn.expect.modality, turn.expect.caption)])]
@@ -279,6 +279,19 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
             row += [human(_pick(rng, REQUEST[m]).format(c=asked)),
                     gpt(_HERE[m].format(c=edits.SOUND_ASKED_IN_WORDS if m == "audio" else item.caption),
                         [(m, asked if m == "audio" else item.caption)])]
+            add(row)
+        # 7. a question about a file attached after earlier turns: it is described, nothing is made.
+        #    Every question in the data came first in its conversation, and asked "What do you hear?"
+        #    with a sound after three edit turns, the model answered "Here is a loud high pulsing
+        #    tone." and drew an image (bench/question_case.py, "after a history").
+        for turns in edits.train_scripts(items["image"], items["video"], items["audio"],
+                                         len(items["image"]) if after_history else 0, rng):
+            row = []
+            for turn in turns[: 1 + int(rng.integers(3))]:
+                row += [human(turn.text), gpt(edits.script_reply(turn), [(turn.expect.modality, turn.expect.caption)])]
+            m = _pick(rng, ("image", "video", "audio"))
+            item, path = media[m][int(rng.integers(len(media[m])))]
+            row += [human(_pick(rng, DESCRIBE[m]), [(m, path)]), gpt(_pick(rng, _ANSWER[m]).format(c=item.caption))]
             add(row)
     return rows
 
@@ -366,7 +379,7 @@ def world_text_corpus(seed: int = 0, *, split: str = "train", repeats: int = 2) 
     texts = [it.caption for m in ("image", "video", "audio") for it in items[m]]
     # without the rows of new requests after earlier turns: they are for instruction tuning, and with
     # them in the LLM's pretraining its stage-1 captions of sounds fell (attribute mean 92 -> 75 %)
-    for row in _conversations(items, media, rng, prefix="corpus_", new_requests=False):
+    for row in _conversations(items, media, rng, prefix="corpus_", after_history=False):
         pairs = [(row["turns"][i]["text"], row["turns"][i + 1]["text"]) for i in range(0, len(row["turns"]), 2)]
         texts.append(vicuna(pairs))
     return texts

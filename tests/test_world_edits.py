@@ -11,7 +11,8 @@ import pytest
 
 from miniature import checkers, edits, spec
 from miniature import evaluate_edits as ee
-from miniature.data import HELDOUT_AUDIOS, HELDOUT_IMAGES, HELDOUT_VIDEOS, REQUEST, split_items, write_world
+from miniature.data import (DESCRIBE, HELDOUT_AUDIOS, HELDOUT_IMAGES, HELDOUT_VIDEOS, REQUEST, split_items,
+                             write_world)
 
 HELDOUT = HELDOUT_IMAGES | HELDOUT_VIDEOS | HELDOUT_AUDIOS
 
@@ -203,6 +204,25 @@ def test_the_train_data_has_new_requests_after_earlier_turns_that_name_what_they
         last = made_before[-1]
         if last["modality"] == m and m != "audio":  # differs from the last medium made in two attributes at least
             assert sum(a != b for a, b in zip(caption.split(), last["caption"].split())) >= 2, row
+    assert min(found.values()) >= 5, found
+
+
+def test_the_train_data_has_questions_about_a_file_attached_after_earlier_turns(tmp_path):
+    # every question in the data came first in its conversation, and after edit turns the model
+    # answered "What do you hear?" with "Here is …" and a medium (1 of 108 described)
+    world = write_world(tmp_path / "w", seed=0, train_per_item=1, heldout_per_item=1)
+    rows = json.loads(world.train.mosit.read_text())
+    caption_of = {r.get("image_name") or r.get("video_name") or r.get("audio_name"): r["caption"]
+                  for f in (world.train.cc3m, world.train.webvid, world.train.audiocap) for r in json.loads(f.read_text())}
+    found = {m: 0 for m in DESCRIBE}
+    for row in rows:
+        human, gpt = row["turns"][-2], row["turns"][-1]
+        made_before = [g for turn in row["turns"][1:-2:2] for g in turn.get("generate", [])]
+        if not made_before or human["text"] not in DESCRIBE.get(human.get("media", [{}])[0].get("modality"), ()):
+            continue
+        m = human["media"][0]["modality"]
+        found[m] += 1
+        assert "generate" not in gpt and gpt["text"].endswith(f" {caption_of[human['media'][0]['path']]}."), row
     assert min(found.values()) >= 5, found
 
 
