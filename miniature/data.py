@@ -291,7 +291,10 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
                 row += [human(turn.text), gpt(edits.script_reply(turn), [(turn.expect.modality, turn.expect.caption)])]
             m = _pick(rng, ("image", "video", "audio"))
             item, path = media[m][int(rng.integers(len(media[m])))]
-            row += [human(_pick(rng, DESCRIBE[m]), [(m, path)]), gpt(_pick(rng, _ANSWER[m]).format(c=item.caption))]
+            question = _pick(rng, DESCRIBE[m])
+            if rng.random() < 0.5:  # the case of a question's first letter is no cue (bench/question_case.py)
+                question = question[0].lower() + question[1:]
+            row += [human(question, [(m, path)]), gpt(_pick(rng, _ANSWER[m]).format(c=item.caption))]
             add(row)
     return rows
 

@@ -209,21 +209,25 @@ def test_the_train_data_has_new_requests_after_earlier_turns_that_name_what_they
 
 def test_the_train_data_has_questions_about_a_file_attached_after_earlier_turns(tmp_path):
     # every question in the data came first in its conversation, and after edit turns the model
-    # answered "What do you hear?" with "Here is …" and a medium (1 of 108 described)
+    # answered "What do you hear?" with "Here is …" and a medium (1 of 108 described); half of these
+    # questions are in lower case, so that the first letter's case is no cue
     world = write_world(tmp_path / "w", seed=0, train_per_item=1, heldout_per_item=1)
     rows = json.loads(world.train.mosit.read_text())
     caption_of = {r.get("image_name") or r.get("video_name") or r.get("audio_name"): r["caption"]
                   for f in (world.train.cc3m, world.train.webvid, world.train.audiocap) for r in json.loads(f.read_text())}
-    found = {m: 0 for m in DESCRIBE}
+    found, lower = {m: 0 for m in DESCRIBE}, 0
     for row in rows:
         human, gpt = row["turns"][-2], row["turns"][-1]
         made_before = [g for turn in row["turns"][1:-2:2] for g in turn.get("generate", [])]
-        if not made_before or human["text"] not in DESCRIBE.get(human.get("media", [{}])[0].get("modality"), ()):
+        asked = {q[0].lower() + q[1:] for q in DESCRIBE.get(human.get("media", [{}])[0].get("modality"), ())}
+        if not made_before or human["text"][0].lower() + human["text"][1:] not in asked:
             continue
         m = human["media"][0]["modality"]
         found[m] += 1
+        lower += human["text"][0].islower()
         assert "generate" not in gpt and gpt["text"].endswith(f" {caption_of[human['media'][0]['path']]}."), row
     assert min(found.values()) >= 5, found
+    assert 0.25 <= lower / sum(found.values()) <= 0.75, (lower, found)
 
 
 def test_edit_requests_refuse_an_unknown_pair():

@@ -83,8 +83,9 @@ def test_shipped_report_meets_every_target_and_a_weaker_build_is_told_which_it_m
 @pytest.mark.slow
 def test_shipped_model_answers_heldout_requests(tmp_path):
     """A few held-out requests of every kind, with thresholds under what the shipped model scores
-    (its report is shipped beside it; this check: text -> image / sound 3 of 4, media in -> media
-    out 18 of 18 over the six pairs, edit turns 12 of 12, new requests after two turns 9 of 12) and
+    (its report is shipped beside it; this check: text -> image / sound 4 of 4, media in -> media
+    out 16 of 18 over the six pairs, edit turns 12 of 12; after two turns, new requests 11 of 12 and
+    questions about a file 8 of 12) and
     well over an untrained model's 0."""
     _shipped_or_skip()
     from miniature import evaluate, evaluate_edits as ee
@@ -101,20 +102,23 @@ def test_shipped_model_answers_heldout_requests(tmp_path):
     assert text_to_media >= 0.5, e2e
     assert set(pairs) == set(ee.PAIRS) and right_pairs >= 8, pairs  # of 18
     assert right_turns >= 7, turns  # of 12
-    # a new request after two edit turns makes what it names (shipped: 9 of 12; the model shipped
-    # before the data held such rows: 6)
-    right_new = _new_requests_after_history(pipe)
+    # after two edit turns, a new request makes what it names (shipped: 11 of 12; the model shipped
+    # before the data held such rows: 6), and a question about a file attached then is answered in
+    # words naming it (shipped: 8 of 12; the model shipped before: 0)
+    histories = ee.edit_histories(pipe, [2, 2, 2])
+    right_new = _new_requests_after_history(pipe, histories)
     assert sum(right_new) >= 7, right_new
+    described = _questions_after_history(pipe, histories)
+    assert sum(described) >= 6, described
 
 
-def _new_requests_after_history(pipe) -> list[bool]:
-    """Four requests per medium, each after the first two turns of a held-out edit script."""
+def _new_requests_after_history(pipe, histories) -> list[bool]:
+    """Four requests per medium, each after a conversation of ``histories``."""
     import numpy as np
 
     from miniature import edits, evaluate_edits as ee, spec
     from miniature.data import REQUEST
 
-    histories = ee.edit_histories(pipe, [2, 2, 2])
     rng, calls, asked = np.random.default_rng(0), [], []
     for m, items in (("image", spec.all_images()), ("video", spec.all_videos()), ("audio", spec.all_audios())):
         for k in range(4):
@@ -122,6 +126,29 @@ def _new_requests_after_history(pipe) -> list[bool]:
             calls.append((REQUEST[m][k % len(REQUEST[m])].format(c=item.caption), (), list(histories[k % 3]), k))
             asked.append(edits.Expect(m, item))
     return [ee.makes_only(out, e) for out, e in zip(ee.ask_all(pipe, calls), asked)]
+
+
+def _questions_after_history(pipe, histories) -> list[bool]:
+    """Four questions per medium about a file of it attached after a conversation of ``histories``,
+    capitalised and in lower case in turn: right when nothing is made and the reply names its caption."""
+    import numpy as np
+    from PIL import Image
+
+    from miniature import evaluate_edits as ee, spec
+    from miniature.data import DESCRIBE
+
+    rng, calls, items = np.random.default_rng(1), [], []
+    render = {"image": lambda it: Image.fromarray(spec.render_image(it, rng)),
+              "video": lambda it: (spec.render_video(it, rng), spec.VIDEO_FPS),
+              "audio": lambda it: (spec.render_audio(it, rng), spec.SAMPLE_RATE)}
+    for m, every in (("image", spec.all_images()), ("video", spec.all_videos()), ("audio", spec.all_audios())):
+        for k in range(4):
+            item = every[int(rng.integers(len(every)))]
+            question = DESCRIBE[m][k % len(DESCRIBE[m])]
+            question = question if k % 2 == 0 else question[0].lower() + question[1:]
+            calls.append((question, (render[m](item),), list(histories[k % 3]), k))
+            items.append(item)
+    return [not out.media and item.caption in out.text for out, item in zip(ee.ask_all(pipe, calls), items)]
 
 
 @pytest.mark.slow
