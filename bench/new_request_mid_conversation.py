@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from PIL import Image
 
 from anyany.pipeline import AnyToAnyPipeline, Message
 from miniature import edits, spec
@@ -33,14 +32,12 @@ def with_a_question(pipe: AnyToAnyPipeline, convs: list[list], seed: int = 0) ->
     """Each conversation, then a question about a file of the world attached (the modalities in
     turn), with the model's answer."""
     rng = np.random.default_rng(seed)
-    render = {"image": lambda it: Image.fromarray(spec.render_image(it, rng)),
-              "video": lambda it: (spec.render_video(it, rng), spec.VIDEO_FPS),
-              "audio": lambda it: (spec.render_audio(it, rng), spec.SAMPLE_RATE)}
     calls = []
     for k, conv in enumerate(convs):
         m = ("image", "video", "audio")[k % 3]
         items = EVERY[m]()
-        calls.append((DESCRIBE[m][k % len(DESCRIBE[m])], [render[m](items[int(rng.integers(len(items)))])], conv, k))
+        medium = ee.medium_in_memory(m, items[int(rng.integers(len(items)))], rng)
+        calls.append((DESCRIBE[m][k % len(DESCRIBE[m])], [medium], conv, k))
     outs = ee.ask_all(pipe, [(text, media, list(conv), k) for text, media, conv, k in calls])
     return [conv + [Message("user", text, media), Message("assistant", out.raw_text)]
             for (text, media, conv, _), out in zip(calls, outs)]

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from PIL import Image
-
 from anyany.pipeline import AnyToAnyPipeline
 from miniature import evaluate_edits as ee
 from miniature import spec
@@ -29,12 +27,9 @@ from miniature.ship import shipped_model
 
 def _media(rng: np.random.Generator):
     """(modality, item, in-memory medium) for every item of the world."""
-    for item in spec.all_images():
-        yield "image", item, Image.fromarray(spec.render_image(item, rng))
-    for item in spec.all_videos():
-        yield "video", item, (spec.render_video(item, rng), spec.VIDEO_FPS)
-    for item in spec.all_audios():
-        yield "audio", item, (spec.render_audio(item, rng), spec.SAMPLE_RATE)
+    for m, every in (("image", spec.all_images), ("video", spec.all_videos), ("audio", spec.all_audios)):
+        for item in every():
+            yield m, item, ee.medium_in_memory(m, item, rng)
 
 
 def judge(pipe: AnyToAnyPipeline, seed: int = 0) -> dict:

@@ -150,6 +150,18 @@ def _render_source(modality: str, item, folder: Path, rng: np.random.Generator) 
     return str(write_audio(spec.render_audio(item, rng), spec.SAMPLE_RATE, folder / f"{name}.wav", overwrite=True))
 
 
+def medium_in_memory(modality: str, item, rng: np.random.Generator):
+    """``item`` rendered as the pipeline takes media in memory: a PIL image, ``(frames, fps)``,
+    ``(waveform, sample_rate)``."""
+    from PIL import Image
+
+    if modality == "image":
+        return Image.fromarray(spec.render_image(item, rng))
+    if modality == "video":
+        return spec.render_video(item, rng), spec.VIDEO_FPS
+    return spec.render_audio(item, rng), spec.SAMPLE_RATE
+
+
 def heldout_requests(per_pair: int | None = None, seed: int = 0) -> list[edits.Request]:
     """Media-in requests whose every wanted result is a held-out combination: for each pair, one
     request from every source that can reach a held-out target (``per_pair`` caps the count)."""

@@ -132,21 +132,17 @@ def _questions_after_history(pipe, histories) -> list[bool]:
     """Four questions per medium about a file of it attached after a conversation of ``histories``,
     capitalised and in lower case in turn: right when nothing is made and the reply names its caption."""
     import numpy as np
-    from PIL import Image
 
     from miniature import evaluate_edits as ee, spec
     from miniature.data import DESCRIBE
 
     rng, calls, items = np.random.default_rng(1), [], []
-    render = {"image": lambda it: Image.fromarray(spec.render_image(it, rng)),
-              "video": lambda it: (spec.render_video(it, rng), spec.VIDEO_FPS),
-              "audio": lambda it: (spec.render_audio(it, rng), spec.SAMPLE_RATE)}
     for m, every in (("image", spec.all_images()), ("video", spec.all_videos()), ("audio", spec.all_audios())):
         for k in range(4):
             item = every[int(rng.integers(len(every)))]
             question = DESCRIBE[m][k % len(DESCRIBE[m])]
             question = question if k % 2 == 0 else question[0].lower() + question[1:]
-            calls.append((question, (render[m](item),), list(histories[k % 3]), k))
+            calls.append((question, (ee.medium_in_memory(m, item, rng),), list(histories[k % 3]), k))
             items.append(item)
     return [not out.media and item.caption in out.text for out, item in zip(ee.ask_all(pipe, calls), items)]
 
