@@ -174,6 +174,9 @@ def cmd_chat(args) -> int:
                 pending += _check_media_args(ns)
             except MediaError as err:
                 print(f"error: {err}")
+                continue
+            # else the prompt came back with no answer, as if the line had been lost
+            print(f"({kind[1:]} attached: {path.strip()}; it goes with your next message)")
             continue
         try:
             line, inline = _prompt_and_media(line)

@@ -108,6 +108,27 @@ def test_eval_of_a_home_without_a_model_says_so_and_writes_nothing(tmp_path):
     assert not home.exists()  # the world files are written only for a home that has a model
 
 
+def test_chat_says_an_attachment_is_taken_and_sends_it_with_the_next_message(tmp_path, monkeypatch, capsys):
+    """'/image PATH' answers at once; the next message carries the image (the shipped model names it)
+    and nothing is made; a file that is not there is named and not attached."""
+    import io
+
+    from miniature import spec
+    from miniature.ship import shipped_model
+
+    if shipped_model() is None:
+        pytest.skip("no shipped miniature model in this checkout")
+    item = spec.ImageItem("red", "circle", "right")
+    Image.fromarray(spec.render_image(item, np.random.default_rng(0))).save(tmp_path / "red.png")
+    monkeypatch.setattr("sys.stdin", io.StringIO(
+        f"/image {tmp_path / 'nope.png'}\n/image {tmp_path / 'red.png'}\nWhat is in this image?\n/quit\n"))
+    rc, out, _ = run(["chat", "--quiet", "--out", str(tmp_path / "out")], capsys)
+    turns = out.split("you> ")
+    assert rc == 0 and turns[1].startswith("error:") and "nope.png" in turns[1] and "attached" not in turns[1]
+    assert turns[2].startswith(f"(image attached: {tmp_path / 'red.png'}; it goes with your next message)")
+    assert turns[3].startswith("anyany> ") and item.caption in turns[3] and "wrote" not in turns[3]
+
+
 def test_chat_names_a_mistyped_command_and_quits_on_slash_quit(tmp_path, monkeypatch, capsys):
     """'/imag x' is not sent to the model as a prompt; '/help' lists the commands, '/reset' says what it
     did; '/quit' ends the chat before the next line."""
