@@ -380,8 +380,9 @@ def world_text_corpus(seed: int = 0, *, split: str = "train", repeats: int = 2) 
     rng = np.random.default_rng([seed, 7])
     media = {m: [(it, f"{m}_{i}") for i, it in enumerate(its)] * repeats for m, its in items.items()}
     texts = [it.caption for m in ("image", "video", "audio") for it in items[m]]
-    # without the rows of new requests after earlier turns: they are for instruction tuning, and with
-    # them in the LLM's pretraining its stage-1 captions of sounds fell (attribute mean 92 -> 75 %)
+    # without the rows that follow earlier turns (a new request, 6., or a question about a file, 7.):
+    # they are for instruction tuning, and with the new requests in the LLM's pretraining its stage-1
+    # captions of sounds fell (attribute mean 92 -> 75 %)
     for row in _conversations(items, media, rng, prefix="corpus_", after_history=False):
         pairs = [(row["turns"][i]["text"], row["turns"][i + 1]["text"]) for i in range(0, len(row["turns"]), 2)]
         texts.append(vicuna(pairs))
