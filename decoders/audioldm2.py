@@ -53,6 +53,9 @@ class AudioLDM2Decoder(AudioOutput, EncodedPromptDecoder):
     pipeline_class_name = "AudioLDM2Pipeline"
     text_components = ("text_encoder", "text_encoder_2", "language_model", "tokenizer", "tokenizer_2",
                        "feature_extractor")
+    # The pipeline's own GPT-2 generation (when captions are embedded) still passes the argument
+    # transformers renamed; every caption batch would say so.
+    library_notices = (r"`past_key_values` is deprecated",)
 
     def __init__(self, pipeline: Any, config=None) -> None:
         super().__init__(pipeline, config)

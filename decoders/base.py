@@ -14,6 +14,7 @@ import abc
 import contextlib
 import dataclasses
 import importlib
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -31,7 +32,8 @@ def quiet_loading(quiet: bool, what: str | None = None):
     token bar, the decoders' step bars) in the middle of a reply. What they warn of there is not the
     user's to act on: image processors announcing their PIL fallback without torchvision (generation
     from embeddings never uses them), the deprecation notice of a pipeline class a decoder kind is
-    built on, a component's type not being the one the pipeline names."""
+    built on, a component's type not being the one the pipeline names, torch's deprecations met while a
+    component is built."""
     from diffusers.utils import logging as dlog
     from tqdm.auto import tqdm
     from transformers.utils import logging as tlog
@@ -45,7 +47,11 @@ def quiet_loading(quiet: bool, what: str | None = None):
     status = tqdm(total=0, desc=f"loading {what}", bar_format="{desc}…", leave=False,
                   disable=quiet or what is None)
     try:
-        yield
+        with warnings.catch_warnings():
+            # e.g. torch's weight_norm deprecation, met while a vocoder or audio VAE is built
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
     finally:
         status.close()
         dlog.set_verbosity(was[2])
@@ -132,6 +138,9 @@ class Decoder(abc.ABC):
     # Whether guidance_scale > 1 means classifier-free guidance with negative conditioning
     # (FLUX.1's guidance_scale is an embedded, distilled guidance without negatives).
     uses_negatives: ClassVar[bool] = True
+    # Warnings a kind's libraries give on every call that say nothing a user can act on (regexes of
+    # the message), hidden around its pipeline's calls only.
+    library_notices: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, pipeline: Any, config: DecoderConfig | None = None) -> None:
         if config is None:
@@ -183,7 +192,8 @@ class Decoder(abc.ABC):
         """Random tiny components (``decoders.tiny``) sized by ``config.random_init``."""
         from .tiny import build_tiny_pipeline
 
-        pipe = build_tiny_pipeline(config.kind, **dict(config.random_init or {}))
+        with quiet_loading(True):
+            pipe = build_tiny_pipeline(config.kind, **dict(config.random_init or {}))
         if not config.text_encoders:
             cls._strip_text_components(pipe)
         dtype = resolve_dtype(config.torch_dtype)
@@ -301,7 +311,15 @@ class Decoder(abc.ABC):
         if not captions:
             raise ValueError("encode_text needs at least one caption")
         self._require_text_encoder("embed captions")
-        return self._encode(list(captions))
+        with self._without_notices():
+            return self._encode(list(captions))
+
+    @contextlib.contextmanager
+    def _without_notices(self):
+        with warnings.catch_warnings():
+            for message in self.library_notices:
+                warnings.filterwarnings("ignore", message=message)
+            yield
 
     @torch.no_grad()
     def negative_embeddings(self, batch: int = 1) -> torch.Tensor:
@@ -314,7 +332,8 @@ class Decoder(abc.ABC):
         if cached is None:
             lean = not self.has_text_encoders
             self._require_text_encoder('embed the unconditional "" prompt for classifier-free guidance')
-            cached = self._negative_cache[batch] = self._encode([""] * batch, negative=True)
+            with self._without_notices():
+                cached = self._negative_cache[batch] = self._encode([""] * batch, negative=True)
             if lean:  # loaded for this one embedding: generation does not keep them
                 self.release_text_encoders()
         return cached
@@ -430,13 +449,14 @@ class Decoder(abc.ABC):
 
         self.pipeline.set_progress_bar_config(disable=not progress, desc=f"{self.modality} decoder", leave=False)
         kwargs = self._pipeline_kwargs(dict(overrides))
-        out = self.pipeline(
-            **self._conditioning_kwargs(embeds, negative),
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            generator=generator,
-            **kwargs,
-        )
+        with self._without_notices():
+            out = self.pipeline(
+                **self._conditioning_kwargs(embeds, negative),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                generator=generator,
+                **kwargs,
+            )
         return self._postprocess(out)
 
     def _conditioning_kwargs(self, cond: Any, negative: Any) -> dict[str, Any]:

@@ -26,6 +26,9 @@ class StableAudioDecoder(AudioOutput, EncodedPromptDecoder):
     kind = "stable_audio"
     pipeline_class_name = "StableAudioPipeline"
     uses_negatives = False  # the pipeline guides against zeros when no negative is given
+    # Its scheduler's Brownian tree (torchsde) warns four times a generation that a time is past the
+    # end of its interval by a float rounding (e.g. 500.00006 against 500.0; torchsde issue 152).
+    library_notices = (r"Should have t[ab][<>]=t[01] but got",)
 
     @property
     def conditioning_spec(self) -> ConditioningSpec:
