@@ -13,9 +13,16 @@ import json
 import logging
 import signal
 
-import gradio as gr
+from anyany.extras import MissingExtra, require
 
-from anyany.app_logic import SETTING_FIELDS, ChatApp, Settings
+try:
+    require(("gradio",), "the web app")
+except MissingExtra as err:  # the base install has no gradio: say how to add it, not a traceback
+    raise SystemExit(f"app.py: error: {err}") from None
+
+import gradio as gr  # noqa: E402
+
+from anyany.app_logic import SETTING_FIELDS, ChatApp, Settings  # noqa: E402
 
 EXAMPLES = [
     "Show me a picture of a red fox in the snow.",

@@ -5,6 +5,7 @@ value the same way: which argument, what was wrong, what is accepted.
 """
 from __future__ import annotations
 
+import errno
 import math
 from pathlib import Path
 
@@ -116,5 +117,12 @@ def check_listen_address(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:  # the address resolves but belongs to another machine
+                raise ArgumentError(f"--host {show_value(host)}: not an address of this machine ({err.strerror}); "
+                                    "use 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or one of its "
+                                    "own addresses.") from None
+            if err.errno == errno.EACCES:
+                raise ArgumentError(f"--port {port}: not allowed to listen on {host}:{port} ({err.strerror}); ports "
+                                    "below 1024 need administrator rights: choose a port from 1024 up.") from None
             raise ArgumentError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another server may "
                                 "be using it: stop it or choose another --port.") from None

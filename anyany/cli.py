@@ -237,8 +237,13 @@ def main(argv=None) -> int:
     parser = build_parser()
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     args = parser.parse_args(argv)
+    from .extras import MissingExtra
+
     try:
         return args.func(args)
+    except MissingExtra as err:
+        print(f"anyany: error: {err}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError) as err:
         # expected problems with the user's input (MediaError, DataFormatError, ArgumentError are ValueErrors)
         print(f"anyany: error: {_one_line(err)}", file=sys.stderr)

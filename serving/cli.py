@@ -35,6 +35,10 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args) -> int:
+    from anyany.extras import require
+
+    require(("ray", "fastapi") if args.ray else ("fastapi", "uvicorn"),
+            "anyany serve --ray" if args.ray else "anyany serve")
     _check_args(args)
     if args.ray:
         from .ray_app import serve_with_ray
@@ -77,9 +81,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.cli", description="anyany serve")
     add_arguments(parser)
     args = parser.parse_args(argv)
+    from anyany.extras import MissingExtra
+
     try:
         return cmd_serve(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, MissingExtra) as err:
         print(f"anyany serve: error: {err}", file=sys.stderr)
         return 2
 

@@ -45,12 +45,6 @@ def start(args, *, blocking: bool):
 
 
 def serve_with_ray(args) -> int:
-    try:
-        import ray  # noqa: F401
-        from ray import serve  # noqa: F401
-    except ImportError:
-        print("anyany serve --ray needs Ray Serve: pip install 'anyany[ray]'", file=sys.stderr)
-        return 2
     print(f"anyany: {args.replicas} Ray Serve replica(s) on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     start(args, blocking=True)
     return 0

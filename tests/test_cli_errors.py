@@ -159,3 +159,40 @@ def test_a_file_given_as_a_folder_to_write_in_is_named_before_any_work(argv, tmp
     assert rc == 2 and err.startswith(f"anyany: error: {flag} '{a_file}") and "give a folder" in err, err
     assert len(err.strip().splitlines()) == 1 and a_file.read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_feature_whose_extra_is_not_installed_says_which_extra(tmp_path):
+    """After the README's base install (no extras), `python app.py` was a ModuleNotFoundError
+    traceback and `anyany serve` an 'unexpected error' naming uvicorn; now one line each, with the
+    install command. (The packages are hidden from a child process as if never installed.)"""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def run(hidden, code):
+        hide = "".join(f"sys.modules[{m!r}] = None; " for m in hidden)
+        return subprocess.run([sys.executable, "-c", f"import sys; {hide}{code}"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    app = run(["gradio"], f"import runpy; sys.argv = ['app.py']; runpy.run_path({str(root / 'app.py')!r}, run_name='__main__')")
+    assert app.returncode == 1 and "Traceback" not in app.stderr
+    assert app.stderr.strip() == ("app.py: error: the web app needs gradio, which is not installed: "
+                                  "pip install 'anyany[app]' (in a checkout: pip install -e '.[app]').")
+    serve = run(["uvicorn"], "from anyany.cli import main; sys.exit(main(['serve', '--port', '1']))")
+    assert serve.returncode == 2 and "Traceback" not in serve.stderr
+    assert serve.stderr.strip() == ("anyany: error: anyany serve needs uvicorn, which is not installed: "
+                                    "pip install 'anyany[serve]' (in a checkout: pip install -e '.[serve]').")
+
+
+@pytest.mark.parametrize("host", ["192.0.2.1", "8.8.8.8"])
+def test_a_host_of_another_machine_is_named_as_the_host_not_the_port(host):
+    """Before: '--port 8000: cannot listen on 8.8.8.8:8000 (Cannot assign requested address); another
+    server may be using it: stop it or choose another --port.' The port was never the problem."""
+    from anyany.arguments import ArgumentError, check_listen_address
+
+    with pytest.raises(ArgumentError) as err:
+        check_listen_address(host, 8000)
+    assert str(err.value).startswith(f"--host '{host}': not an address of this machine")
+    assert "--port" not in str(err.value)
