@@ -55,10 +55,22 @@ class _Plan:
     sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (group, target) -> source key
     unknown: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    reported: set[tuple[str, str]] = field(default_factory=set)  # (group, target)s an error already names
+
+    def problem(self, message: str, *targets: tuple[str, str]) -> None:
+        """Record ``message`` for ``targets`` (group, target key), unless one of them already has one.
+
+        Several checks look at the same tensor (a config size read off it, then its shape against the
+        config); the first, most specific one speaks for it, so each problem is counted once.
+        """
+        if self.reported.intersection(targets):
+            return
+        self.reported.update(targets)
+        self.errors.append(message)
 
     def put(self, group: str, target: str, source_key: str, tensor: torch.Tensor) -> None:
         if (group, target) in self.sources:
-            self.errors.append(f"{source_key} and {self.sources[(group, target)]} both map to {group}:{target}")
+            self.problem(f"{source_key} and {self.sources[(group, target)]} both map to {group}:{target}")
             return
         self.sources[(group, target)] = source_key
         self.groups.setdefault(group, {})[target] = tensor
@@ -68,14 +80,15 @@ class _Plan:
         got = self.groups.get(group, {})
         for key, shape in expected.items():
             if key not in got:
-                self.errors.append(f"missing key {_reference_name(group, key)} (expected shape {list(shape)})")
+                self.problem(f"missing key {_reference_name(group, key)} (expected shape {list(shape)})", (group, key))
             elif _shape(got[key]) != tuple(shape):
-                self.errors.append(
-                    f"{self.sources[(group, key)]}: expected shape {list(shape)} (from the config), found {list(got[key].shape)}"
+                self.problem(
+                    f"{self.sources[(group, key)]}: expected shape {list(shape)} (from the config), found {list(got[key].shape)}",
+                    (group, key),
                 )
         for key in got:
             if key not in expected:
-                self.errors.append(f"{self.sources[(group, key)]}: no {group} parameter {key} in the target model")
+                self.problem(f"{self.sources[(group, key)]}: no {group} parameter {key} in the target model", (group, key))
 
     def raise_if_errors(self) -> None:
         problems = [f"unknown key {k}" for k in self.unknown] + self.errors
@@ -187,22 +200,28 @@ def _adapter_layout(base, config: AnyToAnyConfig, new_ids: list[int]) -> tuple[d
     return layout, peft_model.peft_config["default"]
 
 
-def _projection_sizes(tensors: dict[str, torch.Tensor]) -> dict:
-    """Output-projection sizes read off the reference's shapes."""
+def _layer_index(key: str, side: str) -> int | None:
+    match = re.match(rf"transformer\.{side}\.layers\.(\d+)\.", key)
+    return int(match.group(1)) if match else None
+
+
+def _projection_sizes(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Output-projection sizes read off the reference's shapes: size -> (value, the keys it was read from)."""
     out = {}
-    if "in_proj.weight" in tensors:
-        out["d_model"], out["llm_dim"] = _shape(tensors["in_proj.weight"])
+    w = tensors.get("in_proj.weight")
+    if w is not None and w.dim() == 2:
+        out["d_model"], out["llm_dim"] = ((n, ("in_proj.weight",)) for n in _shape(w))
     if "queries" in tensors and tensors["queries"].dim() == 3:
-        out["num_output_tokens"] = tensors["queries"].shape[1]
-    if "out_proj.weight" in tensors:
-        out["output_dim"] = tensors["out_proj.weight"].shape[0]
+        out["num_output_tokens"] = (tensors["queries"].shape[1], ("queries",))
+    if "out_proj.weight" in tensors and tensors["out_proj.weight"].dim() >= 1:
+        out["output_dim"] = (tensors["out_proj.weight"].shape[0], ("out_proj.weight",))
     for side in ("encoder", "decoder"):
-        layers = {int(k.split(".")[3]) for k in tensors if k.startswith(f"transformer.{side}.layers.")}
+        layers = {i for i in (_layer_index(k, side) for k in tensors) if i is not None}
         if layers:
-            out[f"num_{side}_layers"] = max(layers) + 1
+            out[f"num_{side}_layers"] = (max(layers) + 1, ())  # its keys depend on the config's count: the caller names them
     ff = tensors.get("transformer.encoder.layers.0.linear1.weight")
-    if ff is not None:
-        out["ff_dim"] = ff.shape[0]
+    if ff is not None and ff.dim() >= 1:
+        out["ff_dim"] = (ff.shape[0], ("transformer.encoder.layers.0.linear1.weight",))
     return out
 
 
@@ -310,6 +329,10 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
 
     plan = _Plan(src)
     _classify(state, plan)
+    if not plan.sources:
+        # a foreign file: listing the whole layout as missing would bury what is actually wrong
+        plan.problem("no key of the NExT-GPT layout found (llama_proj.*, llama_model.*, gen_text_hidden_fcs*)")
+        plan.raise_if_errors()
 
     # -- vocabulary: [base rows][reference new tokens][<media>] -----------------------------
     tokenizer = _load_tokenizer(config)
@@ -324,16 +347,17 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
             "folder also needs the new-token rows that stage 2 trains. Convert a stage-2 or stage-3 save, or train "
             "stage 2 here from a stage-1 anyany folder (anyany train stage2 --init ...)"
         )
+    # No raise until every part is checked: one attempt must name every problem in the file.
     for name in (_EMBED, _LM_HEAD):
         if name not in vocab:
-            plan.errors.append(f"missing key llama_model[.base_model.model].{name} (expected shape [{base_vocab + n_reference_new}, H])")
+            plan.problem(f"missing key llama_model[.base_model.model].{name} (expected shape [{base_vocab + n_reference_new}, H])", ("vocab", name))
         elif vocab[name].dim() != 2 or vocab[name].shape[0] != base_vocab + n_reference_new:
-            plan.errors.append(
+            plan.problem(
                 f"{plan.sources[('vocab', name)]}: expected {base_vocab} base rows (tokenizer) + {n_reference_new} new-token rows "
                 f"(<Img>, </Img> and {config.signals.image}/{config.signals.video}/{config.signals.audio} signal tokens) "
-                f"= [{base_vocab + n_reference_new}, H], found {list(vocab[name].shape)}"
+                f"= [{base_vocab + n_reference_new}, H], found {list(vocab[name].shape)}",
+                ("vocab", name),
             )
-    plan.raise_if_errors()
     added = extend_tokenizer(tokenizer, config.signals)
     ids = TokenIds.from_tokenizer(tokenizer, config.signals)
     if len(tokenizer) != base_vocab + n_reference_new + 1 or ids.all_new != list(range(base_vocab, len(tokenizer))) or added != len(new_tokens):
@@ -359,22 +383,27 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
 
     overrides, deltas = {}, {}
     for name in (_EMBED, _LM_HEAD):
+        if ("vocab", name) in plan.reported:  # missing or wrong rows: already named, and its rows cannot be split
+            continue
         matrix = vocab[name]
         if matrix.shape[1] != hidden:
-            plan.errors.append(f"{plan.sources[('vocab', name)]}: expected shape [{base_vocab + n_reference_new}, {hidden}], found {list(matrix.shape)}")
+            plan.problem(
+                f"{plan.sources[('vocab', name)]}: expected shape [{base_vocab + n_reference_new}, {hidden}], found {list(matrix.shape)}",
+                ("vocab", name),
+            )
             continue
         # <media> is never read through the embedding (its positions are replaced by bridge outputs);
         # its lm_head row gets the mean row, so its logit is the mean logit and greedy decoding never picks it.
         media_row = matrix[:base_vocab].float().mean(0, keepdim=True).to(matrix.dtype)
         full = torch.cat([matrix, media_row]).contiguous()
         if _shape(full) != base_shapes[name]:
-            plan.errors.append(f"{plan.sources[('vocab', name)]}: expected shape {list(base_shapes[name])}, found {list(full.shape)}")
+            plan.problem(f"{plan.sources[('vocab', name)]}: expected shape {list(base_shapes[name])}, found {list(full.shape)}", ("vocab", name))
             continue
         overrides[name] = full
         deltas[ADAPTER_EMBED_DELTA if name == _EMBED else ADAPTER_LM_HEAD_DELTA] = full[base_vocab:].clone()
     for key, tensor in deltas.items():
         if key not in adapter_layout or adapter_layout[key] != _shape(tensor):
-            plan.errors.append(f"trainable-token delta {key}: expected {adapter_layout.get(key)}, built {list(tensor.shape)}")
+            plan.problem(f"trainable-token delta {key}: expected {adapter_layout.get(key)}, built {list(tensor.shape)}")
 
     # -- bridge ----------------------------------------------------------------------------
     bridge_tensors = plan.groups.get("bridge", {})
@@ -383,9 +412,10 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
     bridge_cfg["llm_dim"] = hidden
     bridge_cfg.setdefault("input_dim", config.encoder.imagebind.embed_dim)
     if w is not None and w.dim() == 2 and bridge_cfg["input_dim"] != w.shape[1]:
-        plan.errors.append(
+        plan.problem(
             f"{plan.sources[('bridge', 'proj.weight')]}: expected shape [{hidden}, {bridge_cfg['input_dim']}] "
-            f"(encoder embed_dim), found {list(w.shape)}"
+            f"(encoder embed_dim), found {list(w.shape)}",
+            ("bridge", "proj.weight"),
         )
     bridge = build_bridge(bridge_cfg)
     if bridge_tensors:
@@ -399,24 +429,28 @@ def convert_nextgpt(state_dict_or_path, dst, config: AnyToAnyConfig, *, overwrit
         got = plan.groups.get(modality, {})
         if modality not in config.output_projections:
             for key in got:
-                plan.errors.append(f"{plan.sources[(modality, key)]}: the config has no {modality} output projection")
+                plan.problem(f"{plan.sources[(modality, key)]}: the config has no {modality} output projection", (modality, key))
             continue
         settings = vars(config.output_projections[modality])
-        inferred = _projection_sizes(got)
-        for k, v in inferred.items():
+        with torch.device("meta"):
+            proj = OutputProjection(llm_dim=hidden, **settings)
+        expected = {k: _shape(v) for k, v in proj.state_dict().items()}
+        for k, (v, read_from) in _projection_sizes(got).items():
             want = hidden if k == "llm_dim" else settings.get(k)
-            if want != v:
-                plan.errors.append(f"{PROJECTION_PREFIX[modality]}*: {modality} projection {k} is {v} in the checkpoint, {want} in the config")
+            if want == v:
+                continue
+            if k.endswith("_layers"):  # the layers only one side has: extra or missing keys this sentence explains
+                side = k.split("_")[1]
+                read_from = tuple(key for key in {*got, *expected}
+                                  if (i := _layer_index(key, side)) is not None and i >= min(v, want))
+            plan.problem(f"{PROJECTION_PREFIX[modality]}*: {modality} projection {k} is {v} in the checkpoint, {want} in the config",
+                         *((modality, key) for key in read_from))
         if not got:  # a stage-1 save: no output projections yet
             projections[modality] = OutputProjection(llm_dim=hidden, **settings)
             fresh.append(f"{modality} output projection")
             continue
-        with torch.device("meta"):
-            proj = OutputProjection(llm_dim=hidden, **settings)
         projections[modality] = proj
-        plan.check(modality, {k: _shape(v) for k, v in proj.state_dict().items()})
-    if not any(plan.groups.get(g) for g in ("bridge", "vocab", *MODALITIES)) and not plan.sources:
-        plan.errors.append("no key of the NExT-GPT layout found (llama_proj.*, llama_model.*, gen_text_hidden_fcs*)")
+        plan.check(modality, expected)
     plan.raise_if_errors()
 
     # -- write --------------------------------------------------------------------------------

@@ -149,6 +149,44 @@ def test_bad_checkpoints_exit_2_naming_the_key(perturb, needle, reference_state,
     assert not (tmp_path / "out").exists()
 
 
+def test_every_problem_is_reported_once_in_one_attempt(reference_state, ref_config, tmp_path, capsys):
+    """An unknown key used to stop the conversion before the other checks ran, and a wrong
+    llama_proj.weight was counted twice (the encoder-width check, then the shape check)."""
+    missing = f"{PEFT}model.layers.1.self_attn.v_proj.lora_B.default.weight"
+    state = dict(reference_state)
+    state["extra.key"] = torch.zeros(3)
+    del state[missing]
+    state["llama_proj.weight"] = torch.zeros(32, 7)
+    torch.save(state, tmp_path / "bad.pt")
+    ref_config.save(tmp_path / "config.json")
+    rc = main(["convert-nextgpt", str(tmp_path / "bad.pt"), str(tmp_path / "out"), "--config", str(tmp_path / "config.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "bad.pt: 3 problem(s) converting the NExT-GPT checkpoint" in err
+    assert err.count("unknown key extra.key") == 1
+    assert err.count(f"missing key {missing}") == 1
+    assert err.count("llama_proj.weight") == 1 and "found [32, 7]" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key, shape, needle", [
+    ("llama_proj.weight", (32, 7), "encoder embed_dim"),
+    (PROJ_PREFIX["image"] + "model.weight", (5, 32), "output_dim is 5 in the checkpoint"),
+    (PROJ_PREFIX["image"] + "query_embs", (1, 3, 32), "num_output_tokens is 3 in the checkpoint"),
+    (PROJ_PREFIX["image"] + "tfm.encoder.layers.1.linear1.weight", (64, 32), "num_encoder_layers is 2 in the checkpoint"),
+])
+def test_one_wrong_tensor_is_one_problem(key, shape, needle, reference_state, ref_config, tmp_path):
+    """A config size read off a tensor and that tensor's shape check describe the same problem."""
+    from anyany.convert import convert_nextgpt
+
+    state = dict(reference_state)
+    state[key] = torch.zeros(shape)
+    with pytest.raises(ValueError, match=r": 1 problem\(s\) converting") as info:
+        convert_nextgpt(state, tmp_path / "out", ref_config, log=lambda _: None)
+    assert needle in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_source_file_exits_2(tmp_path, capsys):
     assert main(["convert-nextgpt", str(tmp_path / "nope.pt"), str(tmp_path / "out"), "--preset", "tiny"]) == 2
     assert "nope.pt" in capsys.readouterr().err
