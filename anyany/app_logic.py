@@ -495,7 +495,7 @@ class ChatApp:
                 temperature=settings.temperature, decoder_kwargs=settings.decoder_kwargs(), logits_processor=processors,
             )
             out = self.engine.generate(request).output
-            out.save(session.outputs)
+            out.save(session.outputs, text=False)  # the reply's text is in the chat
         except MediaError as err:
             msg = str(err)
             for p, n in zip(stored, names):
@@ -509,7 +509,7 @@ class ChatApp:
 
         session.history.append(message)
         session.history.append(Message("assistant", out.raw_text))
-        media_files = [str(p) for p in out.files if Path(p).suffix.lower() != ".txt"]
+        media_files = [str(p) for p in out.files]
         reply_text = out.text if out.text.strip() else ("(no text)" if not media_files else "")
         reply_text = (note + reply_text).strip()
         entries = list(user_entries)

@@ -180,7 +180,7 @@ def cmd_chat(args) -> int:
             continue
         try:
             line, inline = _prompt_and_media(line)
-            result = pipe(line, media=pending + inline, messages=history, output_dir=args.out, **_call_kwargs(args))
+            result = pipe(line, media=pending + inline, messages=history, **_call_kwargs(args))
         except (MediaError, ValueError) as err:
             print(f"error: {err}")
             continue
@@ -188,7 +188,8 @@ def cmd_chat(args) -> int:
         history += [Message("user", line, pending), Message("assistant", result.raw_text)]
         pending = []
         print(f"anyany> {result.text}")
-        for path in result.files[:-1]:
+        # the media only: the reply is on the screen (a text file per turn, unannounced, was clutter)
+        for path in result.save(args.out, text=False) if result.media else []:
             print(f"        wrote {path}")
 
 
@@ -201,13 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", action="append", help="input image file (repeatable)")
     g.add_argument("--video", action="append", help="input video file (repeatable)")
     g.add_argument("--audio", action="append", help="input audio file (repeatable)")
-    g.add_argument("--out", default="outputs", help="folder for the reply's files (never overwritten)")
+    g.add_argument("--out", default="outputs",
+                   help="folder for the reply's media and its text, anyany-reply.txt (default: outputs; never overwritten)")
     _add_model_args(g)
     _add_generation_args(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="multi-turn chat in the terminal")
-    c.add_argument("--out", default="outputs", help="folder for generated files")
+    c.add_argument("--out", default="outputs", help="folder for generated media (default: outputs; never overwritten)")
     _add_model_args(c)
     _add_generation_args(c)
     c.set_defaults(func=cmd_chat)

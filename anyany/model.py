@@ -249,7 +249,14 @@ class AnyToAnyModel(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, path) -> None:
         """Write the trainable state (+ any random-init frozen part, so tiny folders are self-contained)."""
-        path = Path(path)
+        from decoders.base import quiet_loading
+
+        # transformers' "Writing model shards" bar, once per part and checkpoint, broke across the
+        # training bar; a save of these small parts takes a moment
+        with quiet_loading(True):
+            self._save_pretrained(Path(path))
+
+    def _save_pretrained(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
         config = AnyToAnyConfig.from_dict(self.config.to_dict())
         if config.llm.name_or_path is None:

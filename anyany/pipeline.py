@@ -59,8 +59,9 @@ class AnyToAnyOutput:
     def audios(self):
         return [m.data for m in self.of("audio")]
 
-    def save(self, folder, stem: str = "anyany") -> list[Path]:
-        """PNG / MP4 / WAV into ``folder`` with predictable names; never overwrites."""
+    def save(self, folder, stem: str = "anyany", *, text: bool = True) -> list[Path]:
+        """PNG / MP4 / WAV (and, with ``text``, the reply as ``<stem>-reply.txt``) into ``folder`` with
+        predictable names; never overwrites."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
@@ -72,9 +73,11 @@ class AnyToAnyOutput:
                 written.append(write_video(m.data, unique_path(folder, name, ".mp4"), fps=m.fps or 8))
             else:
                 written.append(write_audio(m.data, m.sample_rate, unique_path(folder, name, ".wav")))
-        text_path = unique_path(folder, f"{stem}-reply", ".txt")
-        text_path.write_text(self.text + "\n")
-        self.files = [Path(p) for p in written] + [text_path]
+        self.files = [Path(p) for p in written]
+        if text:
+            text_path = unique_path(folder, f"{stem}-reply", ".txt")
+            text_path.write_text(self.text + "\n")
+            self.files.append(text_path)
         return self.files
 
 

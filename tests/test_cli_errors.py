@@ -121,12 +121,16 @@ def test_chat_says_an_attachment_is_taken_and_sends_it_with_the_next_message(tmp
     item = spec.ImageItem("red", "circle", "right")
     Image.fromarray(spec.render_image(item, np.random.default_rng(0))).save(tmp_path / "red.png")
     monkeypatch.setattr("sys.stdin", io.StringIO(
-        f"/image {tmp_path / 'nope.png'}\n/image {tmp_path / 'red.png'}\nWhat is in this image?\n/quit\n"))
+        f"/image {tmp_path / 'nope.png'}\n/image {tmp_path / 'red.png'}\nWhat is in this image?\n"
+        "draw a blue square on the left\n/quit\n"))
     rc, out, _ = run(["chat", "--quiet", "--out", str(tmp_path / "out")], capsys)
     turns = out.split("you> ")
     assert rc == 0 and turns[1].startswith("error:") and "nope.png" in turns[1] and "attached" not in turns[1]
     assert turns[2].startswith(f"(image attached: {tmp_path / 'red.png'}; it goes with your next message)")
     assert turns[3].startswith("anyany> ") and item.caption in turns[3] and "wrote" not in turns[3]
+    # only media go to --out, each announced: a text file per turn, unannounced, used to pile up there
+    written = sorted((tmp_path / "out").iterdir())
+    assert [p.suffix for p in written] == [".png"] and f"wrote {written[0]}" in turns[4]
 
 
 def test_chat_names_a_mistyped_command_and_quits_on_slash_quit(tmp_path, monkeypatch, capsys):
