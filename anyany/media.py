@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
@@ -271,8 +272,39 @@ def _guard(p: Path, modality: str, fn):
     except Image.DecompressionBombError as exc:
         raise _bomb(p, "video frame", DEFAULT_LIMITS.max_frame_pixels, exc) from exc
     except Exception as exc:  # av.error.*, OSError, ValueError, ...
-        raise MediaError(f"{str(p)!r}: not a readable {modality} ({type(exc).__name__}: {exc}); "
-                         f"accepted: {_accepted(modality)}") from exc
+        detail = f"{type(exc).__name__}: {exc}"
+        if type(exc).__name__ == "LibsndfileError" and "does not exist" in str(exc):
+            # libsndfile's words for a file whose bytes it cannot decode; the file was there (checked before)
+            detail = f"its data is not valid {p.suffix.lstrip('.').upper() or 'audio'} audio"
+        raise MediaError(f"{str(p)!r}: not a readable {modality} ({detail}); accepted: {_accepted(modality)}") from exc
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _mpeg_notes_hidden(p: Path):
+    """libsndfile's MP3 decoder (mpg123) prints "Note: Illegal Audio-MPEG-Header …" / "Trying to
+    resync…" straight to the process's stderr (file descriptor 2) for a damaged MP3; the user gets our
+    one sentence instead. Only around MP3 calls: while fd 2 points at /dev/null, other threads' stderr
+    lines are lost too, so the window stays short."""
+    if p.suffix.lower() != ".mp3":
+        yield
+        return
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (a daemon): nothing to hide from
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 def _too_many(p: Path, limits: MediaLimits) -> MediaError:
@@ -380,7 +412,8 @@ class AudioSource:
 
         self.path = p = _check_file(path, "audio")
         limits = limits or DEFAULT_LIMITS
-        self._file = _guard(p, "audio", lambda: sf.SoundFile(str(p)))
+        with _mpeg_notes_hidden(p):
+            self._file = _guard(p, "audio", lambda: sf.SoundFile(str(p)))
         try:
             self.frames, self.sample_rate, self.channels = int(self._file.frames), int(self._file.samplerate), int(self._file.channels)
             if not limits.min_sample_rate <= self.sample_rate <= limits.max_sample_rate:
@@ -407,7 +440,8 @@ class AudioSource:
                 raise MediaError(f"{str(self.path)!r}: audio contains NaN or infinite samples")
             return np.ascontiguousarray(data.T)
 
-        return _guard(self.path, "audio", run)
+        with _mpeg_notes_hidden(self.path):
+            return _guard(self.path, "audio", run)
 
     def close(self) -> None:
         self._file.close()

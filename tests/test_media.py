@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -415,3 +416,20 @@ def test_one_hertz_wav_refused_or_read_by_setting(tmp_path):
         load_media(path)
     _, x = load_media(path, limits=MediaLimits(min_sample_rate=1))
     assert x.shape == (3, 1, 128, 204) and torch.isfinite(x).all()
+
+
+def test_a_damaged_mp3_is_one_sentence_with_nothing_on_the_process_stderr(tmp_path, capfd):
+    """Before: libsndfile's MP3 decoder wrote "Note: Illegal Audio-MPEG-Header …" / "Trying to
+    resync…" to file descriptor 2, then the error said the file did not exist. A good MP3 still reads."""
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    with pytest.raises(MediaError) as err:
+        read_audio(bad)
+    assert str(err.value) == f"{str(bad)!r}: not a readable audio (its data is not valid MP3 audio); accepted: .wav, .flac, .ogg, .mp3"
+    sys.stderr.write("after\n")
+    captured = capfd.readouterr()
+    assert captured.err == "after\n"  # fd 2 is back, and carried nothing of the decoder's
+    good = tmp_path / "good.mp3"
+    sf.write(good, (0.3 * np.sin(np.arange(16000) / 16000 * 2 * np.pi * 440)).astype(np.float32), 16000)
+    wave, rate = read_audio(good)
+    assert rate == 16000 and wave.shape[0] == 1 and abs(wave.shape[1] - 16000) < 2000 and np.abs(wave).max() > 0.1
