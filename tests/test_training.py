@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,43 @@ def test_resume_after_kill_9_is_bit_exact(dataset, tmp_path):
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_resume_of_a_finished_run_does_not_redo_its_last_steps(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "stage1", "--data", str(dataset / "cc3m.json"), "--out", str(out), "--save-every", "2",
+            "--batch-size", "2", "--quiet"]
+    assert cli([*args, "--max-steps", "4"]) == 0
+    capsys.readouterr()
+    weights, summary_text = _final_weights(out), (out / "train_summary.json").read_text()
+    stamps = {f: f.stat().st_mtime_ns for f in (out / "final").rglob("*") if f.is_file()}
+
+    assert cli([*args, "--max-steps", "4", "--resume"]) == 0
+    assert capsys.readouterr().out == f"{out}: finished at step 4 (final/); nothing to resume\n"
+    assert {f: f.stat().st_mtime_ns for f in (out / "final").rglob("*") if f.is_file()} == stamps  # not rewritten
+    assert (out / "train_summary.json").read_text() == summary_text
+    # because the last step is a checkpoint too (folders are named step-NNNNNNN)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+
+    # more steps: the learning-rate schedule was laid out over 4, so resume cannot go on bit-exactly; it says so
+    _expect_error(capsys, [*args, "--max-steps", "6", "--resume"], "finished at step 4", "bit-exactly",
+                  f"--init {out / 'final'}")
+    assert _final_weights(out).keys() == weights.keys() and sorted((out / "checkpoints").iterdir())[-1].name == "step-0000004"
+
+    # final/ deleted since: written again from the last checkpoint, the same weights
+    shutil.rmtree(out / "final")
+    assert cli([*args, "--max-steps", "4", "--resume"]) == 0
+    assert "finished at step 4; final/ was missing" in capsys.readouterr().out
+    again = _final_weights(out)
+    assert again.keys() == weights.keys() and all(torch.equal(weights[k], again[k]) for k in weights)
+
+    # a crash between final/ and the last checkpoint: resuming from step 2 redoes steps 3-4 bit-exactly
+    shutil.rmtree(out / "checkpoints" / "step-0000004")
+    _expect_error(capsys, [*args, "--max-steps", "6", "--resume"], "step-0000002", "a run of 4 steps, not 6")
+    assert cli([*args, "--max-steps", "4", "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    again = _final_weights(out)
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
 def test_two_cpu_processes_train_the_same_shaped_checkpoint(dataset, tmp_path):

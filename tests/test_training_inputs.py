@@ -37,6 +37,30 @@ def test_each_dataset_has_its_own_media_folder(two_datasets, tmp_path, capsys):
     assert rc == 2 and "a.json" in capsys.readouterr().err
 
 
+def test_a_missing_media_file_names_the_flags_that_fix_it(two_datasets, tmp_path, capsys):
+    from training.records import DataFormatError, read_caption_pairs
+
+    data = two_datasets / "a.json"  # its images are in a_media/, not next to it
+    with pytest.raises(DataFormatError, match="pass check_files=False"):  # the Python API names its argument
+        read_caption_pairs(data)
+    remedy = f"give the folder the media are in: --data {data}:FOLDER or --media-root FOLDER"
+    for argv, skip in (
+        (["train", "stage1", "--data", str(data), "--out", str(tmp_path / "run"), "--max-steps", "1", "--quiet"], True),
+        (["train", "stage1", "--data", f"{data}:{two_datasets / 'a_media'}", "--eval-data", str(data),
+          "--out", str(tmp_path / "run"), "--max-steps", "1", "--quiet"], True),
+        (["cache-features", "media", "--data", str(data), "--out", str(tmp_path / "cache"), "--quiet"], False),
+    ):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert 'a.json row 0: field "image_name" names a missing file ' in err, err
+        assert "check_files" not in err, err
+        flag = "--eval-data" if "--eval-data" in argv else "--data"
+        assert remedy.replace("--data", flag, 1) in err, err
+        assert ("--skip-bad-rows" in err) == skip, err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("flag", ["--media-cache", "--target-cache", "--prefix-cache"])
 def test_a_cache_flag_pointing_at_something_else_is_refused(flag, two_datasets, tmp_path, capsys):
     not_a_cache = tmp_path / "photos"

@@ -1,6 +1,7 @@
 """``anyany train stage1|stage2|stage3`` and ``anyany cache-features``."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import fields
 from pathlib import Path
@@ -26,7 +27,9 @@ def register(sub) -> None:
     t.add_argument("--media-cache", help="ImageBind feature cache folder (anyany cache-features media); encoder not run in steps")
     t.add_argument("--target-cache", help="decoder target cache folder (anyany cache-features targets)")
     t.add_argument("--prefix-cache", help="stage 2: the frozen LLM's pass over each caption (anyany cache-features prefixes)")
-    t.add_argument("--resume", action="store_true", help="continue exactly from the newest checkpoint in --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue exactly from the newest checkpoint in --out (the last step is one too, so a "
+                        "finished run is reported finished, not redone)")
     t.add_argument("--skip-bad-rows", action="store_true", help="skip malformed rows (counted and reported) instead of failing")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--decoder", action="append", metavar="MODALITY=KIND:PATH",
@@ -64,6 +67,27 @@ def _on_error(args) -> str:
     return "skip" if getattr(args, "skip_bad_rows", False) else "raise"
 
 
+@contextlib.contextmanager
+def _media_remedy(flag: str, skip_flag: bool):
+    """Name the flags that fix a missing media file, in place of the readers' Python remedy
+    (``check_files=False``, which no command line has): the data file's own media folder
+    (``FLAG FILE:FOLDER``), ``--media-root``, and with ``skip_flag`` ``--skip-bad-rows``."""
+    from .records import DataFormatError
+    from .records.common import MISSING_FILE_REMEDY
+
+    try:
+        yield
+    except DataFormatError as err:
+        message, python_remedy = str(err), f"; {MISSING_FILE_REMEDY})"
+        if err.reason != "missing file" or err.row is None or not message.endswith(python_remedy):
+            raise
+        remedy = f"; give the folder the media are in: {flag} {err.file}:FOLDER or --media-root FOLDER"
+        if skip_flag:
+            remedy += ", or pass --skip-bad-rows to leave such rows out"
+        raise DataFormatError(message[: -len(python_remedy)] + remedy + ")", file=err.file, row=err.row,
+                              field=err.field, reason=err.reason) from None
+
+
 def _type_of(f):
     return {"int": int, "float": float, "str": str, "int | None": int}.get(str(f.type), str)
 
@@ -90,10 +114,12 @@ def cmd_train(args) -> int:
     check_output_dir(args.out, "--out")
     if args.resume and not (Path(args.out) / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: {args.out} has no checkpoints/ folder")
-    records, sources = read_stage_records(args.stage, args.data, args.media_root, args.modality, _on_error(args),
-                                          with_sources=True)
-    eval_records = (read_stage_records(args.stage, args.eval_data, args.media_root, args.modality, _on_error(args))
-                    if args.eval_data else None)
+    with _media_remedy("--data", skip_flag=True):
+        records, sources = read_stage_records(args.stage, args.data, args.media_root, args.modality, _on_error(args),
+                                              with_sources=True)
+    with _media_remedy("--eval-data", skip_flag=True):
+        eval_records = (read_stage_records(args.stage, args.eval_data, args.media_root, args.modality, _on_error(args))
+                        if args.eval_data else None)
     replies, reply_sources = [], []
     if args.replies:
         if args.stage != "stage2":
@@ -102,8 +128,9 @@ def cmd_train(args) -> int:
         if args.prefix_cache:
             raise ValueError("--replies with --prefix-cache: reply rows have no cached prefix; leave out --prefix-cache "
                              "(the prefix is then run without gradients in the step)")
-        replies, reply_sources = read_stage_records("stage3", args.replies, args.media_root, None, _on_error(args),
-                                                    with_sources=True)
+        with _media_remedy("--replies", skip_flag=True):
+            replies, reply_sources = read_stage_records("stage3", args.replies, args.media_root, None, _on_error(args),
+                                                        with_sources=True)
     media_in_replies = any(t.media_in for c in replies for t in c.turns)
     needs_encoder = (args.stage != "stage2" or media_in_replies) and not args.media_cache
     swaps = [parse_decoder_arg(text) for text in args.decoder or []]
@@ -137,6 +164,8 @@ def cmd_train(args) -> int:
     eval_dataset = build_dataset(args.stage, eval_records, model, *caches) if eval_records else None
     result = train_stage(model, dataset, cfg, args.out, eval_dataset=eval_dataset, decoders=DecoderSet(model.config.decoders, progress=False),
                          resume=args.resume, progress=not args.quiet)
+    if result.already_finished:  # --resume of a finished run: train_stage said so
+        return 0
     print(f"{args.stage}: {result.steps} steps, loss {result.first_loss:.4f} -> {result.last_loss:.4f}"
           + (f", eval {result.eval_loss:.4f}" if result.eval_loss is not None else ""))
     print(f"model written to {result.output}")
@@ -163,12 +192,15 @@ def cmd_cache(args) -> int:
     if args.kind == "media":
         paths = []
         for path, root in data:
-            try:
-                rows, _ = read_caption_pairs(path, root)
-                paths += [r.media for r in rows]
-            except ValueError:
-                convs, _ = read_conversations(path, root)
-                paths += [ref.path for c in convs for t in c.turns for ref in t.media_in]
+            with _media_remedy("--data", skip_flag=False):
+                try:
+                    rows, _ = read_caption_pairs(path, root)
+                    paths += [r.media for r in rows]
+                except ValueError as err:
+                    if getattr(err, "reason", None) == "missing file" and getattr(err, "row", None) is not None:
+                        raise  # a caption row whose file is not there: no other reader would find it either
+                    convs, _ = read_conversations(path, root)
+                    paths += [ref.path for c in convs for t in c.turns for ref in t.media_in]
         kind = model.bridge.feature_kind
         encode = functools.partial(encode_media_file, model)
         cache = build_media_cache(args.out, paths, encode, kind, media_cache_meta(model), progress=not args.quiet)

@@ -4,8 +4,12 @@ Read top to bottom: set up -> (resume) -> for each batch: resolve frozen inputs,
 backward, clip, step -> log / evaluate / checkpoint -> save the stage's model folder.
 
 Checkpoints hold only what changes (trainable weights, optimizer, scheduler, RNG states,
-position in the data) and are written to a temp folder then renamed, so a crash never leaves
-a half-written one; ``resume=True`` continues bit-exactly on the same hardware.
+position in the data, and the run's step count) and are written to a temp folder then renamed,
+so a crash never leaves a half-written one; ``resume=True`` continues bit-exactly on the same
+hardware. The last step is checkpointed too (after ``final/``), whenever the run checkpoints at
+all, so resuming a finished run finds it finished instead of redoing the steps since the last
+periodic checkpoint. A resumed run keeps the step count it was started with: its learning-rate
+schedule is laid out over it.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ class TrainResult:
     last_loss: float | None
     eval_loss: float | None
     output: Path
+    already_finished: bool = False  # resume=True found the run finished: nothing trained, final/ kept
 
 
 def _mixed_precision(setting: str) -> str:
@@ -57,7 +62,8 @@ def _named_trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, epoch: int, batch_in_epoch: int, keep_last: int):
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, epoch: int, batch_in_epoch: int, keep_last: int,
+                    total_steps: int | None = None):
     final = out / CHECKPOINTS / f"step-{step:07d}"
     tmp = out / CHECKPOINTS / f".tmp-step-{step:07d}"
     if tmp.exists():
@@ -66,7 +72,8 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, epoch: in
     save_file({n: p.detach().cpu().contiguous() for n, p in _named_trainable(model).items()}, str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                                                "total_steps": total_steps}))
     with open(tmp / "state.json") as fh:  # make the content durable before the rename publishes it
         os.fsync(fh.fileno())
     os.replace(tmp, final)
@@ -91,6 +98,25 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler) -> dict:
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     return json.loads((folder / "state.json").read_text())
+
+
+def _check_resumable(out: Path, folder: Path, total: int) -> dict:
+    """The state of checkpoint ``folder``, refused when a run of ``total`` steps cannot continue it
+    bit-exactly: the learning-rate schedule (warmup and decay) is laid out over the step count."""
+    state = json.loads((folder / "state.json").read_text())
+    step, saved_total = state["step"], state.get("total_steps")  # (checkpoints before the count was kept: None)
+    if saved_total == total or saved_total is None and step < total:
+        return state
+    if step == saved_total:
+        raise ValueError(f"--resume: {out} finished at step {step} ({FINAL}/), and a run of {total} steps cannot "
+                         f"continue it bit-exactly: its learning-rate schedule was laid out over {step} steps. To train "
+                         f"on, start a new run from it: --init {out / FINAL} --out NEW_FOLDER")
+    if saved_total is None:
+        raise ValueError(f"--resume: {folder} is at step {step}, which leaves nothing of this run's {total} steps to "
+                         "do; resume with the --max-steps (or --epochs, --batch-size and data) the run was started with")
+    raise ValueError(f"--resume: {folder} is from a run of {saved_total} steps, not {total}; a resumed run keeps its "
+                     "step count (its learning-rate schedule is laid out over it): resume with the --max-steps (or "
+                     "--epochs, --batch-size and data) the run was started with")
 
 
 def train_stage(
@@ -142,8 +168,18 @@ def train_stage(
         found = _checkpoint_dirs(out)
         if not found:
             raise FileNotFoundError(f"--resume: no checkpoint under {out / CHECKPOINTS}")
+        _check_resumable(out, found[-1], total)
         state = load_checkpoint(found[-1], core, optimizer, scheduler)
         step, epoch, skip = state["step"], state["epoch"], state["batch_in_epoch"]
+        if step == total:  # the run finished: its last step is this checkpoint, and final/ was written before it
+            missing = not (out / FINAL).is_dir()
+            accelerator.wait_for_everyone()  # every process has looked before the main one writes
+            if missing and accelerator.is_main_process:  # (deleted since: the checkpoint holds the same weights)
+                save_model_atomic(core, out / FINAL)
+            accelerator.wait_for_everyone()
+            accelerator.print(f"{out}: finished at step {step}; {FINAL}/ was missing and is written again from {found[-1]}"
+                              if missing else f"{out}: finished at step {step} ({FINAL}/); nothing to resume")
+            return TrainResult(step, None, None, None, out / FINAL, already_finished=True)
         accelerator.print(f"resumed from {found[-1]} (step {step})")
     accelerator.init_trackers(f"anyany-{cfg.stage}", config={k: str(v) for k, v in cfg.to_dict().items()})
 
@@ -181,7 +217,7 @@ def train_stage(
                 eval_loss = evaluate(core, eval_dataset, cfg, decoders, collate)
                 accelerator.log({"eval/loss": eval_loss}, step=step)
             if step % cfg.save_every == 0 and step < total and accelerator.is_main_process:
-                save_checkpoint(out, step, core, optimizer, scheduler, epoch, batch_in_epoch, cfg.keep_last)
+                save_checkpoint(out, step, core, optimizer, scheduler, epoch, batch_in_epoch, cfg.keep_last, total)
             if step >= total:
                 break
         else:
@@ -195,6 +231,10 @@ def train_stage(
         (out / "train_summary.json").write_text(json.dumps(
             {"stage": cfg.stage, "steps": step, "first_loss": first_loss, "last_loss": last_loss,
              "initial_eval_loss": initial_eval_loss, "eval_loss": eval_loss}, indent=2))
+        if cfg.save_every <= total:
+            # the last step as a checkpoint too, written after final/: --resume then finds the run finished
+            # (a crash between the two leaves the previous checkpoint, and a resume redoes the last steps)
+            save_checkpoint(out, step, core, optimizer, scheduler, epoch, batch_in_epoch, cfg.keep_last, total)
     accelerator.end_training()
     return TrainResult(step, first_loss, last_loss, eval_loss, out / FINAL)
 

@@ -85,6 +85,9 @@ def _modality_value(value: Any, field_name: str) -> str:
 
 
 _PATH_ACCEPTED = "a file path relative to the media folder, not leaving it, is required"
+# The Python API's remedy for a missing media file, last in the message; a command line that reads
+# the data names its own flags in its place (training/cli.py).
+MISSING_FILE_REMEDY = "pass check_files=False to skip this check"
 
 
 def _media_path(root: Path, name: str, field_name: str, check_files: bool) -> Path:
@@ -101,7 +104,7 @@ def _media_path(root: Path, name: str, field_name: str, check_files: bool) -> Pa
     path = root / name
     if check_files and not os.path.isfile(path):  # (Path.is_file raises on over-long names)
         _fail(field_name, f"names a missing file {_cut(os.path.abspath(path), _PATH_CHARS)}",
-              "the file must exist under the media folder; pass check_files=False to skip this check",
+              f"the file must exist under the media folder; {MISSING_FILE_REMEDY}",
               "missing file")
     return path
 
