@@ -150,6 +150,17 @@ def test_resume_of_a_finished_run_does_not_redo_its_last_steps(dataset, tmp_path
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
+def test_quiet_training_from_a_folder_prints_only_its_result(dataset, tmp_path, capsys):
+    """--quiet from an --init folder: transformers' "Loading weights" and "Writing model shards" bars
+    used to come through on stderr, once per load and save."""
+    args = ["train", "stage1", "--data", str(dataset / "cc3m.json"), "--max-steps", "1", "--batch-size", "2", "--quiet"]
+    assert cli([*args, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert cli([*args, "--init", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.splitlines()[-1] == f"model written to {tmp_path / 'b' / 'final'}"
+
+
 def test_two_cpu_processes_train_the_same_shaped_checkpoint(dataset, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["train", "stage2", "--data", str(dataset / "cc3m.json"), "--max-steps", "4", "--batch-size", "2", "--quiet"]

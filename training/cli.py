@@ -99,9 +99,13 @@ def _load_model(args, with_encoder: bool):
     from anyany.config import get_preset
     from anyany.model import AnyToAnyModel
 
-    if args.init:
-        return AnyToAnyModel.from_pretrained(args.init, with_encoder=with_encoder)
-    return AnyToAnyModel.from_config(get_preset(args.preset), with_encoder=with_encoder)
+    from decoders.base import quiet_loading
+
+    # one line of ours while it loads (none with --quiet), not transformers' per-part weight bars
+    with quiet_loading(getattr(args, "quiet", False), f"the model ({args.init or args.preset})"):
+        if args.init:
+            return AnyToAnyModel.from_pretrained(args.init, with_encoder=with_encoder)
+        return AnyToAnyModel.from_config(get_preset(args.preset), with_encoder=with_encoder)
 
 
 def cmd_train(args) -> int:
