@@ -19,8 +19,8 @@ from encoders.tiling import TiledImage, tile_image
 from . import media as media_io
 from .media import AudioSource, MediaError, MediaLimits, detect_modality, probe_video, read_image, read_video_frames
 
-IN_MEMORY = ("a file path, a PIL image, (frames [F,H,W,3], fps) for a video or (waveform [T] or [C,T], sample_rate) "
-             "for a sound")
+IN_MEMORY = ("a file path, a PIL image, (frames [F,H,W,3] or a list of [H,W,3] frames, fps) for a video or "
+             "(waveform [T] or [C,T], sample_rate) for a sound")
 
 
 def load_media(path, modality: str | None = None, feature_kind: str = "pooled", *, limits: MediaLimits | None = None,
@@ -91,7 +91,24 @@ def in_memory_modality(item) -> str:
     raise MediaError(f"a media item must be {IN_MEMORY}; got {type(item).__name__}{shape}")
 
 
+def _as_arrays(item):
+    """``(list, rate)`` -> ``(array, rate)``: a video is often held as a list of frames (arrays or PIL
+    images), a short sound as a list of samples."""
+    if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], (list, tuple)) and item[0]):
+        return item
+    data, rate = item
+    if all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in data):
+        return np.asarray(data, dtype=np.float32), rate
+    frames = [np.asarray(f.convert("RGB")) if isinstance(f, Image.Image) else np.asarray(f) for f in data]
+    shapes = sorted({f.shape for f in frames})
+    if len(shapes) != 1 or len(shapes[0]) != 3 or shapes[0][-1] != 3:
+        raise MediaError(f"in-memory video: a list of {len(frames)} frames must hold [H,W,3] frames of one size; "
+                         f"got shapes {', '.join(str(s) for s in shapes[:3])}{' ...' if len(shapes) > 3 else ''}")
+    return np.stack(frames), rate
+
+
 def _load_in_memory(item, modality: str | None, feature_kind: str, limits: MediaLimits, image_options: dict):
+    item = _as_arrays(item)
     detected = in_memory_modality(item)
     if modality is not None and modality != detected:
         raise MediaError(f"expected a {modality}, but the in-memory item is a {detected}")

@@ -213,7 +213,15 @@ def test_media_given_in_memory_are_prepared_exactly_as_their_files(pipe, tmp_pat
     replies = [pipe("what is this?", media=[item], seed=3, max_new_tokens=6).token_ids
                for item in (image, str(tmp_path / "in.png"))]
     assert replies[0] == replies[1]
+    # a list of frames (arrays or PIL images) and a list of samples are the same media; before, a list of
+    # frames was "a media item must be … (frames [F,H,W,3], fps) …; got tuple" although it was that tuple
+    as_list = [list(frames), [Image.fromarray(f) for f in frames]]
+    for item in as_list:
+        assert torch.equal(pipe.model.load_media((item, fps))[1], pipe.model.load_media(tmp_path / "in.mp4")[1])
+    assert torch.equal(pipe.model.load_media((wave.tolist(), 12000))[1], pipe.model.load_media(tmp_path / "in.wav")[1])
     for bad, says in ((np.zeros((4, 4, 3), np.uint8), "got ndarray of shape (4, 4, 3)"),
+                      (([frames[0], frames[1][:16]], fps), "a list of 2 frames must hold [H,W,3] frames of one size; "
+                                                            "got shapes (16, 48, 3), (32, 48, 3)"),
                       ((wave, 0), "sample rate 0 must be a positive number"),
                       ((wave, 50), "sample rate 50 Hz is outside the accepted"),
                       ((frames, float("nan")), "fps nan must be a positive number")):
