@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import signal
+import time
 
 from anyany.extras import MissingExtra, require
 
@@ -166,7 +167,7 @@ def main(argv=None) -> None:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="create a public gradio.live link (off by default)")
     parser.add_argument("--max-file-mb", type=float, default=50, help="upload size limit per file")
-    parser.add_argument("--concurrency", type=int, default=2, help="requests handled at once (generation itself is serialized)")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests handled at once; concurrent chats are decoded together, as one batch (default 2)")
     parser.add_argument("--session-ttl", type=float, default=1800,
                         help="seconds after which an idle conversation is closed and its files deleted")
     args = parser.parse_args(argv)
@@ -198,8 +199,20 @@ def main(argv=None) -> None:
     signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     # Gradio's own upload cap is a safety net well above ours, so that a file just over the
     # limit gets the friendly chat message instead of a bare upload error.
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=f"{2 * args.max_file_mb + 1:g}mb", css=SMALL_MEDIA_CSS)
+    # quiet: gradio's own banner tells a user to "set share=True in launch()", where ours is --share
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+                max_file_size=f"{2 * args.max_file_mb + 1:g}mb", css=SMALL_MEDIA_CSS, prevent_thread_lock=True)
+    where = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    print(f"anyany app on {where}" + (f" and {demo.share_url}" if args.share and demo.share_url else
+                                      " (--share for a public gradio.live link)") + "; Ctrl-C stops it", flush=True)
+    try:
+        while demo.is_running:
+            time.sleep(0.2)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (above); atexit then deletes the session folders
+        pass
+    finally:
+        demo.close(verbose=False)
+    print("anyany app: stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -453,3 +453,33 @@ def test_bad_flags_and_a_missing_model_get_one_line_before_the_model_loads(tmp_p
         # the missing folder would be the error had the model been looked at first
         assert launch("--port", str(port), "--checkpoint", "runs/stage3").startswith(
             f"app.py: error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)")
+
+
+def test_the_app_says_where_it_listens_in_its_own_words_and_stops_on_sigterm(tmp_path):
+    """Gradio's banner told a user to "set share=True in launch()", where the app's way is --share; now
+    one line of ours says where it listens, the page is served there, and SIGTERM stops it cleanly."""
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+
+    app = Path(__file__).resolve().parents[1] / "app.py"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, str(app), "--preset", "tiny", "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        assert first == (f"anyany app on http://127.0.0.1:{port} (--share for a public gradio.live link); "
+                         "Ctrl-C stops it\n"), proc.stderr.read() if proc.poll() is not None else first
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as page:
+            assert page.status == 200 and b"anyany" in page.read()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and out == "anyany app: stopped\n"
+    assert "share=True" not in out + err and "Traceback" not in err
