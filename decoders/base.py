@@ -243,11 +243,14 @@ class Decoder(abc.ABC):
             return
         cfg = self.config
         if cfg.name_or_path is not None:
-            modules = _load_components(cfg.name_or_path, self.text_components, resolve_dtype(cfg.torch_dtype))
+            # loaded in the middle of a training bar (stage-2 targets), so without the libraries' own bars
+            with quiet_loading(True):
+                modules = _load_components(cfg.name_or_path, self.text_components, resolve_dtype(cfg.torch_dtype))
         elif cfg.random_init is not None:  # the same seeded build gives the same encoders
             from .tiny import build_tiny_pipeline
 
-            source = build_tiny_pipeline(cfg.kind, **dict(cfg.random_init))
+            with quiet_loading(True):
+                source = build_tiny_pipeline(cfg.kind, **dict(cfg.random_init))
             modules = {name: getattr(source, name) for name in self.text_components}
         else:
             raise ValueError(f"{type(self).__name__} has neither name_or_path nor random_init to load its text encoders from")

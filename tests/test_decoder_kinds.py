@@ -335,15 +335,18 @@ def _swap_inputs(tmp_path) -> str:
     return flux
 
 
-def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path):
+def test_cli_stage2_swaps_a_decoder_with_frozen_signal_rows(tmp_path, capsys):
     from anyany.cli import main as cli
     from anyany.model import AnyToAnyModel
     from training.swap import parse_decoder_arg
 
     flux = _swap_inputs(tmp_path)
+    capsys.readouterr()
     assert cli(["train", "stage2", "--data", str(tmp_path / "cc3m.json"), "--init", str(tmp_path / "init"),
                 "--out", str(tmp_path / "out"), "--decoder", f"image=flux:{flux}", "--freeze-signal-rows",
                 "--max-steps", "3", "--batch-size", "3", "--quiet"]) == 0
+    # --quiet: nothing on stderr (the text encoders, loaded for the targets mid-run, showed their weight bars)
+    assert capsys.readouterr().err == ""
     before = AnyToAnyModel.from_pretrained(tmp_path / "init", with_encoder=False)
     after = AnyToAnyModel.from_pretrained(tmp_path / "out" / "final", with_encoder=False)
     assert after.config.decoders["image"].kind == "flux" and not after.config.decoders["image"].text_encoders
