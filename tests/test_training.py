@@ -150,6 +150,18 @@ def test_resume_of_a_finished_run_does_not_redo_its_last_steps(dataset, tmp_path
     assert all(torch.equal(weights[k], again[k]) for k in weights)
 
 
+def test_a_new_run_into_a_folder_with_checkpoints_is_refused(dataset, tmp_path, capsys):
+    """Before, a second run (no --resume) into the same --out rotated the first run's checkpoints into
+    its own, and a later --resume could continue from the wrong run."""
+    out = tmp_path / "run"
+    args = ["train", "stage1", "--data", str(dataset / "cc3m.json"), "--out", str(out), "--save-every", "1",
+            "--batch-size", "2", "--max-steps", "2", "--quiet"]
+    assert cli(args) == 0
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    _expect_error(capsys, args, f"--out {out} holds another run's checkpoints (the newest step-0000002)", "--resume")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
 def test_quiet_training_from_a_folder_prints_only_its_result(dataset, tmp_path, capsys):
     """--quiet from an --init folder: transformers' "Loading weights" and "Writing model shards" bars
     used to come through on stderr, once per load and save."""

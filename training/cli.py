@@ -115,9 +115,16 @@ def cmd_train(args) -> int:
     from .loop import train_stage
     from .swap import parse_decoder_arg, swap_decoder
 
+    from .loop import checkpoint_dirs
+
     check_output_dir(args.out, "--out")
     if args.resume and not (Path(args.out) / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: {args.out} has no checkpoints/ folder")
+    earlier = checkpoint_dirs(Path(args.out))
+    if earlier and not args.resume:
+        # a new run would rotate the old run's checkpoints into its own, and a later --resume could pick the old one
+        raise ValueError(f"--out {args.out} holds another run's checkpoints (the newest {earlier[-1].name}): pass "
+                         "--resume to continue that run, or choose another --out")
     with _media_remedy("--data", skip_flag=True):
         records, sources = read_stage_records(args.stage, args.data, args.media_root, args.modality, _on_error(args),
                                               with_sources=True)

@@ -50,7 +50,8 @@ def _mixed_precision(setting: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _checkpoint_dirs(out: Path) -> list[Path]:
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """The complete checkpoints under ``out``, oldest first."""
     folder = out / CHECKPOINTS
     if not folder.is_dir():
         return []
@@ -77,7 +78,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, epoch: in
     with open(tmp / "state.json") as fh:  # make the content durable before the rename publishes it
         os.fsync(fh.fileno())
     os.replace(tmp, final)
-    for old in _checkpoint_dirs(out)[:-keep_last]:
+    for old in checkpoint_dirs(out)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -165,7 +166,7 @@ def train_stage(
 
     step, epoch, skip = 0, 0, 0
     if resume:
-        found = _checkpoint_dirs(out)
+        found = checkpoint_dirs(out)
         if not found:
             raise FileNotFoundError(f"--resume: no checkpoint under {out / CHECKPOINTS}")
         _check_resumable(out, found[-1], total)
