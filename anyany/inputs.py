@@ -47,7 +47,7 @@ def load_media(path, modality: str | None = None, feature_kind: str = "pooled", 
     them says so when the model encodes them.
     """
     if not isinstance(path, (str, os.PathLike)):
-        return _load_in_memory(path, modality, feature_kind, limits or media_io.DEFAULT_LIMITS, image_options)
+        return _load_in_memory(_as_arrays(path), modality, feature_kind, limits or media_io.DEFAULT_LIMITS, image_options)
     path = Path(path)
     detected = detect_modality(path)
     if modality is not None and modality != detected:
@@ -108,7 +108,6 @@ def _as_arrays(item):
 
 
 def _load_in_memory(item, modality: str | None, feature_kind: str, limits: MediaLimits, image_options: dict):
-    item = _as_arrays(item)
     detected = in_memory_modality(item)
     if modality is not None and modality != detected:
         raise MediaError(f"expected a {modality}, but the in-memory item is a {detected}")
