@@ -126,3 +126,42 @@ def check_listen_address(host: str, port: int) -> None:
                                     "below 1024 need administrator rights: choose a port from 1024 up.") from None
             raise ArgumentError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another server may "
                                 "be using it: stop it or choose another --port.") from None
+
+
+# Decoder settings a caller may set (the pipeline's decoder_kwargs, the server's fields), with the
+# type and range each takes, and which decoders take it (the rest take them all).
+DECODER_SETTINGS = {
+    "num_inference_steps": (int, 1, 500),
+    "guidance_scale": (float, 0.0, 50.0),
+    "num_frames": (int, 1, 256),
+    "fps": (int, 1, 120),
+    "audio_length_s": (float, 0.1, 120.0),
+    "height": (int, 8, 4096),
+    "width": (int, 8, 4096),
+}
+SETTING_APPLIES_TO = {"num_frames": ("video",), "fps": ("video",), "audio_length_s": ("audio",),
+                      "height": ("image", "video"), "width": ("image", "video")}
+
+# A decoder's size or length may be asked for up to this many times its own (per side, in frames or
+# seconds): time and memory grow with it (a 1024x1792 image from a 32x32 decoder held a server's one
+# worker for 9.5 minutes), and past it the decoder draws what it was never trained on.
+MAX_SIZE_FACTOR = 2
+SIZE_SETTINGS = ("height", "width", "num_frames", "audio_length_s")
+
+
+def check_decoder_sizes(per_modality: dict, own: dict, name: str = "decoder_kwargs") -> None:
+    """``per_modality`` ({modality: {setting: value}}) against each decoder's own size ``own[modality]``
+    (a ``DecoderConfig`` or a dict): :class:`ArgumentError`, one sentence per size past the bound."""
+    problems = []
+    for modality, settings in (per_modality or {}).items():
+        config = own.get(modality)
+        for key in SIZE_SETTINGS:
+            value = (settings or {}).get(key)
+            base = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
+            if value is None or not base or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if value > MAX_SIZE_FACTOR * base:
+                problems.append(f"{name}['{modality}']['{key}']: {value:g} is more than {MAX_SIZE_FACTOR}x the {modality} "
+                                f"decoder's own {base:g}; use at most {MAX_SIZE_FACTOR * base:g}.")
+    if problems:
+        raise ArgumentError(" ".join(problems))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .arguments import check_decoder_sizes
 from .generation import generate_batch_with_signals, visible_text
 from .pipeline import AnyToAnyOutput, AnyToAnyPipeline, GeneratedMedia, LLMInputs, Message
 from .tokens import stop_markers
@@ -237,6 +238,10 @@ class Engine:
         max_new = self._max_new_tokens(request)
         if max_new < 1:
             raise RequestError(f"max_tokens must be at least 1, got {max_new}", "max_tokens", "invalid_value")
+        try:  # time and memory grow with the size asked for: bounded by each decoder's own
+            check_decoder_sizes(request.decoder_kwargs, self.model.config.decoders, name="decoder_settings")
+        except ValueError as err:
+            raise RequestError(str(err), "decoder_settings", "invalid_value") from None
         pipe = self.pipeline
         with torch.no_grad():
             try:

@@ -5,12 +5,13 @@ project_signals -> decode -> (optionally) save.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .arguments import check_output_dir
+from .arguments import DECODER_SETTINGS, ArgumentError, check_decoder_sizes, check_output_dir
 from .generation import LLMOutput, generate_with_signals
 from .inputs import batch_media, media_shapes
 from .media import unique_path, write_audio, write_image, write_video
@@ -25,6 +26,28 @@ class Message:
     role: str  # "user" | "assistant"
     text: str = ""
     media: list = field(default_factory=list)
+
+
+def _one_medium(media) -> bool:
+    """Whether ``media`` is one medium rather than a list of them."""
+    import numbers
+
+    from PIL import Image
+
+    return isinstance(media, (str, os.PathLike, Image.Image)) or (
+        isinstance(media, tuple) and len(media) == 2 and isinstance(media[1], numbers.Real)
+        and not isinstance(media[1], bool) and not isinstance(media[0], (str, os.PathLike, Image.Image)))
+
+
+def _as_message(message, index: int) -> Message:
+    """A :class:`Message`, or a dict ``{"role", "content"}`` (as chat APIs write them; ``"media"`` optional)."""
+    if isinstance(message, Message):
+        return message
+    if isinstance(message, dict) and isinstance(message.get("role"), str) and \
+            isinstance(message.get("content", message.get("text", "")), str):
+        return Message(message["role"], message.get("content", message.get("text", "")), list(message.get("media") or []))
+    raise ArgumentError(f"messages[{index}]: got {type(message).__name__}; give a Message or a dict "
+                        "{'role': 'user' | 'assistant', 'content': text} (optionally 'media': [...]).")
 
 
 @dataclass
@@ -159,10 +182,11 @@ class AnyToAnyPipeline:
 
     # ------------------------------------------------------------------ steps
     def check_inputs(self, prompt, messages, media) -> list[Message]:
-        if messages is None:
-            messages = []
-        else:
-            messages = list(messages)
+        if prompt is not None and not isinstance(prompt, str):
+            raise ArgumentError(f"prompt: got {type(prompt).__name__}; give the message as a string.")
+        messages = [] if messages is None else [_as_message(m, i) for i, m in enumerate(messages)]
+        if _one_medium(media):  # a path or one in-memory medium where a list was expected
+            media = [media]
         if prompt is not None or media:
             messages.append(Message("user", prompt or "", list(media or [])))
         if not messages or messages[-1].role != "user":
@@ -173,6 +197,44 @@ class AnyToAnyPipeline:
             if m.role not in ("user", "assistant"):
                 raise ValueError(f"message role must be 'user' or 'assistant', got {m.role!r}")
         return messages
+
+    def check_arguments(self, *, seed, max_new_tokens, temperature, top_p, num_inference_steps, guidance_scale,
+                        decoder_kwargs) -> int:
+        """Every generation argument checked before any work (the server's ranges): ArgumentError, one
+        sentence per problem. Returns the seed (``None``: a fresh random one)."""
+        problems = []
+
+        def check(name, value, kind, lo, hi, lo_open=False):
+            if value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                problems.append(f"{name}: got {value!r}; use {'a whole number' if kind is int else 'a number'} "
+                                f"from {lo} to {hi}.")
+            elif not (lo < value if lo_open else lo <= value) or not value <= hi:
+                problems.append(f"{name}: {value!r} is out of range; use {'more than' if lo_open else 'from'} {lo} "
+                                f"{'and at most' if lo_open else 'to'} {hi}.")
+
+        check("seed", seed, int, 0, 2**63 - 1)
+        check("max_new_tokens", max_new_tokens, int, 1, int(self.model.config.llm.max_length))
+        check("temperature", temperature, float, 0.0, 2.0)
+        check("top_p", top_p, float, 0.0, 1.0, lo_open=True)
+        check("num_inference_steps", num_inference_steps, *DECODER_SETTINGS["num_inference_steps"])
+        check("guidance_scale", guidance_scale, *DECODER_SETTINGS["guidance_scale"])
+        decoders = self.model.config.decoders
+        if decoder_kwargs is not None and not isinstance(decoder_kwargs, dict):
+            problems.append("decoder_kwargs: give a dict {modality: {setting: value}}, e.g. {'video': {'num_frames': 8}}.")
+        for modality, settings in (decoder_kwargs or {}).items() if isinstance(decoder_kwargs, dict) else ():
+            if modality not in decoders:
+                problems.append(f"decoder_kwargs: {modality!r} is not a decoder of this model ({', '.join(decoders)}).")
+            elif not isinstance(settings, dict):
+                problems.append(f"decoder_kwargs[{modality!r}]: give a dict of settings, e.g. {{'num_inference_steps': 10}}.")
+            else:
+                for key, (kind, lo, hi) in DECODER_SETTINGS.items():  # other keys go to the pipeline as they are
+                    check(f"decoder_kwargs[{modality!r}][{key!r}]", settings.get(key), kind, lo, hi)
+        if problems:
+            raise ArgumentError(" ".join(problems))
+        check_decoder_sizes({m: v for m, v in (decoder_kwargs or {}).items() if m in decoders}, decoders)
+        return int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else int(seed)
 
     def encode_media(self, messages: list[Message]) -> tuple[list[ChatTurn], dict]:
         """Read + preprocess + encode every input medium once; turns refer to features by index.
@@ -247,6 +309,9 @@ class AnyToAnyPipeline:
         """
         gen_cfg = self.model.config.generation
         messages = self.check_inputs(prompt, messages, media)
+        seed = self.check_arguments(seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                    num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                    decoder_kwargs=decoder_kwargs)
         if output_dir is not None:
             check_output_dir(output_dir)  # before the work, so that a typo costs no generation
         turns, features = self.encode_media(messages)
@@ -256,7 +321,7 @@ class AnyToAnyPipeline:
             llm_inputs,
             generator=generator,
             logits_processor=logits_processor,
-            max_new_tokens=max_new_tokens or gen_cfg.max_new_tokens,
+            max_new_tokens=gen_cfg.max_new_tokens if max_new_tokens is None else max_new_tokens,
             temperature=gen_cfg.temperature if temperature is None else temperature,
             top_p=gen_cfg.top_p if top_p is None else top_p,
             repair_signal_groups=gen_cfg.repair_signal_groups,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from anyany.arguments import DECODER_SETTINGS, SETTING_APPLIES_TO
 from anyany.engine import EngineRequest
 from anyany.pipeline import Message
 
@@ -25,19 +26,8 @@ MIME_SUFFIX = {
 }
 AUDIO_FORMATS = {"wav": ".wav", "mp3": ".mp3", "flac": ".flac"}
 PART_KIND = {"image_url": "image", "video_url": "video", "input_audio": "audio"}
-# Decoder settings a request may set, with the range each takes.
-DECODER_FIELDS = {
-    "num_inference_steps": (int, 1, 500),
-    "guidance_scale": (float, 0.0, 50.0),
-    "num_frames": (int, 1, 256),
-    "fps": (int, 1, 120),
-    "audio_length_s": (float, 0.1, 120.0),
-    "height": (int, 8, 4096),
-    "width": (int, 8, 4096),
-}
-# Which decoders take each setting (the rest take them all).
-APPLIES_TO = {"num_frames": ("video",), "fps": ("video",), "audio_length_s": ("audio",), "height": ("image", "video"),
-              "width": ("image", "video")}
+# Decoder settings a request may set, with the range each takes (one table with the pipeline's).
+DECODER_FIELDS, APPLIES_TO = DECODER_SETTINGS, SETTING_APPLIES_TO
 ALIASES = {"video_frames": "num_frames", "audio_seconds": "audio_length_s", "steps": "num_inference_steps"}
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w-]+=[^;,]*)*)(;base64)?,(.*)$", re.S)
 

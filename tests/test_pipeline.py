@@ -227,3 +227,46 @@ def test_media_given_in_memory_are_prepared_exactly_as_their_files(pipe, tmp_pat
                       ((frames, float("nan")), "fps nan must be a positive number")):
         with pytest.raises(MediaError, match=re.escape(says)):
             pipe("what is this?", media=[bad])
+
+
+def test_call_arguments_are_checked_before_any_work(pipe, tmp_path):
+    """Before, seed=None was torch's "manual_seed expected a long", num_inference_steps=0 a
+    ZeroDivisionError, -3 an image from no denoising at all, max_new_tokens=0 silently the default,
+    prompt=123 an AttributeError, and a 1024x1792 image from a 32x32 decoder took minutes."""
+    from anyany.arguments import ArgumentError
+
+    cases = [
+        (dict(seed=1.5), "seed: got 1.5; use a whole number from 0 to 9223372036854775807."),
+        (dict(seed=2**64), "seed: 18446744073709551616 is out of range"),
+        (dict(num_inference_steps=0), "num_inference_steps: 0 is out of range; use from 1 to 500."),
+        (dict(num_inference_steps=-3), "num_inference_steps: -3 is out of range"),
+        (dict(max_new_tokens=0), "max_new_tokens: 0 is out of range"),
+        (dict(temperature=-1), "temperature: -1 is out of range; use from 0.0 to 2.0."),
+        (dict(top_p=0), "top_p: 0 is out of range; use more than 0.0 and at most 1.0."),
+        (dict(guidance_scale=-5), "guidance_scale: -5 is out of range"),
+        (dict(decoder_kwargs={"smell": {}}), "decoder_kwargs: 'smell' is not a decoder of this model (image, video, audio)."),
+        (dict(decoder_kwargs={"image": {"height": 1024, "width": 1792}}),
+         "decoder_kwargs['image']['height']: 1024 is more than 2x the image decoder's own 32; use at most 64. "
+         "decoder_kwargs['image']['width']: 1792 is more than 2x"),
+        (dict(decoder_kwargs={"video": {"num_frames": 0}}), "decoder_kwargs['video']['num_frames']: 0 is out of range"),
+    ]
+    for kwargs, says in cases:
+        with pytest.raises(ArgumentError) as err:
+            pipe("draw a red circle", output_dir=tmp_path / "never", **kwargs)
+        assert str(err.value).startswith(says), (kwargs, str(err.value))
+    with pytest.raises(ArgumentError, match="prompt: got int; give the message as a string."):
+        pipe(123)
+    assert not (tmp_path / "never").exists()  # refused before anything was written
+    # within the bounds: the size asked for; seed=None a fresh seed (no error); one path needs no list
+    out = pipe("draw", logits_processor=plan(pipe, "image"), decoder_kwargs={"image": {"height": 64, "width": 48}},
+               seed=None)
+    assert out.images[0].size == (48, 64)
+    image = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), "red").save(image)
+    one = pipe("what is this?", media=str(image), seed=3, max_new_tokens=4)
+    assert one.token_ids == pipe("what is this?", media=[str(image)], seed=3, max_new_tokens=4).token_ids
+    # chat APIs' dict messages are taken as Messages
+    history = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    as_dicts = pipe("and now?", messages=history, seed=3, max_new_tokens=4)
+    as_messages = pipe("and now?", messages=[Message("user", "hello"), Message("assistant", "hi")], seed=3, max_new_tokens=4)
+    assert as_dicts.token_ids == as_messages.token_ids
