@@ -14,7 +14,7 @@ import torch
 from .arguments import DECODER_SETTINGS, ArgumentError, check_decoder_sizes, check_output_dir
 from .generation import LLMOutput, generate_with_signals
 from .inputs import batch_media, media_shapes
-from .media import unique_path, write_audio, write_image, write_video
+from .media import write_audio, write_image, write_video
 from .tokens import ChatTurn, collate_sequences
 
 
@@ -84,22 +84,30 @@ class AnyToAnyOutput:
 
     def save(self, folder, stem: str = "anyany", *, text: bool = True) -> list[Path]:
         """PNG / MP4 / WAV (and, with ``text``, the reply as ``<stem>-reply.txt``) into ``folder`` with
-        predictable names; never overwrites."""
+        predictable names, one stem per call (``anyany``, then ``anyany-1`` …); never overwrites."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        ext = {"image": ".png", "video": ".mp4", "audio": ".wav"}
+        tails = [f"-{i}-{m.modality}{ext[m.modality]}" for i, m in enumerate(self.media)] + (["-reply.txt"] if text else [])
+        # one stem for all of a call's files (anyany-…, then anyany-1-…), so that they pair up by name
+        base, n = stem, 0
+        while any((folder / f"{stem}{tail}").exists() for tail in tails):
+            n += 1
+            stem = f"{base}-{n}"
         written = []
-        for i, m in enumerate(self.media):
-            name = f"{stem}-{i}-{m.modality}"
+        for tail, m in zip(tails, self.media):
+            path = folder / f"{stem}{tail}"
             if m.modality == "image":
-                written.append(write_image(m.data, unique_path(folder, name, ".png")))
+                written.append(write_image(m.data, path))
             elif m.modality == "video":
-                written.append(write_video(m.data, unique_path(folder, name, ".mp4"), fps=m.fps or 8))
+                written.append(write_video(m.data, path, fps=m.fps or 8))
             else:
-                written.append(write_audio(m.data, m.sample_rate, unique_path(folder, name, ".wav")))
+                written.append(write_audio(m.data, m.sample_rate, path))
         self.files = [Path(p) for p in written]
         if text:
-            text_path = unique_path(folder, f"{stem}-reply", ".txt")
-            text_path.write_text(self.text + "\n")
+            text_path = folder / f"{stem}-reply.txt"
+            with open(text_path, "x") as fh:  # never overwrites, as the media writers
+                fh.write(self.text + "\n")
             self.files.append(text_path)
         return self.files
 

@@ -124,10 +124,16 @@ def test_media_inputs_and_history(pipe, tmp_path):
         pipe("", media=[])
 
 
-def test_outputs_never_overwrite(pipe, tmp_path):
+def test_outputs_never_overwrite_and_one_calls_files_share_a_name(pipe, tmp_path):
+    """Before, the suffix was per file, so a second call beside a text-only first one wrote
+    anyany-0-image.png next to anyany-reply-1.txt: a call's files no longer paired up by name."""
+    first = pipe("x", logits_processor=plan(pipe, "fine"), output_dir=tmp_path, seed=0)  # text only
     a = pipe("x", logits_processor=plan(pipe, "image"), output_dir=tmp_path, seed=0)
-    b = pipe("x", logits_processor=plan(pipe, "image"), output_dir=tmp_path, seed=0)
-    assert a.files[0] != b.files[0] and a.files[0].exists() and b.files[0].exists()
+    b = pipe("x", logits_processor=plan(pipe, "image", "audio"), output_dir=tmp_path, seed=0)
+    assert [p.name for p in first.files] == ["anyany-reply.txt"]
+    assert [p.name for p in a.files] == ["anyany-1-0-image.png", "anyany-1-reply.txt"]
+    assert [p.name for p in b.files] == ["anyany-2-0-image.png", "anyany-2-1-audio.wav", "anyany-2-reply.txt"]
+    assert all(p.exists() for p in first.files + a.files + b.files)
 
 
 def run_cli(*args, cwd):
