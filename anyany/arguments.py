@@ -77,12 +77,12 @@ def check_device(device) -> str:
     if parsed.type == "cuda":
         if not torch.cuda.is_available():
             raise ArgumentError(f"device: {show_value(device)} asks for a CUDA GPU, and none is available here; "
-                                "use --device cpu.")
+                                "use cpu.")
         if parsed.index is not None and parsed.index >= torch.cuda.device_count():
             raise ArgumentError(f"device: {show_value(device)} names GPU {parsed.index}, but this machine has "
                                 f"{torch.cuda.device_count()}; use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     elif parsed.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ArgumentError(f"device: {show_value(device)} is not available here; use --device cpu.")
+        raise ArgumentError(f"device: {show_value(device)} is not available here; use cpu.")
     elif parsed.type not in ("cpu", "cuda", "mps"):
         raise ArgumentError(f"device: {show_value(device)} is not supported; use cpu or cuda.")
     return str(device)

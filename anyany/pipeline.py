@@ -155,9 +155,11 @@ class AnyToAnyPipeline:
         """A checkpoint folder written by ``save_pretrained``, or a preset name (random trainable parts)."""
         from decoders.base import quiet_loading
 
+        from .arguments import check_device
         from .config import PRESETS, get_preset
         from .model import AnyToAnyModel
 
+        check_device(device)  # before loading: cuda on a CPU-only torch was an AssertionError after the load
         if not Path(path_or_preset).is_dir() and path_or_preset not in PRESETS:
             # a mistyped folder is the usual case: say it is not there rather than "unknown preset"
             raise FileNotFoundError(

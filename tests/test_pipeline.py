@@ -276,3 +276,11 @@ def test_call_arguments_are_checked_before_any_work(pipe, tmp_path):
     as_dicts = pipe("and now?", messages=history, seed=3, max_new_tokens=4)
     as_messages = pipe("and now?", messages=[Message("user", "hello"), Message("assistant", "hi")], seed=3, max_new_tokens=4)
     assert as_dicts.token_ids == as_messages.token_ids
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_sentence_before_loading():
+    from anyany.arguments import ArgumentError
+
+    with pytest.raises(ArgumentError, match=r"^device: 'cuda' asks for a CUDA GPU, and none is available here; use cpu\.$"):
+        AnyToAnyPipeline.from_pretrained("no-such-folder", device="cuda")  # the device is named first
