@@ -23,7 +23,7 @@ except MissingExtra as err:  # the base install has no gradio: say how to add it
 
 import gradio as gr  # noqa: E402
 
-from anyany.app_logic import SETTING_FIELDS, ChatApp, Settings  # noqa: E402
+from anyany.app_logic import SETTING_FIELDS, ChatApp, Settings, setting_range  # noqa: E402
 
 EXAMPLES = [
     "Show me a picture of a red fox in the snow.",
@@ -75,7 +75,8 @@ def build_demo(pipe, *, max_file_mb: float = 50, logits_processor_factory=None, 
             clear = gr.Button("Clear conversation", variant="secondary", elem_id="anyany-clear")
         with gr.Accordion("Generation settings", open=False):
             setting_inputs = []
-            for name, label, kind, lo, hi, step in SETTING_FIELDS:
+            for name, label, kind, lo, _, step in SETTING_FIELDS:
+                hi = setting_range(name, defaults)[1]  # lengths: as far as the engine runs them for this model
                 value = getattr(defaults, name)
                 if kind == "int":
                     comp = gr.Number(value=value, label=label, precision=0, minimum=lo, maximum=hi)

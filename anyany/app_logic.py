@@ -24,10 +24,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arguments import ArgumentError, check_number, check_text, show_value
+from .arguments import MAX_SIZE_FACTOR, ArgumentError, check_number, check_text, show_value
 from .inputs import INLINE_MEDIA
 from .media import ACCEPTED_EXTENSIONS, MediaError, detect_modality, unique_path
-from .engine import Engine, EngineRequest
+from .engine import Engine, EngineRequest, RequestError
 from .pipeline import Message, chat_turns
 from .tokens import MODALITIES
 
@@ -64,6 +64,20 @@ SETTING_FIELDS = [
     ("audio_guidance", "Audio: guidance scale", "float", 0.0, 30.0, 0.5),
     ("audio_seconds", "Audio: length (seconds)", "float", 0.5, 30.0, 0.5),
 ]
+
+
+# The lengths a decoder makes, bounded by the engine at MAX_SIZE_FACTOR times the decoder's own.
+_SIZED = ("video_frames", "audio_seconds")
+
+
+def setting_range(name: str, defaults: "Settings | None" = None) -> tuple:
+    """``(lo, hi)`` of a setting: :data:`SETTING_FIELDS`'s, the lengths capped at MAX_SIZE_FACTOR times
+    the model's own (``defaults``), as the engine caps them, so the sliders offer only what runs."""
+    lo, hi = next((lo, hi) for n, _, _, lo, hi, _ in SETTING_FIELDS if n == name)
+    own = getattr(defaults, name, None) if name in _SIZED else None
+    if own:
+        hi = min(hi, MAX_SIZE_FACTOR * own)
+    return lo, hi
 
 
 def check_files(files, max_files: int) -> list[str]:
@@ -130,7 +144,8 @@ class Settings:
         and so does a value equal to the model's own default (``defaults``), whatever its range.
         Raises :class:`ArgumentError` listing every bad argument, one sentence each."""
         values, problems = {}, []
-        for name, _label, kind, lo, hi, _step in SETTING_FIELDS:
+        for name, _label, kind, lo, _hi, _step in SETTING_FIELDS:
+            hi = setting_range(name, defaults)[1]
             value, default = getattr(self, name), getattr(defaults, name, None)
             if value is not None and type(value) is type(default) and value == default:
                 values[name] = value
@@ -496,6 +511,8 @@ class ChatApp:
             )
             out = self.engine.generate(request).output
             out.save(session.outputs, text=False)  # the reply's text is in the chat
+        except RequestError as err:  # a setting the engine refuses: the user's to change
+            return self._error(session, user_entries, f"I could not use these settings: {err}")
         except MediaError as err:
             msg = str(err)
             for p, n in zip(stored, names):

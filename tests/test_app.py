@@ -270,7 +270,9 @@ def test_upload_of_a_modality_the_bridge_cannot_read_is_refused_up_front(tmp_pat
     ("temperature", float("nan"), "temperature: nan is not a finite number; use a number from 0 to 2."),
     ("temperature", [0.5], "temperature: got list [0.5]; use a number from 0 to 2."),
     ("image_steps", 2.5, "image_steps: 2.5 is not a whole number; use a whole number from 1 to 200."),
-    ("audio_seconds", "-inf", "audio_seconds: '-inf' is not a finite number; use a number from 0.5 to 30."),
+    # lengths: at most twice the model's own (1 s, 4 frames here), as the engine runs them
+    ("audio_seconds", "-inf", "audio_seconds: '-inf' is not a finite number; use a number from 0.5 to 2."),
+    ("video_frames", 64, "video_frames: 64 is out of range; use a whole number from 1 to 8."),
 ])
 def test_bad_settings_get_one_sentence_before_the_model_runs(pipe, field, value, expected):
     from anyany.app_logic import Settings
