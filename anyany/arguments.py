@@ -149,19 +149,34 @@ MAX_SIZE_FACTOR = 2
 SIZE_SETTINGS = ("height", "width", "num_frames", "audio_length_s")
 
 
-def check_decoder_sizes(per_modality: dict, own: dict, name: str = "decoder_kwargs") -> None:
-    """``per_modality`` ({modality: {setting: value}}) against each decoder's own size ``own[modality]``
-    (a ``DecoderConfig`` or a dict): :class:`ArgumentError`, one sentence per size past the bound."""
-    problems = []
-    for modality, settings in (per_modality or {}).items():
-        config = own.get(modality)
+def size_limits(decoders: dict) -> dict:
+    """{modality: {setting: (largest accepted, the decoder's own)}} for the size settings (height, width,
+    num_frames, audio_length_s) of ``decoders`` (``DecoderConfig``s or dicts): ``MAX_SIZE_FACTOR`` times
+    each decoder's own (height and width rounded down to the multiple of 8 the latent grid needs)."""
+    limits: dict = {}
+    for modality, config in (decoders or {}).items():
         for key in SIZE_SETTINGS:
-            value = (settings or {}).get(key)
             base = config.get(key) if isinstance(config, dict) else getattr(config, key, None)
-            if value is None or not base or isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 0:
                 continue
-            if value > MAX_SIZE_FACTOR * base:
+            top = MAX_SIZE_FACTOR * base
+            if key in ("height", "width"):
+                top = int(top) // 8 * 8
+            limits.setdefault(modality, {})[key] = (top, base)
+    return limits
+
+
+def check_decoder_sizes(per_modality: dict, own: dict, name: str = "decoder_kwargs") -> None:
+    """``per_modality`` ({modality: {setting: value}}) against :func:`size_limits` of the decoders ``own``:
+    :class:`ArgumentError`, one sentence per size past the bound."""
+    limits, problems = size_limits(own), []
+    for modality, settings in (per_modality or {}).items():
+        for key, (top, base) in limits.get(modality, {}).items():
+            value = (settings or {}).get(key)
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if value > top:
                 problems.append(f"{name}['{modality}']['{key}']: {value:g} is more than {MAX_SIZE_FACTOR}x the {modality} "
-                                f"decoder's own {base:g}; use at most {MAX_SIZE_FACTOR * base:g}.")
+                                f"decoder's own {base:g}; use at most {top:g}.")
     if problems:
         raise ArgumentError(" ".join(problems))

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from anyany.arguments import size_limits
 from anyany.engine import Engine, EngineRequest, QueueFull, RequestError
 from anyany.generation import ScriptedTokens
 from anyany.media import MediaError
@@ -28,7 +29,7 @@ from anyany.tokens import signal_text
 
 from . import responses
 from .scripted import stop_id
-from .protocol import APIError, MediaWriter, bad, decoder_settings, parse_chat, parse_size
+from .protocol import MAX_SEED, APIError, MediaWriter, _number, bad, decoder_settings, parse_chat, parse_size
 
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
 
@@ -43,6 +44,7 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
     media_root = Path(media_root) if media_root else None
     http_counts: Counter = Counter()
     model = engine.model
+    limits = size_limits(model.config.decoders)  # the largest size each decoder takes (the engine's bound)
 
     routes = {"/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/images/generations"}
     expected = f"Bearer {api_key}".encode() if api_key is not None else None
@@ -179,7 +181,7 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
         with tempfile.TemporaryDirectory(prefix="anyany-in-") as folder:
             parsed = parse_chat(body, output_modalities=engine.output_modalities,
                                 writer=MediaWriter(Path(folder), media_root), signal_text=signal_of,
-                                max_tokens_cap=engine.token_limit)
+                                max_tokens_cap=engine.token_limit, size_limits=limits)
             handle, events = await start(parsed.request, parsed.media_params)
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         shape = dict(model=model_name, completion_id=completion_id, created=created)
@@ -194,7 +196,7 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
             def line(obj) -> str:
                 return f"data: {json.dumps(obj)}\n\n"
 
-            text = []
+            text, audio_sent = [], False
             try:
                 yield line(responses.chunk({"role": "assistant", "content": ""}, **shape))
                 while True:
@@ -203,7 +205,11 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
                         text.append(event.text)
                         yield line(responses.chunk({"content": event.text}, **shape))
                     elif event.kind == "media":
-                        for delta in await run_in_threadpool(responses.media_deltas, event.media, "".join(text)):
+                        # one message.audio per reply, its id sent once: clients join a delta's strings
+                        deltas = await run_in_threadpool(responses.media_deltas, event.media, "".join(text),
+                                                         first_audio=not audio_sent)
+                        audio_sent = audio_sent or event.media.modality == "audio"
+                        for delta in deltas:
                             yield line(responses.chunk(delta, **shape))
                     elif event.kind == "error":
                         yield line({"error": {"message": f"generation failed: {event.error}", "type": "server_error",
@@ -234,19 +240,27 @@ def create_app(engine: Engine, *, model_name: str = "anyany", api_key: str | Non
         n = body.get("n", 1)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= engine.max_batch:
             raise bad(f"n must be an integer from 1 to {engine.max_batch}, got {n!r}", "n")
-        settings = {"image": parse_size(body.get("size"))}
+        settings = {"image": parse_size(body.get("size"), limits.get("image"))}
         chat_like = {k: v for k, v in body.items() if k in ("num_inference_steps", "guidance_scale", "steps")}
         settings["image"].update(decoder_settings(chat_like, ["image"])["image"])
         seed = body.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise bad(f"seed must be a non-negative integer, got {seed!r}", "seed")
+        seed = 0 if seed is None else _number(seed, int, 0, MAX_SEED, "seed")  # as chat: torch seeds take 64 bits
         first, stop = model.token_ids.signals["image"][0], stop_id(model)
         handles = []
         for i in range(n):  # each its own request: the engine batches them
             req = EngineRequest([Message("user", prompt)], seed=seed + i, decoder_kwargs=settings, output_modalities=("image",),
                                 # the Images API asks for an image: the reply is the image's signal group
                                 logits_processor=[ScriptedTokens([first], stop)])
-            handles.append(await start(req, {}))
+            try:
+                handles.append(await start(req, {}))
+            except APIError as err:
+                for h, _ in handles:
+                    h.cancel()
+                if err.code == "context_length_exceeded":  # the engine names chat's fields; this route has a prompt
+                    raise bad(f"prompt is too long for this model: it takes at most {engine.token_limit} tokens, "
+                              "the prompt and the reply that makes the image together; shorten the prompt.",
+                              "prompt", err.code) from None
+                raise
         data = []
         for handle, events in handles:
             result = await wait_result(handle, events, request)

@@ -44,19 +44,37 @@ def cmd_serve(args) -> int:
         from .ray_app import serve_with_ray
 
         return serve_with_ray(args)
-    import uvicorn
-
     from .factory import build_app
 
     app = build_app(args)
     print(f"anyany: serving {app.title} model on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
+    server = _server(app, args.host, args.port)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # as uvicorn.run: the signal uvicorn re-raises once it has shut down
+        pass
+    return 0 if server.started else 3  # 3: uvicorn's code for a server that never started
+
+
+def _server(app, host: str, port: int):
+    """uvicorn's server for ``app``, saying on stderr when it starts to stop (Ctrl-C, SIGTERM): uvicorn then
+    waits for the requests in flight, silently, before it exits."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            stats = app.state.engine.stats()
+            n = stats["queue_depth"] + stats["running"]
+            print(f"anyany serve: stopping (waiting for {n} request{'' if n == 1 else 's'} in flight)",
+                  file=sys.stderr, flush=True)
+            await super().shutdown(sockets=sockets)
+
+    return Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
 
 
 def _check_args(args) -> None:
     """Every flag checked before the model loads (which takes a while): one sentence per problem."""
-    from anyany.arguments import ArgumentError, check_listen_address
+    from anyany.arguments import ArgumentError, check_device, check_listen_address
 
     problems = []
     if args.max_batch < 1 or args.max_queue < 1 or args.replicas < 1:
@@ -73,6 +91,11 @@ def _check_args(args) -> None:
             check_listen_address(args.host, args.port)
         except ArgumentError as err:
             problems.insert(0, str(err))
+    if not (args.ray and args.ray_address):  # replicas on another cluster's machines may have what this one lacks
+        try:
+            check_device(args.device)
+        except ArgumentError as err:  # "device: 'cuda' asks for ..." -> "--device 'cuda' asks for ..."
+            problems.append(str(err).replace("device: ", "--device ", 1))
     if problems:
         raise ArgumentError(" ".join(problems))
 

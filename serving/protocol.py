@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from anyany.arguments import DECODER_SETTINGS, SETTING_APPLIES_TO
+from anyany.arguments import DECODER_SETTINGS, MAX_SIZE_FACTOR, SETTING_APPLIES_TO, SIZE_SETTINGS
 from anyany.engine import EngineRequest
 from anyany.pipeline import Message
 
@@ -30,6 +31,9 @@ PART_KIND = {"image_url": "image", "video_url": "video", "input_audio": "audio"}
 DECODER_FIELDS, APPLIES_TO = DECODER_SETTINGS, SETTING_APPLIES_TO
 ALIASES = {"video_frames": "num_frames", "audio_seconds": "audio_length_s", "steps": "num_inference_steps"}
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w-]+=[^;,]*)*)(;base64)?,(.*)$", re.S)
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
+_URL_SAFE = str.maketrans("-_", "+/")
+MAX_SEED = 2**63 - 1
 
 
 class APIError(Exception):
@@ -67,14 +71,34 @@ def _number(value, kind, lo, hi, param: str):
     return kind(value)
 
 
-def decoder_settings(body: dict, output_modalities: list[str]) -> dict:
-    """Top-level decoder fields (every decoder) and ``decoder_settings: {modality: {...}}`` -> per modality kwargs."""
+def _check_size(name: str, value, modalities, limits: dict, param: str) -> None:
+    """``value`` of size setting ``name`` against the smallest bound of ``modalities``' decoders: 400 naming ``param``."""
+    bounds = [(limits[m][name], m) for m in modalities if name in limits.get(m, {})]
+    if not bounds:
+        return
+    (top, base), modality = min(bounds, key=lambda b: b[0][0])
+    if value > top:
+        raise bad(f"{param}: {value:g} is more than the {modality} decoder accepts; use at most {top:g} "
+                  f"({MAX_SIZE_FACTOR}x its own {base:g}).", param)
+
+
+def decoder_settings(body: dict, output_modalities: list[str], *, limits: dict | None = None,
+                     decoded: tuple | None = None) -> dict:
+    """Top-level decoder fields (every decoder) and ``decoder_settings: {modality: {...}}`` -> per modality kwargs.
+
+    ``limits`` (``size_limits`` of the model's decoders) bounds the sizes, naming the field past its
+    bound; top-level fields go to (and are bounded by) the ``decoded`` modalities only (None: all)."""
+    limits = limits or {}
+    decoded = output_modalities if decoded is None else [m for m in output_modalities if m in decoded]
     common = {}
     for key, value in body.items():
         name = ALIASES.get(key, key)
         if name in DECODER_FIELDS and value is not None:
             common[name] = _number(value, *DECODER_FIELDS[name], key)
-    per = {m: {k: v for k, v in common.items() if m in APPLIES_TO.get(k, (m,))} for m in output_modalities}
+            if name in SIZE_SETTINGS:
+                _check_size(name, common[name], [m for m in decoded if m in APPLIES_TO.get(name, (m,))], limits, key)
+    per = {m: {k: v for k, v in common.items() if m in APPLIES_TO.get(k, (m,))} if m in decoded else {}
+           for m in output_modalities}
     extra = body.get("decoder_settings")
     if extra is None:
         return per
@@ -94,14 +118,20 @@ def decoder_settings(body: dict, output_modalities: list[str]) -> dict:
             if modality not in APPLIES_TO.get(name, (modality,)):
                 raise bad(f"{where}.{key}: the {modality} decoder has no {name} setting", f"{where}.{key}")
             per[modality][name] = _number(value, *DECODER_FIELDS[name], f"{where}.{key}")
+            if name in SIZE_SETTINGS:
+                _check_size(name, per[modality][name], [modality], limits, f"{where}.{key}")
     return per
 
 
 def decode_base64(data, param: str) -> bytes:
+    """Standard or URL-safe base64; ASCII whitespace anywhere (the line breaks the ``base64`` command writes)
+    is dropped and missing padding added. Any other character is refused."""
     if not isinstance(data, str) or not data:
         raise bad(f"{param} must be a non-empty base64 string", param)
+    data = _ASCII_SPACE.sub("", data).translate(_URL_SAFE)
+    data += "=" * (-len(data) % 4)
     try:
-        raw = base64.b64decode(data.strip(), validate=True)
+        raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise bad(f"{param} is not valid base64", param, "invalid_base64") from None
     if not raw:
@@ -179,6 +209,7 @@ def parse_messages(messages, writer: MediaWriter, signal_text) -> list[Message]:
         raise bad("messages must be a non-empty list", "messages")
     out: list[Message] = []
     system: list[str] = []
+    trailing = None  # the last system/developer message, while no user message has followed it
     for i, msg in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
@@ -189,7 +220,13 @@ def parse_messages(messages, writer: MediaWriter, signal_text) -> list[Message]:
         texts, media, produced = [], [], []
         for j, part in enumerate(_parts(msg.get("content"), f"{where}.content")):
             p = f"{where}.content[{j}]"
-            kind = part.get("type") if isinstance(part, dict) else None
+            if not isinstance(part, dict):
+                raise bad(f"{p}: got {type(part).__name__} {_show(part)}, but a content list holds parts like "
+                          '{"type": "text", "text": "..."} (or send content as one string).', p)
+            kind = part.get("type")
+            if kind is None:
+                raise bad(f"{p} has no type: a content part looks like {{\"type\": \"text\", \"text\": \"...\"}}; "
+                          "types: text, image_url, input_audio, video_url.", f"{p}.type")
             if kind == "text":
                 if not isinstance(part.get("text"), str):
                     raise bad(f"{p}.text must be a string", f"{p}.text")
@@ -214,17 +251,66 @@ def parse_messages(messages, writer: MediaWriter, signal_text) -> list[Message]:
         text = "\n".join(texts)
         if role in ("system", "developer"):
             system.append(text)
+            trailing = i
         elif role == "user":
             out.append(Message("user", "\n".join(system + [text]) if system else text, media))
-            system = []
+            system, trailing = [], None
         else:
             if msg.get("audio"):
                 produced.append("audio")
             out.append(Message("assistant", " ".join([text] + [signal_text(m) for m in produced]).strip()))
+    if system:
+        role = messages[trailing]["role"]
+        raise bad(f"messages[{trailing}]: a {role} message must come before a user message: this model's prompt has no "
+                  f"{role} slot, so {role} text is put before the next user message's text, and none follows it.",
+                  f"messages[{trailing}]")
     return out
 
 
-def parse_chat(body: dict, *, output_modalities: list[str], writer: MediaWriter, signal_text, max_tokens_cap: int) -> ParsedChat:
+def _show(value) -> str:
+    """``value`` as JSON (what the client sent), cut to 40 characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def unsupported(param: str, value, what: str) -> APIError:
+    shown = f" {_show(value)}" if value is not None else ""
+    return bad(f"{param}{shown} is not supported by this server ({what}).", param, "unsupported_parameter")
+
+
+def check_unsupported(body: dict) -> None:
+    """OpenAI fields this server cannot honour: refused, not ignored (a client asking for JSON must not get
+    prose with 200). Their off values (null, empty, false, "text", "none") are accepted."""
+    fmt = body.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind is None:
+            raise bad(f'response_format must be an object like {{"type": "text"}}, got {_show(fmt)}', "response_format")
+        if kind != "text":
+            raise unsupported("response_format", {"type": kind}, "replies are plain text; omit it or send {\"type\": \"text\"}")
+    for tools, choice in (("tools", "tool_choice"), ("functions", "function_call")):
+        given, chosen = body.get(tools), body.get(choice)
+        if given not in (None, []) and not isinstance(given, list):
+            raise bad(f"{tools} must be a list, got {_show(given)}", tools)
+        if given and chosen != "none":
+            raise unsupported(tools, None, f"the model makes no tool calls; omit {tools} or send {choice} \"none\"")
+        if chosen not in (None, "none"):
+            raise unsupported(choice, chosen, "the model makes no tool calls; omit it or send \"none\"")
+    if body.get("logprobs") not in (None, False):
+        raise unsupported("logprobs", body["logprobs"], "no token log probabilities are returned; omit it or send false")
+    if body.get("top_logprobs") not in (None, 0):
+        raise unsupported("top_logprobs", body["top_logprobs"], "no token log probabilities are returned; omit it")
+    stop = body.get("stop")
+    if stop not in (None, "", []):
+        raise unsupported("stop", stop, "replies end at the model's own stop marker; omit it")
+
+
+def parse_chat(body: dict, *, output_modalities: list[str], writer: MediaWriter, signal_text, max_tokens_cap: int,
+               size_limits: dict | None = None) -> ParsedChat:
+    check_unsupported(body)
     n = body.get("n", 1)
     if n not in (1, None):
         raise bad(f"n must be 1 on this server, got {n!r} (send several requests: they are batched)", "n")
@@ -257,27 +343,40 @@ def parse_chat(body: dict, *, output_modalities: list[str], writer: MediaWriter,
     if top_p is not None:
         top_p = _number(top_p, float, 1e-6, 1.0, "top_p")
     seed = body.get("seed", 0)
-    seed = 0 if seed is None else _number(seed, int, 0, 2**63 - 1, "seed")
+    seed = 0 if seed is None else _number(seed, int, 0, MAX_SEED, "seed")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad(f"stream must be true or false, got {stream!r}", "stream")
     options = body.get("stream_options") or {}
     request = EngineRequest(
         messages=parse_messages(body.get("messages"), writer, signal_text), seed=seed, max_new_tokens=max_tokens,
-        temperature=temperature, top_p=top_p, decoder_kwargs=decoder_settings(body, output_modalities),
+        temperature=temperature, top_p=top_p,
+        decoder_kwargs=decoder_settings(body, output_modalities, limits=size_limits, decoded=wanted),
         output_modalities=wanted,
     )
     return ParsedChat(request, stream, bool(isinstance(options, dict) and options.get("include_usage")), writer.params)
 
 
-def parse_size(size, param: str = "size") -> dict:
+def parse_size(size, limits: dict | None = None, param: str = "size") -> dict:
+    """``"WIDTHxHEIGHT"`` -> {width, height}, each a multiple of 8 and at most the image decoder's bound
+    (``limits``: ``size_limits(...)["image"]``), else a 400 naming ``param`` with the largest size accepted."""
     if size in (None, "auto"):
         return {}
     match = re.fullmatch(r"(\d+)x(\d+)", str(size))
     if not match:
         raise bad(f"{param} must look like '512x512' (width x height), got {size!r}", param)
     width, height = int(match.group(1)), int(match.group(2))
-    for value in (width, height):
-        if value % 8 or not 8 <= value <= 4096:
-            raise bad(f"{param}: width and height must be multiples of 8 between 8 and 4096, got {size!r}", param)
+    if width % 8 or height % 8 or min(width, height) < 8:
+        raise bad(f"{param}: width and height must be multiples of 8 (8 or more), got {size!r}", param)
+    limits = limits or {}
+    top_w, own_w = limits.get("width", (None, None))
+    top_h, own_h = limits.get("height", (None, None))
+    if (top_w is not None and width > top_w) or (top_h is not None and height > top_h):
+        largest = f"{top_w if top_w is not None else width}x{top_h if top_h is not None else height}"
+        own = f"{own_w:g}x{own_h:g}" if own_w and own_h else f"{own_w or own_h:g}"
+        raise bad(f"{param} {size!r} is larger than this model's image decoder accepts; the largest size is {largest} "
+                  f"({MAX_SIZE_FACTOR}x its own {own}).", param)
+    hi = min(DECODER_FIELDS["width"][2], DECODER_FIELDS["height"][2])  # a decoder that states no size of its own
+    if max(width, height) > hi:
+        raise bad(f"{param}: width and height must be at most {hi}, got {size!r}", param)
     return {"width": width, "height": height}

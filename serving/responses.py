@@ -95,14 +95,19 @@ def chunk(delta: dict, *, model: str, completion_id: str, created: int, finish: 
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
 
 
-def media_deltas(item, transcript: str) -> list[dict]:
-    """The deltas that carry one medium: audio as ``delta.audio`` (id and transcript, then data), images
-    and videos as a one-part content list."""
+def media_deltas(item, transcript: str, first_audio: bool = True) -> list[dict]:
+    """The deltas that carry one medium: the reply's first sound as ``delta.audio`` (id, transcript and
+    expires_at, then data: the id only once, since a client's stream accumulator joins the strings of
+    successive deltas), as ``chat_completion`` puts it in ``message.audio``; a further sound, an image or a
+    video as a one-part content list."""
     if item.modality != "audio":
         return [{"content": [media_part(item)]}]
+    if not first_audio:
+        _, raw = media_bytes(item)
+        return [{"content": [{"type": "input_audio", "input_audio": {"data": b64(raw), "format": "wav"}}]}]
     audio = audio_object(item, transcript)
     return [{"audio": {"id": audio["id"], "transcript": transcript, "expires_at": audio["expires_at"]}},
-            {"audio": {"id": audio["id"], "data": audio["data"]}}]
+            {"audio": {"data": audio["data"]}}]
 
 
 def prometheus(stats: dict, http_counts: dict, model: str) -> str:

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -263,6 +264,60 @@ def test_streaming_text_first_then_media_then_done(client, pipe):
     assert usage.completion_tokens == len(want.token_ids)
 
 
+def test_streamed_audio_id_is_sent_once_so_the_sdk_accumulator_keeps_it(client, pipe):
+    """The openai SDK's stream helper joins the strings of successive deltas: an id repeated in two
+    ``delta.audio`` became "audio_Xaudio_X" in the final completion."""
+    prompt = "play a tone"
+    with client.chat.completions.stream(model=MODEL, messages=[{"role": "user", "content": prompt}], seed=6) as stream:
+        for _ in stream:
+            pass
+        final = stream.get_final_completion()
+    plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": prompt}], seed=6)
+    audio, want = final.choices[0].message.audio, alone(pipe, prompt, seed=6)
+    id_format = r"audio_[0-9a-f]{32}"
+    assert re.fullmatch(id_format, plain.choices[0].message.audio.id)  # the non-streamed id
+    assert re.fullmatch(id_format, audio.id), audio.id
+    assert audio.transcript == final.choices[0].message.content == want.text
+    assert time.time() < audio.expires_at < time.time() + 2 * 3600  # sent once, not added up
+    assert len(sf.read(io.BytesIO(base64.b64decode(audio.data)))[0]) == len(want.audios[0])
+    # a reply's further sounds stream as content parts, as chat_completion puts them (one message.audio)
+    from anyany.pipeline import GeneratedMedia
+    from serving.responses import media_deltas
+
+    sound = GeneratedMedia("audio", np.zeros(800, dtype=np.float32), sample_rate=8000)
+    first, data = media_deltas(sound, "t")
+    assert set(first["audio"]) == {"id", "transcript", "expires_at"} and set(data["audio"]) == {"data"}
+    (later,) = media_deltas(sound, "t", first_audio=False)
+    assert later["content"][0]["type"] == "input_audio" and later["content"][0]["input_audio"]["format"] == "wav"
+
+
+def test_base64_with_line_breaks_or_url_safe_alphabet_is_accepted(server, tmp_path):
+    """What the ``base64`` command writes (76-character lines) and URL-safe base64 without padding were
+    refused as invalid_base64; garbage still is."""
+    rng = np.random.default_rng(3)
+    raw = Path(write_image(rng.integers(0, 255, (24, 40, 3), dtype=np.uint8), tmp_path / "in.png")).read_bytes()
+    wav = Path(write_audio(0.2 * np.sin(np.linspace(0, 900, 4001)).astype(np.float32), 16000, tmp_path / "in.wav")).read_bytes()
+    standard = base64.b64encode(raw).decode()
+    url_safe = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert ("+" in standard or "/" in standard) and len(url_safe) % 4  # both differences are exercised
+    text = {"type": "text", "text": "describe"}
+
+    def ask(image_b64, audio_b64):
+        return post(server, {**user(text, {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_b64}"}},
+                                    {"type": "input_audio", "input_audio": {"data": audio_b64, "format": "wav"}}), "max_tokens": 1})
+
+    plain = ask(standard, base64.b64encode(wav).decode())
+    assert plain.status_code == 200, plain.text
+    for image_b64, audio_b64 in ((base64.encodebytes(raw).decode(), base64.encodebytes(wav).decode().replace("\n", "\r\n")),
+                                 (url_safe, " " + base64.urlsafe_b64encode(wav).decode().rstrip("=") + "\n")):
+        reply = ask(image_b64, audio_b64)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["usage"]["prompt_tokens"] == plain.json()["usage"]["prompt_tokens"]
+    for garbage in ("QUJD$", "Q", "QQ===", "QU JD*"):
+        err = error_of(post(server, user(text, {"type": "input_audio", "input_audio": {"data": garbage, "format": "wav"}})), 400)
+        assert err["code"] == "invalid_base64" and err["param"] == "messages[0].content[1].input_audio.data"
+
+
 def test_media_in_image_audio_video(client, pipe, tmp_path):
     rng = np.random.default_rng(0)
     files = {
@@ -341,6 +396,50 @@ def test_images_generations(client, pipe):
     assert out.data[0].revised_prompt == "a red square"
 
 
+def test_images_refuse_a_seed_past_63_bits_and_name_prompt_when_it_is_too_long(server):
+    """A seed of 2**64 passed the images route's check and failed torch inside the batch, taking a concurrent
+    chat request down with it (500s); a prompt over the context was blamed on "messages"."""
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 3}
+    images = {"model": MODEL, "prompt": "a", "size": "32x32"}
+    bodies = {"chat": (chat, "/v1/chat/completions"), "bad": ({**images, "seed": 2**64}, "/v1/images/generations"),
+              "top": ({**images, "seed": 2**63 - 1}, "/v1/images/generations")}
+    answers = {}
+    threads = [threading.Thread(target=lambda k=k, b=b, p=p: answers.setdefault(k, post(server, b, path=p)))
+               for k, (b, p) in bodies.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    err = error_of(answers["bad"], 400)
+    assert err["param"] == "seed" and str(2**63 - 1) in err["message"]
+    assert answers["chat"].status_code == 200 and answers["top"].status_code == 200, (answers["chat"].text, answers["top"].text)
+    err = error_of(post(server, {"model": MODEL, "prompt": "word " * 600}, path="/v1/images/generations"), 400)
+    assert err["param"] == "prompt" and err["code"] == "context_length_exceeded" and "messages" not in err["message"]
+
+
+def test_sizes_past_twice_each_decoders_own_are_400s_naming_the_field(server, pipe):
+    """The engine bounds decoder sizes at MAX_SIZE_FACTOR x each decoder's own; the server names the field
+    the client sent (not "decoder_settings") and the largest value accepted."""
+    from anyany.arguments import MAX_SIZE_FACTOR
+
+    own = pipe.model.config.decoders
+    w, h = MAX_SIZE_FACTOR * own["image"].width, MAX_SIZE_FACTOR * own["image"].height
+    err = error_of(post(server, {"model": MODEL, "prompt": "a", "size": f"{w + 8}x{h}"}, path="/v1/images/generations"), 400)
+    assert err["param"] == "size" and f"the largest size is {w}x{h}" in err["message"]
+    err = error_of(post(server, {"model": MODEL, "prompt": "a", "size": f"{w}x{h + 64}"}, path="/v1/images/generations"), 400)
+    assert err["param"] == "size" and f"{w}x{h}" in err["message"]
+    text = {"type": "text", "text": "hi"}
+    frames, seconds = MAX_SIZE_FACTOR * own["video"].num_frames, MAX_SIZE_FACTOR * own["audio"].audio_length_s
+    for field, value, most in (("height", h + 8, h), ("width", w + 8, w), ("num_frames", frames + 1, frames),
+                               ("video_frames", frames + 1, frames), ("audio_length_s", seconds + 0.5, seconds)):
+        err = error_of(post(server, {**user(text), field: value}), 400)
+        assert err["param"] == field and f"use at most {most:g}" in err["message"], err
+    err = error_of(post(server, {**user(text), "decoder_settings": {"video": {"num_frames": frames + 1}}}), 400)
+    assert err["param"] == "decoder_settings.video.num_frames"
+    # top-level settings go to the decoders the request runs: no video asked for, no video bound
+    assert post(server, {**user(text), "modalities": ["text"], "num_frames": frames + 1, "max_tokens": 1}).status_code == 200
+
+
 # ---------------------------------------------------------------------------------- errors, raw HTTP
 def post(server, body, path="/v1/chat/completions", key=KEY, **kw):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -398,6 +497,48 @@ def test_errors_have_openai_shape_and_status(server, engine):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"  # nothing crashed it
     metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
     assert 'anyany_http_responses_total{path="/v1/chat/completions",code="400"}' in metrics
+
+
+def test_unsupported_openai_fields_are_refused_not_ignored(server):
+    """A client asking for JSON, tool calls, logprobs or stop sequences got a plain reply with 200."""
+    text = {"type": "text", "text": "hi"}
+    refused = [("response_format", {"response_format": {"type": "json_object"}}),
+               ("response_format", {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+               ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}),
+               ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto"}),
+               ("tool_choice", {"tool_choice": "required"}), ("functions", {"functions": [{"name": "f"}]}),
+               ("logprobs", {"logprobs": True}), ("top_logprobs", {"top_logprobs": 3}),
+               ("stop", {"stop": "\n"}), ("stop", {"stop": ["###", "END"]})]
+    for param, fields in refused:
+        err = error_of(post(server, {**user(text), **fields}), 400)
+        assert (err["param"], err["code"]) == (param, "unsupported_parameter"), err
+        assert "is not supported by this server" in err["message"] and err["message"].count(". ") == 0
+    off = {"response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "logprobs": False, "top_logprobs": None,
+           "stop": [], "max_tokens": 1}
+    for fields in (off, {"response_format": None, "tools": None, "stop": None, "logprobs": None, "max_tokens": 1},
+                   {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none", "stop": "", "max_tokens": 1}):
+        reply = post(server, {**user(text), **fields})
+        assert reply.status_code == 200, reply.text
+
+
+def test_system_message_after_the_last_user_message_is_refused(server):
+    """The prompt has no system slot: system text goes before the next user message's text. A system
+    message with no user message after it was dropped silently."""
+    for role in ("system", "developer"):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"},
+                                             {"role": "user", "content": "again"}, {"role": role, "content": "answer in French"}]}
+        err = error_of(post(server, body), 400)
+        assert err["param"] == "messages[3]" and "before a user message" in err["message"]
+    body = {"model": MODEL, "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "max_tokens": 1}
+    assert post(server, body).status_code == 200
+
+
+def test_a_bare_string_in_a_content_list_gets_a_clear_error(server):
+    err = error_of(post(server, {"model": MODEL, "messages": [{"role": "user", "content": ["hi"]}]}), 400)
+    assert err["param"] == "messages[0].content[0]" and "None" not in err["message"]
+    assert 'a content list holds parts like {"type": "text", "text": "..."}' in err["message"]
+    err = error_of(post(server, {"model": MODEL, "messages": [{"role": "user", "content": [{"text": "hi"}]}]}), 400)
+    assert err["param"] == "messages[0].content[0].type" and "has no type" in err["message"]
 
 
 class Gate:
@@ -511,6 +652,16 @@ def test_serve_refuses_bad_flags_and_a_taken_port_before_loading_a_model(tmp_pat
     assert busy.returncode == 2 and busy.stderr.strip().startswith(f"anyany: error: --port {port}: cannot listen on 127.0.0.1:{port}")
 
 
+def test_serve_refuses_a_device_this_machine_lacks_before_loading_a_model(tmp_path):
+    """On a CPU-only torch, --device cuda loaded the model, then failed: 'Torch not compiled with CUDA enabled'."""
+    device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"  # a GPU this machine lacks
+    done = subprocess.run([sys.executable, "-m", "anyany.cli", "serve", "--checkpoint", str(tmp_path / "no-model"),
+                           "--device", device], capture_output=True, text=True, timeout=120)
+    # the missing --checkpoint folder would be the error had the model been looked at first
+    assert done.returncode == 2 and done.stderr.strip().startswith(f"anyany: error: --device '{device}'"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Torch not compiled" not in done.stderr
+
+
 @pytest.mark.slow
 def test_serve_command_runs_a_server(tmp_path):
     sock = socket.socket()
@@ -536,9 +687,13 @@ def test_serve_command_runs_a_server(tmp_path):
         assert reply.usage.completion_tokens <= 4 and reply.choices[0].finish_reason in ("stop", "length")
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="bad", max_retries=0).models.list()
+        proc.terminate()  # SIGTERM: the server says it is stopping before it waits for requests in flight
+        output = proc.communicate(timeout=30)[0]
+        assert "anyany serve: stopping (waiting for 0 requests in flight)" in output.splitlines(), output
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=20)
 
 
 @pytest.mark.slow
