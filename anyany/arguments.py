@@ -128,6 +128,14 @@ def check_listen_address(host: str, port: int) -> None:
                                 "be using it: stop it or choose another --port.") from None
 
 
+# Text-generation settings a caller may set (the pipeline's arguments, the server's fields): type and
+# range. A torch seed takes 64 bits, signed.
+GENERATION_SETTINGS = {
+    "seed": (int, 0, 2**63 - 1),
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 1e-6, 1.0),
+}
+
 # Decoder settings a caller may set (the pipeline's decoder_kwargs, the server's fields), with the
 # type and range each takes, and which decoders take it (the rest take them all).
 DECODER_SETTINGS = {

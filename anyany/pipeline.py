@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import DECODER_SETTINGS, ArgumentError, check_decoder_sizes, check_output_dir
+from .arguments import DECODER_SETTINGS, GENERATION_SETTINGS, ArgumentError, check_decoder_sizes, check_output_dir
 from .generation import LLMOutput, generate_with_signals
 from .inputs import batch_media, media_shapes
 from .media import write_audio, write_image, write_video
@@ -214,20 +214,18 @@ class AnyToAnyPipeline:
         sentence per problem. Returns the seed (``None``: a fresh random one)."""
         problems = []
 
-        def check(name, value, kind, lo, hi, lo_open=False):
+        def check(name, value, kind, lo, hi):
             if value is None:
                 return
+            span = f"from {lo} to {hi}" if kind is int else f"from {lo:g} to {hi:g}"
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-                problems.append(f"{name}: got {value!r}; use {'a whole number' if kind is int else 'a number'} "
-                                f"from {lo} to {hi}.")
-            elif not (lo < value if lo_open else lo <= value) or not value <= hi:
-                problems.append(f"{name}: {value!r} is out of range; use {'more than' if lo_open else 'from'} {lo} "
-                                f"{'and at most' if lo_open else 'to'} {hi}.")
+                problems.append(f"{name}: got {value!r}; use {'a whole number' if kind is int else 'a number'} {span}.")
+            elif not lo <= value <= hi:
+                problems.append(f"{name}: {value!r} is out of range; use {span}.")
 
-        check("seed", seed, int, 0, 2**63 - 1)
+        for name, value in (("seed", seed), ("temperature", temperature), ("top_p", top_p)):
+            check(name, value, *GENERATION_SETTINGS[name])
         check("max_new_tokens", max_new_tokens, int, 1, int(self.model.config.llm.max_length))
-        check("temperature", temperature, float, 0.0, 2.0)
-        check("top_p", top_p, float, 0.0, 1.0, lo_open=True)
         check("num_inference_steps", num_inference_steps, *DECODER_SETTINGS["num_inference_steps"])
         check("guidance_scale", guidance_scale, *DECODER_SETTINGS["guidance_scale"])
         decoders = self.model.config.decoders

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from anyany.arguments import DECODER_SETTINGS, MAX_SIZE_FACTOR, SETTING_APPLIES_TO, SIZE_SETTINGS
+from anyany.arguments import DECODER_SETTINGS, GENERATION_SETTINGS, MAX_SIZE_FACTOR, SETTING_APPLIES_TO, SIZE_SETTINGS
 from anyany.engine import EngineRequest
 from anyany.pipeline import Message
 
@@ -33,7 +33,7 @@ ALIASES = {"video_frames": "num_frames", "audio_seconds": "audio_length_s", "ste
 _DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+)?((?:;[\w-]+=[^;,]*)*)(;base64)?,(.*)$", re.S)
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _URL_SAFE = str.maketrans("-_", "+/")
-MAX_SEED = 2**63 - 1
+MAX_SEED = GENERATION_SETTINGS["seed"][2]
 
 
 class APIError(Exception):
@@ -338,10 +338,10 @@ def parse_chat(body: dict, *, output_modalities: list[str], writer: MediaWriter,
             raise bad(f"{param} is {max_tokens}, more than this model's {max_tokens_cap} tokens", param, "context_length_exceeded")
     temperature = body.get("temperature")
     if temperature is not None:
-        temperature = _number(temperature, float, 0.0, 2.0, "temperature")
+        temperature = _number(temperature, *GENERATION_SETTINGS["temperature"], "temperature")
     top_p = body.get("top_p")
     if top_p is not None:
-        top_p = _number(top_p, float, 1e-6, 1.0, "top_p")
+        top_p = _number(top_p, *GENERATION_SETTINGS["top_p"], "top_p")
     seed = body.get("seed", 0)
     seed = 0 if seed is None else _number(seed, int, 0, MAX_SEED, "seed")
     stream = body.get("stream", False)
