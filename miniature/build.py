@@ -257,7 +257,7 @@ def train_stages(home: Path, plan: BuildPlan, seed: int, progress: bool) -> dict
                            model.config.stage1_instruction, home / "cache" / "prefixes")
         cfg = TrainConfig(stage, lr=plan.stage_lr[stage], max_steps=plan.stage_steps[stage], batch_size=plan.batch_size,
                           weight_decay=plan.stage_weight_decay[stage], min_warmup_steps=20, seed=seed, save_every=10**9, log_every=25,
-                          mixed_precision="no")
+                          mixed_precision="no", group_by_length=stage == "stage3")
         train_stage(model, ds, cfg, home / "runs" / stage, decoders=decoders, progress=progress)
         times[stage] = time.time() - t
     model.save_pretrained(home / MODEL)

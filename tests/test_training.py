@@ -113,6 +113,18 @@ def test_resume_after_kill_9_is_bit_exact(dataset, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_stage3_groups_batches_by_length_unless_told_not_to(dataset, tmp_path):
+    """Stage 3's recipe batches rows of about one length (``LengthGroupedSampler``); the flag turns it off,
+    and then the rows come in another order, so the weights differ."""
+    args = ["train", "stage3", "--data", str(dataset / "mosit.json"), "--max-steps", "3", "--batch-size", "2", "--quiet"]
+    assert cli([*args, "--out", str(tmp_path / "grouped")]) == 0
+    assert cli([*args, "--out", str(tmp_path / "again")]) == 0
+    assert cli([*args, "--no-group-by-length", "--out", str(tmp_path / "plain")]) == 0
+    grouped, again, plain = (_final_weights(tmp_path / n) for n in ("grouped", "again", "plain"))
+    assert all(torch.equal(grouped[k], again[k]) for k in grouped)
+    assert any(not torch.equal(grouped[k], plain[k]) for k in grouped)
+
+
 def test_resume_of_a_finished_run_does_not_redo_its_last_steps(dataset, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "stage1", "--data", str(dataset / "cc3m.json"), "--out", str(out), "--save-every", "2",
@@ -177,13 +189,16 @@ def test_two_cpu_processes_train_the_same_shaped_checkpoint(dataset, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     args = ["train", "stage2", "--data", str(dataset / "cc3m.json"), "--max-steps", "4", "--batch-size", "2", "--quiet"]
     assert cli([*args, "--out", str(one)]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    # `accelerate launch --num_processes 2 --cpu` starts ONE process (its simple launcher); torchrun starts
+    # two, and ACCELERATE_USE_CPU makes accelerate join them on gloo
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "-m", "anyany.cli", *args, "--out", str(two)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     a, b = _final_weights(one), _final_weights(two)
     assert a.keys() == b.keys()
     assert all(a[k].shape == b[k].shape for k in a)
+    assert summary(one)["processes"] == 1 and summary(two)["processes"] == 2
     assert summary(two)["steps"] == 4
 
 

@@ -1,6 +1,7 @@
 """``anyany train stage1|stage2|stage3`` and ``anyany cache-features``."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 from dataclasses import fields
@@ -43,6 +44,10 @@ def register(sub) -> None:
                    help="stage 2: keep the signal-token rows frozen, so only the output projections train")
     for f in fields(RECIPES["stage1"].real):
         if f.name in ("stage", "betas"):
+            continue
+        if str(f.type) == "bool":  # --group-by-length / --no-group-by-length
+            t.add_argument(f"--{f.name.replace('_', '-')}", dest=f"hp_{f.name}", action=argparse.BooleanOptionalAction,
+                           default=None, help=f"override the recipe's {f.name}")
             continue
         t.add_argument(f"--{f.name.replace('_', '-')}", dest=f"hp_{f.name}", type=_type_of(f), default=None,
                        help=f"override the recipe's {f.name}")

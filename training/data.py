@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from anyany.frozen_prefix import PrefixStates
 from anyany.inputs import batch_media, load_media, media_shape
@@ -246,6 +246,53 @@ class Collator:
         kind = kinds.pop()
         values = [v for _, v in items]
         return kind, (values if kind == "caption" else batch_media(values))
+
+
+class LengthGroupedSampler(Sampler):
+    """Shuffled row indices whose every run of ``batch_size`` holds rows of about one length.
+
+    A batch is padded to its longest row, and stage 3's rows run from 20 to 110 tokens: in random
+    batches 59 % of the tokens the LLM ran on were padding (the world's 1270 conversations). Each
+    epoch this shuffles the rows, sorts each window of ``group`` batches by length, cuts it into
+    batches and shuffles the batches (12 % padding at ``group=8``), as transformers' Trainer does
+    with ``group_by_length``. The order depends only on ``seed`` and the epoch (``set_epoch``, which
+    the training loop calls), so a resumed run sees the same batches."""
+
+    def __init__(self, lengths, batch_size: int, seed: int, group: int = 8) -> None:
+        import numpy as np
+
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.group, self.epoch = batch_size, seed, group, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import numpy as np
+
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(len(self.lengths))
+        window = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), window):
+            rows = order[start : start + window]
+            rows = rows[np.argsort(-self.lengths[rows], kind="stable")]
+            batches += [rows[k : k + self.batch_size] for k in range(0, len(rows), self.batch_size)]
+        # a short last batch stays last: the loader cuts this stream into batches of batch_size
+        full = [b for b in batches if len(b) == self.batch_size]
+        short = [b for b in batches if len(b) < self.batch_size]
+        for k in rng.permutation(len(full)):
+            yield from full[k].tolist()
+        for b in short:
+            yield from b.tolist()
+
+
+def sequence_lengths(dataset, collate) -> list[int]:
+    """Each row's token count, as the collator builds it (reads the cached features, runs no model)."""
+    return [collate([dataset[i]])["input_ids"].shape[1] for i in range(len(dataset))]
 
 
 def resolve_frozen(batch: dict, model, decoders) -> dict:

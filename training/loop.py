@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .data import Collator, resolve_frozen
+from .data import Collator, LengthGroupedSampler, resolve_frozen, sequence_lengths
 from .recipes import TrainConfig
 
 CHECKPOINTS = "checkpoints"
@@ -156,7 +156,11 @@ def train_stage(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
                                   foreach=True)  # one fused update for the many small trainable tensors (CPU too)
     collate = Collator(model.prompts, model.tokenizer.pad_token_id)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.num_workers)
+    if cfg.group_by_length:
+        sampler = LengthGroupedSampler(sequence_lengths(dataset, collate), cfg.batch_size, cfg.seed)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    else:
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.num_workers)
     steps_per_epoch = math.ceil(len(loader) / max(1, accelerator.num_processes) / cfg.grad_accum)
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     warmup = max(cfg.min_warmup_steps, int(cfg.warmup_ratio * total))
@@ -230,8 +234,8 @@ def train_stage(
     if accelerator.is_main_process:
         save_model_atomic(core, out / FINAL)
         (out / "train_summary.json").write_text(json.dumps(
-            {"stage": cfg.stage, "steps": step, "first_loss": first_loss, "last_loss": last_loss,
-             "initial_eval_loss": initial_eval_loss, "eval_loss": eval_loss}, indent=2))
+            {"stage": cfg.stage, "steps": step, "processes": accelerator.num_processes, "first_loss": first_loss,
+             "last_loss": last_loss, "initial_eval_loss": initial_eval_loss, "eval_loss": eval_loss}, indent=2))
         if cfg.save_every <= total:
             # the last step as a checkpoint too, written after final/: --resume then finds the run finished
             # (a crash between the two leaves the previous checkpoint, and a resume redoes the last steps)

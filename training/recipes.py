@@ -33,6 +33,8 @@ class TrainConfig:
     eval_every: int = 500
     log_every: int = 10
     num_workers: int = 0
+    # batches of rows of about one length (``data.LengthGroupedSampler``): less padding where lengths vary
+    group_by_length: bool = False
 
     @property
     def trainable(self) -> tuple[str, ...]:
@@ -81,7 +83,8 @@ RECIPES: dict[str, StageRecipe] = {
     "stage3": StageRecipe(
         "stage3", "instruction conversations (MosIT / LLaVA / Alpaca / T->T+X JSON)",
         "instruction tuning: LM loss over assistant turns + generation distance (video x2); LoRA on",
-        real=TrainConfig("stage3", batch_size=4, grad_accum=4, save_every=500, eval_every=500),
-        tiny=_tiny("stage3", lr=5e-3),
+        # conversations of one to several turns: length-grouped batches carry far less padding
+        real=TrainConfig("stage3", batch_size=4, grad_accum=4, save_every=500, eval_every=500, group_by_length=True),
+        tiny=_tiny("stage3", lr=5e-3, group_by_length=True),
     ),
 }
