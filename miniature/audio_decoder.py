@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkers, spec
+from .optim import adam, adamw, ema_update
 from .progress import tick
 from .vocoder import GriffinLimVocoder
 
@@ -164,7 +165,7 @@ def _fit_text_encoder(pipe, items, steps: int, progress: bool) -> None:
     directions = torch.stack(list(basis.values()))
     te = pipe.text_encoder
     te.eval().requires_grad_(True)  # eval: no dropout, so the fitted geometry is the one used later
-    opt = torch.optim.Adam(te.parameters(), lr=3e-3)
+    opt = adam(te.parameters(), lr=3e-3)
     for step in range(steps):
         pos = _encode(pipe, captions)
         neg = _encode(pipe, [""], negative=True)
@@ -193,7 +194,7 @@ def _world_mels(vocoder: GriffinLimVocoder, items, variants: int, seed: int) -> 
 
 def _fit_vae(vae, mels: torch.Tensor, steps: int, batch: int, progress: bool, gen: torch.Generator) -> float:
     vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    opt = adamw(vae.parameters(), lr=2e-3, weight_decay=0.0)
     sched = _warmup_cosine(opt, steps)
     for step in range(steps):
         x = mels[torch.randint(0, len(mels), (batch,), generator=gen)]
@@ -224,7 +225,7 @@ def _fit_unet(pipe, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Ten
     """``item_weights`` [n_items]: how often each item's latents are drawn (default: uniformly)."""
     unet, sched = pipe.unet, pipe.scheduler
     unet.train().requires_grad_(True)
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
+    opt = adamw(unet.parameters(), lr=lr, weight_decay=0.0)
     lr_sched = _warmup_cosine(opt, steps)
     ema = [p.detach().clone() for p in unet.parameters()]
     alphas = sched.alphas_cumprod
@@ -252,9 +253,7 @@ def _fit_unet(pipe, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Ten
         opt.step()
         lr_sched.step()
         decay = min(0.995, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in zip(ema, unet.parameters()):
-                e.lerp_(p.detach(), 1 - decay)
+        ema_update(ema, unet.parameters(), decay)
         tick("UNet", step + 1, steps)
         if step % 100 == 0 or step == steps - 1:
             _log(progress, f"  unet   step {step:4d}  loss {loss.item():.4f}  ({time.time() - t0:.0f} s)")

@@ -44,6 +44,7 @@ from encoders.imagebind import MODALITIES, ImageBindConfig, ImageBindEncoder
 from encoders.preprocessing import preprocess_audio, preprocess_image, preprocess_video
 
 from . import spec
+from .optim import adamw
 from .progress import tick
 
 
@@ -314,7 +315,7 @@ def train_imagebind(
     attrs = {m: attribute_targets(m) for m in MODALITIES}
     log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
     params = list(encoder.parameters()) + list(text.parameters()) + [log_scale]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    opt = adamw(params, lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     step, losses = 0, []
     encoder.train()

@@ -38,6 +38,7 @@ import torch
 
 from . import spec
 from .edits import pitch_step, step_sentence
+from .optim import adamw
 from .progress import tick
 from .pretrain_encoder import budget_used
 
@@ -333,7 +334,7 @@ def train_llm(
     cfg = world_llm_config(len(tokenizer), tokenizer, family)
     cfg.update(llm_config or {})
     llm = (Qwen2ForCausalLM(Qwen2Config(**cfg)) if family == "qwen2" else LlamaForCausalLM(LlamaConfig(**cfg)))
-    opt = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.01)
+    opt = adamw(llm.parameters(), lr=lr, weight_decay=0.01)
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     budget = None if minutes is None else minutes * 60.0
@@ -488,7 +489,7 @@ def stage1_probe(
             proj = model.bridge.proj
             proj.weight.copy_(sol[:-1].T)
             proj.bias.copy_(sol[-1])
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=0.0)
+    opt = adamw(model.trainable_parameters(), lr=lr, weight_decay=0.0)
     rng = random.Random(seed)
     budget = None if minutes is None else minutes * 60.0
     step, losses, t_train = 0, [], time.time()

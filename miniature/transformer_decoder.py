@@ -54,9 +54,10 @@ import torch
 import torch.nn.functional as F
 
 from .data import split_items
+from .optim import EMA, adamw
 from .spec import IMAGE_SIZE, all_images, all_videos, all_audios, partial_captions, render_image
 from .visual_decoders import (
-    IMAGE_RECIPE, _EMA, _build_vae, _encode_latents, _progress, _to_unit, _train_vae, _warmup_lr,
+    IMAGE_RECIPE, _build_vae, _encode_latents, _progress, _to_unit, _train_vae, _warmup_lr,
     evaluate_image_decoder,
 )
 
@@ -201,8 +202,8 @@ def _flow_train(pipe, latents: torch.Tensor, captions: list[str], r: dict, rng: 
         enc.train(train_text).requires_grad_(train_text)
         if train_text:
             groups.append({"params": list(enc.parameters()), "base_lr": r["text_lr"]})
-    ema = _EMA(transformer, r["ema"])
-    opt = torch.optim.AdamW(groups, lr=r["lr"], weight_decay=0.0)
+    ema = EMA(transformer, r["ema"])
+    opt = adamw(groups, lr=r["lr"], weight_decay=0.0)
     every = captions + [""]  # the last row is the empty prompt (caption dropout)
 
     def encode():

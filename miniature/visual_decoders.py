@@ -39,7 +39,6 @@ Command line: ``python -m miniature.visual_decoders image|video OUT [--minutes M
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 
 from .checkers import image_colour, image_position, image_shape, video_direction
 from .data import split_items
+from .optim import EMA, adamw
 from .progress import tick
 from .spec import IMAGE_SIZE, VIDEO_FRAMES, VIDEO_SIZE, all_images, all_videos, caption_words, render_image, render_video
 
@@ -179,7 +179,7 @@ def _warmup_lr(step: int, warmup: int, total: int) -> float:
 def _train_vae(vae, frames_fn, r: dict, rng: np.random.Generator, progress: bool, deadline: float | None, desc: str):
     """Reconstruction training on fresh jittered renders (``frames_fn(rng) -> uint8 [N, H, W, 3]``)."""
     vae.train().requires_grad_(True)
-    opt = torch.optim.AdamW(vae.parameters(), lr=r["vae_lr"], weight_decay=0.0)
+    opt = adamw(vae.parameters(), lr=r["vae_lr"], weight_decay=0.0)
     steps = r["vae_steps"]
     for step in _progress(range(steps), progress, desc=desc):
         for g in opt.param_groups:
@@ -208,18 +208,6 @@ def _encode_latents(vae, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     return torch.cat([vae.encode(x[i : i + chunk]).latent_dist.mean for i in range(0, len(x), chunk)])
 
 
-class _EMA:
-    def __init__(self, model: torch.nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.shadow = copy.deepcopy(model).requires_grad_(False).eval()
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow.parameters(), model.parameters()):
-            s.lerp_(p, 1 - d)
-
-
 def _diffusion_train(unet, scheduler, latents: torch.Tensor, text_encoder, ids: torch.Tensor,
                      r: dict, rng: np.random.Generator, progress: bool, deadline: float | None,
                      desc: str, batch: int | None = None):
@@ -227,7 +215,7 @@ def _diffusion_train(unet, scheduler, latents: torch.Tensor, text_encoder, ids: 
     ``""`` (last row). Trains ``unet`` (and, with ``text_lr > 0``, the text encoder jointly);
     returns the EMA UNet (the text encoder is left with its trained weights)."""
     unet.train().requires_grad_(True)
-    ema = _EMA(unet, r["ema"])
+    ema = EMA(unet, r["ema"])
     groups = [{"params": list(unet.parameters()), "base_lr": r["lr"]}]
     train_text = r.get("text_lr", 0) > 0
     if train_text:
@@ -236,7 +224,7 @@ def _diffusion_train(unet, scheduler, latents: torch.Tensor, text_encoder, ids: 
     else:
         with torch.no_grad():
             fixed = text_encoder(ids)[0]
-    opt = torch.optim.AdamW(groups, lr=r["lr"], weight_decay=0.0)
+    opt = adamw(groups, lr=r["lr"], weight_decay=0.0)
     acp = scheduler.alphas_cumprod
     pool, n = latents.shape[:2]
     steps = r["steps"]
