@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -254,13 +255,11 @@ class LengthGroupedSampler(Sampler):
     A batch is padded to its longest row, and stage 3's rows run from 20 to 110 tokens: in random
     batches 59 % of the tokens the LLM ran on were padding (the world's 1270 conversations). Each
     epoch this shuffles the rows, sorts each window of ``group`` batches by length, cuts it into
-    batches and shuffles the batches (12 % padding at ``group=8``), as transformers' Trainer does
+    batches and shuffles the batches (12-13 % padding at ``group=8``), as transformers' Trainer does
     with ``group_by_length``. The order depends only on ``seed`` and the epoch (``set_epoch``, which
     the training loop calls), so a resumed run sees the same batches."""
 
     def __init__(self, lengths, batch_size: int, seed: int, group: int = 8) -> None:
-        import numpy as np
-
         self.lengths = np.asarray(lengths)
         self.batch_size, self.seed, self.group, self.epoch = batch_size, seed, group, 0
 
@@ -271,8 +270,6 @@ class LengthGroupedSampler(Sampler):
         return len(self.lengths)
 
     def __iter__(self):
-        import numpy as np
-
         rng = np.random.default_rng([self.seed, self.epoch])
         order = rng.permutation(len(self.lengths))
         window = self.batch_size * self.group
@@ -291,7 +288,8 @@ class LengthGroupedSampler(Sampler):
 
 
 def sequence_lengths(dataset, collate) -> list[int]:
-    """Each row's token count, as the collator builds it (reads the cached features, runs no model)."""
+    """Each row's token count, as the collator builds it. Runs no model; a row without cached features
+    reads its media files, as training will."""
     return [collate([dataset[i]])["input_ids"].shape[1] for i in range(len(dataset))]
 
 
