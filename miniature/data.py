@@ -163,6 +163,25 @@ def _partial(item, rng: np.random.Generator) -> str:
     return _pick(rng, (f"a {item.pitch} tone", f"a {item.pitch} {item.rhythm} tone", f"a {item.loudness} {item.pitch} tone"))
 
 
+def _balanced_sound_edits(items: dict[str, list], files: list[tuple[object, str]]) -> list[tuple]:
+    """(A→A request, path) for every sound file, chosen by the file's place alone: a file's item
+    gets pitch steps on every other of its files, alternating up and down, and loudness or rhythm
+    changes on the rest; every target is a train sound."""
+    targets, n = set(items["audio"]), max(len(items["audio"]), 1)
+    out = []
+    for i, (item, path) in enumerate(files):
+        rep, k = divmod(i, n)
+        options = edits._options(item, targets, "A→A")
+        steps = [o for o in options if edits.pitch_step(item.pitch, o[1][0].item.pitch)]
+        others = [o for o in options if o[1][0].item.pitch == item.pitch]
+        pool = steps if (rep + i) % 2 == 0 and steps else others or steps
+        if not pool:
+            continue
+        phrases, expect = pool[(rep // 2 + k) % len(pool)]
+        out.append((edits.Request("A→A", phrases[rep % len(phrases)], "audio", item, list(expect)), path))
+    return out
+
+
 def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, str]]],
                    rng: np.random.Generator, prefix: str, after_history: bool = True) -> list[dict]:
     """anyany-native conversation rows. ``media[m]`` lists (item, relative path) of written files.
@@ -238,6 +257,14 @@ def _conversations(items: dict[str, list], media: dict[str, list[tuple[object, s
                     req.expect[req.expect.index(e)] = edits.Expect("audio", _pick(rng, sounds), e.judged)
             text, gen = req.reply()
             add([human(req.text[0].upper() + req.text[1:] + ".", [(source_m, path)]), gpt(text, gen)])
+    # 4b. every sound file once more as A→A, without drawing from ``rng`` (the files after it stay
+    #     the same): half the files a pitch step, up and down in turn, half a loudness or rhythm
+    #     change. With one random edit per file, "one pitch lower than middle is low" was in the data
+    #     once, and the model said "lower than middle is high" for every such held-out request; and a
+    #     rhythm was copied from the request too rarely for "a loud shrill" to go on with "fluttering".
+    for req, path in _balanced_sound_edits(items, media["audio"]):
+        text, gen = req.reply()
+        add([human(req.text[0].upper() + req.text[1:] + ".", [("audio", path)]), gpt(text, gen)])
     # 5. multi-turn: describe an input, then generate on request; and edits by reference to what
     #    an earlier reply made ("draw a blue square on the left" -> "now make it red" -> ...)
     n_multi = max(2, len(items["image"]) // 3)

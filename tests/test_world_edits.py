@@ -251,3 +251,26 @@ def test_a_pitch_step_reply_says_the_new_pitch_before_it_names_the_sound():
         assert f" {new} " in made and gens == [("audio", made)]
     plain = [r for r in reqs if "one pitch" not in r.text]
     assert plain and not any("than" in r.reply()[0] for r in plain)  # other edits reply as before
+
+
+def test_every_pitch_step_and_every_other_sound_edit_is_in_the_train_data_several_times(tmp_path):
+    # One random edit per sound file put "one pitch lower than middle is low" in the data once; the model
+    # then said "lower than middle is high" for every held-out request of that step.
+    files = write_world(tmp_path / "w", seed=0, train_per_item=4, heldout_per_item=1)
+    facts, edited = {}, {"loudness": 0, "rhythm": 0}
+    train = {a.caption: a for a in split_items("train")["audio"]}
+    for row in json.loads(files.train.mosit.read_text()):
+        t = row["turns"]
+        if len(t) != 2 or not t[0].get("media") or t[0]["media"][0]["modality"] != "audio" or "generate" not in t[1]:
+            continue
+        m = re.match(r"^That was ([^.]*)\.(?: One pitch (\w+) than (\w+) is (\w+)\.)? Here is ([^.]*)\.$", t[1]["text"])
+        assert m, t[1]["text"]
+        source, made = train[m.group(1)], train[m.group(5)]  # both train sounds
+        if m.group(2):
+            facts[m.group(2, 3, 4)] = facts.get(m.group(2, 3, 4), 0) + 1
+        for attr in edited:
+            edited[attr] += getattr(source, attr) != getattr(made, attr)
+    order = list(spec.PITCHES)
+    every_step = {(s, a, b) for a in order for b in order for s in [edits.pitch_step(a, b)] if s}
+    assert set(facts) == every_step and min(facts.values()) >= 6, facts
+    assert min(edited.values()) >= 20, edited
