@@ -176,23 +176,22 @@ def _fit_additive(text_encoder, tokenizer, items, steps: int, seed: int = 0) -> 
     basis = dict(zip(values, torch.linalg.qr(torch.randn(dim, dim, generator=g))[0][:, : len(values)].T))
     words = {v: (a, v) for a, v in values}
 
-    def caption(it, names):
-        parts = [getattr(it, "colour")] * ("colour" in names) + [getattr(it, "shape")] * ("shape" in names)
-        return " ".join(["a", *parts, *(["moving", it.direction] if "direction" in names else [])])
+    def caption(it, names):  # "a red square moving left" with the attributes not named left out
+        words = ["a"] + [getattr(it, a) for a in ("colour", "shape") if a in names]
+        return " ".join(words + (["moving", it.direction] if "direction" in names else []))
 
     captions, _ = partial_captions(items, attrs, caption)
     ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                     return_tensors="pt").input_ids
     target, mask = torch.zeros(len(captions), ids.shape[1], dim), torch.zeros(len(captions), ids.shape[1])
     for c, text in enumerate(captions):
-        total, k = torch.zeros(dim), 0
-        for w in ["<bos>", *text.split()]:  # one token per caption word (the video tokenizer's merges)
+        total = torch.zeros(dim)
+        for k, w in enumerate(text.split(), start=1):  # one token per caption word, after the start token
             if w in words:
                 total = total + basis[words[w]]
             if total.any():
                 target[c, k], mask[c, k] = F.normalize(total, dim=0), 1.0
-            k += 1
-        target[c, k:], mask[c, k:] = F.normalize(total, dim=0), 1.0  # end of text and padding
+        target[c, k + 1:], mask[c, k + 1:] = F.normalize(total, dim=0), 1.0  # end of text and padding
     empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     directions = torch.stack(list(basis.values()))
     text_encoder.eval().requires_grad_(True)  # eval: no dropout, so the fitted geometry is the one used later
